@@ -1,0 +1,3 @@
+from hivemind.cli.app import main
+
+main()

@@ -1,0 +1,329 @@
+"""The `hivemind` command. Each command parses its arguments, calls the library once and
+renders the result."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hivemind import __version__
+from hivemind.cli import tasks as task_commands
+from hivemind.cli.common import (
+    OPTIONS,
+    client,
+    command,
+    console,
+    errors,
+    fail,
+    print_json,
+    settings,
+    styled,
+    when,
+)
+from hivemind.credentials import forget_token, save_token
+
+app = typer.Typer(
+    name="hivemind",
+    help="HiveMind: a distributed computing platform and its ops toolkit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+user_app = typer.Typer(help="Users in node_pool/users.db (run on the node pool's host).",
+                       no_args_is_help=True)
+db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
+task_commands.register(app)
+
+
+@app.callback()
+def main_options(
+    config: str = typer.Option(None, "--config", help="A hivemind.toml to read."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    OPTIONS.config = config
+    OPTIONS.debug = debug
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"hivemind {__version__}")
+
+
+# -- the local stack ------------------------------------------------------------------------
+@app.command()
+@command
+def up(
+    workers: int = typer.Option(1, help="Workers to start."),
+    foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops everything."),
+) -> None:
+    """Start Redis (if none answers), the node pool and workers; return when all are healthy."""
+    from hivemind import stack
+    from hivemind.bootstrap import ensure_admin
+
+    s = settings()
+    boot = ensure_admin(s)
+    if foreground:
+        raise typer.Exit(stack.run_foreground(s, workers))
+    status = stack.up(s, workers=workers, on_event=lambda line: console.print(escape(line)))
+    _render_stack(status)
+    if boot.admin_created:
+        console.print(f"created user [bold]admin[/]; its password is in {boot.password_file}")
+    console.print(
+        "\n[bold]Ready.[/] This CLI is logged in as admin. Try:\n"
+        "  hivemind submit examples/hello --wait\n"
+        "  hivemind submit hivemind.examples:add --arg 2 --arg 3 --wait\n"
+        f"Logs: {s.home}/node_pool/logs/nodepool.log, {s.home}/worker/logs/worker.log"
+    )
+
+
+@app.command()
+@command
+def down() -> None:
+    """Stop what `hivemind up` started (and only that)."""
+    from hivemind import stack
+
+    status = stack.down(settings(), on_event=lambda line: console.print(escape(line)))
+    _render_stack(status)
+
+
+@app.command()
+@command
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the local stack's processes and health."""
+    from hivemind import stack
+
+    result = stack.status(settings())
+    if as_json:
+        print_json({
+            "healthy": result.healthy,
+            "redis_url": result.redis_url,
+            "services": [vars(s) for s in result.services],
+        })
+    else:
+        _render_stack(result)
+    if not result.healthy:
+        raise typer.Exit(1)
+
+
+def _render_stack(status: object) -> None:
+    table = Table(show_edge=False)
+    for column in ("SERVICE", "PID", "STATE", "DETAIL", "LOG"):
+        table.add_column(column)
+    for svc in status.services:  # type: ignore[attr-defined]
+        state = "healthy" if svc.healthy else "running" if svc.running else "stopped"
+        table.add_row(svc.name, str(svc.pid or "-"), styled_state(state), escape(svc.detail),
+                      escape(str(svc.log or "")))
+    console.print(table)
+
+
+def styled_state(state: str) -> str:
+    return {"healthy": "[green]healthy[/]", "running": "[yellow]running[/]"}.get(
+        state, "[red]stopped[/]"
+    )
+
+
+# -- daemons --------------------------------------------------------------------------------
+@app.command()
+@command
+def nodepool(
+    host: str = typer.Option(None, help="Override GRPC_HOST."),
+    port: int = typer.Option(None, help="Override GRPC_PORT."),
+) -> None:
+    """Run the node pool in the foreground (for systemd: hivemind-nodepool)."""
+    from hivemind.nodepool.server import serve
+
+    raise typer.Exit(serve(settings(grpc_host=host, grpc_port=port)))
+
+
+@app.command()
+@command
+def worker(
+    node_id: str = typer.Option(None, "--node-id", help="This worker's id (default: hostname)."),
+    allow: list[str] = typer.Option([], "--allow", help="A module whose functions may run."),
+    label: list[str] = typer.Option([], "--label", help="A label to advertise."),
+    gpu: int = typer.Option(0, help="GPUs to advertise."),
+    capacity: int = typer.Option(0, help="Tasks at once (default: MAX_CONCURRENT_TASKS)."),
+) -> None:
+    """Run a worker in the foreground (for systemd: hivemind-worker@ID)."""
+    import socket
+
+    from hivemind.paths import layout
+    from hivemind.worker.daemon import WorkerOptions, run_worker
+
+    s = settings()
+    node = node_id or socket.gethostname()
+    token = s.worker_token or os.environ.get("HIVEMIND_WORKER_TOKEN", "")
+    token_file = layout(s.home).worker_token_file(node)
+    if not token and token_file.exists():
+        token = token_file.read_text().strip()
+    if not token:
+        fail(f"no worker token: set WORKER_TOKEN or write one to {token_file} "
+             f"(`hivemind worker-token {node}` on the node pool's host prints one)", 2)
+    allowed = tuple(allow) or ("hivemind.examples",)
+    options = WorkerOptions(node_id=node, token=token, allowed_modules=allowed,
+                            labels=tuple(label), gpu=gpu, capacity=capacity)
+    raise typer.Exit(run_worker(s, options))
+
+
+@app.command("worker-token")
+@command
+def worker_token(node_id: str, save: bool = typer.Option(False, help="Write it to "
+                 "worker/config/NODE_ID.token (mode 0600) instead of printing it.")) -> None:
+    """Issue a token that lets one worker join as NODE_ID (uses this host's signing secret)."""
+    from hivemind.auth import issue_worker_token
+    from hivemind.paths import layout
+
+    s = settings()
+    token = issue_worker_token(s, node_id)
+    if save:
+        path = layout(s.home).ensure().worker_token_file(node_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        console.print(f"saved to {path}")
+    else:
+        sys.stdout.write(token + "\n")
+
+
+# -- login ----------------------------------------------------------------------------------
+@app.command()
+@command
+def login(
+    username: str = typer.Option(None, "--username", "-u"),
+    password: str = typer.Option(None, "--password", envvar="HIVEMIND_PASSWORD",
+                                 help="Prefer the prompt or $HIVEMIND_PASSWORD."),
+) -> None:
+    """Log in to the node pool; the token is stored with mode 0600."""
+    s = settings()
+    username = username or typer.prompt("username")
+    password = password or getpass.getpass("password: ")
+    with client(s) as c:
+        reply = c.login(username, password)
+    path = save_token(s.client_address, reply.token)
+    console.print(f"logged in as {reply.user.username} ({reply.user.role}) until "
+                  f"{when(reply.expires_at)}; token saved in {path}")
+
+
+@app.command()
+@command
+def logout() -> None:
+    """Forget the stored token for this node pool."""
+    s = settings()
+    console.print("logged out" if forget_token(s.client_address) else "was not logged in")
+
+
+@app.command()
+@command
+def whoami() -> None:
+    """Who the stored token belongs to."""
+    with client() as c:
+        user = c.whoami()
+    console.print(f"{user.username} ({user.role}), {user.credits} credits")
+
+
+# -- users and the database (local, on the node pool's host) -------------------------------
+def _store():  # type: ignore[no-untyped-def]
+    from hivemind.paths import layout
+    from hivemind.userdb import UserStore
+
+    return UserStore(layout(settings().home).users_db)
+
+
+@user_app.command("add")
+@command
+def user_add(
+    username: str,
+    role: str = typer.Option("user", help="admin or user"),
+    credits: int = typer.Option(0),
+    password: str = typer.Option(None, envvar="HIVEMIND_NEW_PASSWORD",
+                                 help="Prefer the prompt or $HIVEMIND_NEW_PASSWORD."),
+) -> None:
+    """Create a user."""
+    password = password or getpass.getpass(f"password for {username}: ")
+    store = _store()
+    try:
+        user = store.create_user(username, password, role, credits)
+    finally:
+        store.close()
+    console.print(f"created {user.role} {user.username}")
+
+
+@user_app.command("list")
+@command
+def user_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List users."""
+    store = _store()
+    try:
+        users = store.list_users()
+    finally:
+        store.close()
+    if as_json:
+        print_json([vars(u) for u in users])
+        return
+    table = Table(show_edge=False)
+    for column in ("USER", "ROLE", "CREDITS", "CREATED", "STATE"):
+        table.add_column(column)
+    for u in users:
+        table.add_row(escape(u.username), u.role, str(u.credits), when(u.created_at),
+                      styled("offline") if u.disabled else "enabled")
+    console.print(table)
+
+
+@user_app.command("passwd")
+@command
+def user_passwd(
+    username: str,
+    password: str = typer.Option(None, envvar="HIVEMIND_NEW_PASSWORD"),
+) -> None:
+    """Set a user's password."""
+    password = password or getpass.getpass(f"new password for {username}: ")
+    store = _store()
+    try:
+        store.set_password(username, password)
+    finally:
+        store.close()
+    console.print(f"password of {username} changed")
+
+
+@user_app.command("disable")
+@command
+def user_disable(username: str, enable: bool = typer.Option(False, help="Enable instead.")) -> None:
+    """Disable (or --enable) a user; their tokens stop working at once."""
+    store = _store()
+    try:
+        store.set_disabled(username, not enable)
+    finally:
+        store.close()
+    console.print(f"{username} {'enabled' if enable else 'disabled'}")
+
+
+@db_app.command("migrate")
+@command
+def db_migrate() -> None:
+    """Create node_pool/users.db or bring its schema up to date."""
+    from hivemind.paths import layout
+    from hivemind.userdb import migrate
+
+    path = layout(settings().home).ensure().users_db
+    before, after = migrate(path)
+    if before == after:
+        console.print(f"{path} is up to date (schema {after})")
+    else:
+        console.print(f"{path}: schema {before} -> {after}")
+
+
+def main() -> None:
+    with errors():
+        app()
+
+
+if __name__ == "__main__":
+    main()

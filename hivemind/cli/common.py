@@ -1,0 +1,104 @@
+"""What every CLI command shares: settings from the global options, errors, rendering."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+
+from hivemind.client import Client
+from hivemind.config import Settings, load_settings
+from hivemind.credentials import load_token
+from hivemind.errors import HivemindError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class GlobalOptions:
+    config: str | None = None
+    debug: bool = False
+
+
+OPTIONS = GlobalOptions()
+
+
+def settings(**overrides: Any) -> Settings:
+    return load_settings(OPTIONS.config, **overrides)
+
+
+def client(settings_: Settings | None = None) -> Client:
+    s = settings_ or settings()
+    return Client(s.client_address, load_token(s.client_address))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn expected failures into one line and an exit code; tracebacks only with --debug."""
+    try:
+        yield
+    except HivemindError as exc:
+        if OPTIONS.debug:
+            traceback.print_exc()
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command body in :func:`errors`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with errors():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+STATUS_STYLE = {
+    "QUEUED": "yellow",
+    "RUNNING": "cyan",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "TIMEOUT": "red",
+    "CANCELLED": "magenta",
+    "online": "green",
+    "lost": "red",
+    "offline": "dim",
+}
+
+
+def styled(status: str) -> str:
+    style = STATUS_STYLE.get(status, "white")
+    return f"[{style}]{status}[/]"

@@ -1,0 +1,252 @@
+"""Task commands: submit, tasks, task show|logs|result|cancel, workers."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from hivemind.cli.common import (
+    client,
+    command,
+    console,
+    fail,
+    print_json,
+    settings,
+    styled,
+    to_dict,
+    when,
+)
+from hivemind.client import bundle_spec, function_spec, result_value
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.states import is_terminal
+from hivemind.submission import load_items, parse_arg
+
+task_app = typer.Typer(help="One task: show, logs, result, cancel.", no_args_is_help=True)
+
+
+def _render_task_table(tasks: list[pb.Task]) -> None:
+    table = Table(show_edge=False)
+    for column in ("ID", "NAME", "STATUS", "OWNER", "WORKER", "TRY", "PROGRESS", "CREATED"):
+        table.add_column(column)
+    for t in tasks:
+        table.add_row(
+            t.id, escape(t.spec.name), styled(t.status), escape(t.owner), escape(t.worker) or "-",
+            str(t.attempt), f"{t.progress * 100:.0f}%", when(t.created_at),
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(task_app, name="task")
+
+    @app.command()
+    @command
+    def submit(
+        target: str = typer.Argument("", help="A bundle (directory or .zip) or module:function."),
+        arg: list[str] = typer.Option([], "--arg", help="A function argument (JSON or text)."),
+        timeout: float = typer.Option(0, help="Seconds before the task is killed."),
+        retries: int = typer.Option(-1, help="Requeues after a lost worker (default: config)."),
+        cpu: int = typer.Option(0, help="Cores the worker must have."),
+        memory: int = typer.Option(0, help="MiB of RAM the worker must have."),
+        gpu: int = typer.Option(0, help="GPUs the worker must have."),
+        label: list[str] = typer.Option([], "--label", help="A label the worker must have."),
+        priority: int = typer.Option(0, help="Higher runs first."),
+        name: str = typer.Option("", help="A name to show in listings."),
+        map_function: str = typer.Option("", "--map", help="module:function to fan out."),
+        items: Path | None = typer.Option(None, help="JSONL file: one task per line, for --map."),
+        wait: bool = typer.Option(False, help="Wait for the results."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Submit a bundle, a function call, or (--map) one call per item of a JSONL file."""
+        s = settings()
+        options: dict[str, Any] = dict(
+            timeout=timeout, retries=retries, priority=priority, cpu=cpu, memory_mb=memory,
+            gpu=gpu, labels=label,
+        )
+        with client(s) as c:
+            if map_function:
+                if items is None:
+                    fail("--map needs --items FILE.jsonl", 2)
+                specs = [
+                    function_spec(map_function, [item], name=name, **options)
+                    for item in load_items(items)
+                ]
+            elif ":" in target and not Path(target).exists():
+                specs = [function_spec(target, [parse_arg(a) for a in arg], name=name, **options)]
+            elif target:
+                specs = [_bundle_spec(c, Path(target), s.max_task_data_size, name, options)]
+            else:
+                fail("give a bundle path, module:function, or --map with --items", 2)
+            ids = c.submit(specs)
+            if not wait:
+                if as_json:
+                    print_json({"task_ids": ids})
+                else:
+                    for task_id in ids:
+                        console.print(f"submitted [bold]{task_id}[/]")
+                return
+            tasks = _wait_all(c, ids)
+        failed = [t for t in tasks if t.status != "SUCCEEDED"]
+        if as_json:
+            print_json([{**to_dict(t), "result": result_value(t)} for t in tasks])
+        elif map_function:
+            for t in tasks:
+                console.print_json(t.result_json) if t.result_json else console.print(
+                    f"{t.id}: {styled(t.status)} {escape(t.error_message)}"
+                )
+        else:
+            for t in tasks:
+                console.print(f"{t.id}: {styled(t.status)} {escape(t.error_message)}")
+                if t.result_json:
+                    console.print_json(t.result_json)
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("tasks")
+    @command
+    def list_tasks(
+        status: str = typer.Option("", help="QUEUED, RUNNING, SUCCEEDED, FAILED, …"),
+        all_users: bool = typer.Option(False, "--all", help="Every user's tasks (admins)."),
+        limit: int = typer.Option(100, help="How many, newest first."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List tasks, newest first."""
+        with client() as c:
+            tasks = c.list(status.upper(), limit, all_users)
+        if as_json:
+            print_json([to_dict(t) for t in tasks])
+        else:
+            _render_task_table(tasks)
+
+    @app.command()
+    @command
+    def workers(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+        """List registered workers with their heartbeat age and load."""
+        with client() as c:
+            found = c.workers()
+        if as_json:
+            print_json([to_dict(w) for w in found])
+            return
+        table = Table(show_edge=False)
+        for column in ("NODE", "STATUS", "HEARTBEAT", "CPU", "MEM MiB", "GPU", "LABELS",
+                       "RUNNING", "LOAD"):
+            table.add_column(column)
+        now = time.time()
+        for w in found:
+            age = f"{now - w.last_heartbeat:.1f}s ago" if w.last_heartbeat else "-"
+            table.add_row(
+                escape(w.node_id), styled(w.status), age, str(w.resources.cpu),
+                str(w.resources.memory_mb), str(w.resources.gpu),
+                escape(",".join(w.resources.labels)) or "-",
+                f"{len(w.running_task_ids)}/{w.resources.capacity}", f"{w.metrics.load1:.2f}",
+            )
+        console.print(table)
+
+    @task_app.command("show")
+    @command
+    def show(task_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+        """A task's state, requirements and attempt history."""
+        with client() as c:
+            t = c.get(task_id)
+        if as_json:
+            print_json({**to_dict(t), "result": result_value(t)})
+            return
+        console.print(f"[bold]{t.id}[/] {escape(t.spec.name)}  {styled(t.status)}")
+        console.print(f"owner {escape(t.owner)}  worker {escape(t.worker) or '-'}  "
+                      f"attempt {t.attempt}  progress {t.progress * 100:.0f}% "
+                      f"{escape(t.progress_message)}")
+        console.print(f"created {when(t.created_at)}  started {when(t.start_time)}  "
+                      f"finished {when(t.finished_at)}  timeout {t.spec.timeout:.0f}s  "
+                      f"retries {t.spec.retries}")
+        if t.error_message:
+            console.print(f"[red]error:[/] {escape(t.error_message)}")
+        if t.unschedulable_reason:
+            console.print(f"[yellow]waiting:[/] {escape(t.unschedulable_reason)}")
+        if t.result_json:
+            console.print_json(t.result_json)
+        for e in t.history:
+            console.print(f"  {when(e.at)}  #{e.attempt} {e.event:<10} {escape(e.worker)} "
+                          f"{escape(e.detail)}")
+
+    @task_app.command("logs")
+    @command
+    def logs(task_id: str, follow: bool = typer.Option(False, "--follow", "-f")) -> None:
+        """Print a task's log; --follow keeps printing until it ends."""
+        with client() as c:
+            for text in c.stream_log(task_id, follow):
+                console.out(text, end="", highlight=False)
+
+    @task_app.command("result")
+    @command
+    def result(
+        task_id: str,
+        output: Path = typer.Option(Path("."), "-o", "--output", help="Where to unpack it."),
+    ) -> None:
+        """Print a function's result, or unpack a bundle's output/ files into -o DIR."""
+        with client() as c:
+            t = c.get(task_id)
+            if not is_terminal(t.status):
+                fail(f"task {task_id} is {t.status}; no result yet")
+            if t.result_json:
+                console.print_json(t.result_json)
+            elif t.has_result_archive:
+                dest = c.fetch_result(task_id, output)
+                console.print(f"result of {task_id} unpacked into {dest}")
+            else:
+                fail(f"task {task_id} is {t.status} and has no result "
+                     f"{('(' + t.error_message + ')') if t.error_message else ''}")
+
+    @task_app.command("cancel")
+    @command
+    def cancel(task_id: str) -> None:
+        """Cancel a queued or running task."""
+        with client() as c:
+            t = c.cancel(task_id)
+            if t.status == "RUNNING":
+                t = c.wait([task_id], timeout=10)[0]
+        console.print(f"{task_id}: {styled(t.status)}")
+
+
+def _bundle_spec(c: Any, path: Path, max_size: int, name: str, options: dict[str, Any]) -> pb.TaskSpec:
+    from hivemind.worker.bundle import make_bundle, read_manifest_from_zip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        zip_path = make_bundle(path, Path(tmp) / "bundle.zip", max_size)
+        manifest = read_manifest_from_zip(zip_path)
+        with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
+                      console=console, transient=True) as bar:
+            job = bar.add_task("upload", total=zip_path.stat().st_size)
+            bundle_id = c.upload_bundle(zip_path, lambda sent, _: bar.update(job, completed=sent))
+    req = manifest.requirements
+    merged = dict(options)
+    merged["timeout"] = options["timeout"] or manifest.timeout or 0
+    merged["retries"] = options["retries"] if options["retries"] >= 0 else (
+        manifest.retries if manifest.retries is not None else -1)
+    merged["priority"] = options["priority"] or manifest.priority or 0
+    merged["cpu"] = options["cpu"] or req.get("cpu", 0)
+    merged["memory_mb"] = options["memory_mb"] or req.get("memory_mb", 0)
+    merged["gpu"] = options["gpu"] or req.get("gpu", 0)
+    merged["labels"] = list(options["labels"]) or list(req.get("labels", []))
+    return bundle_spec(bundle_id, name=name or manifest.name or path.name, **merged)
+
+
+def _wait_all(c: Any, ids: list[str]) -> list[pb.Task]:
+    done: dict[str, pb.Task] = {}
+    with Progress(TextColumn("waiting"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=console, transient=True) as bar:
+        job = bar.add_task("wait", total=len(ids))
+        while len(done) < len(ids):
+            pending = [i for i in ids if i not in done][:1000]
+            for t in c.wait(pending, timeout=10):
+                if is_terminal(t.status):
+                    done[t.id] = t
+            bar.update(job, completed=len(done))
+    return [done[i] for i in ids]
+

@@ -1,0 +1,215 @@
+"""The Python client of the node pool, for users and admins (the CLI and the master use it)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from hivemind import keys
+from hivemind.errors import NodePoolError
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+#: The guide's keepalive values (§4): a dead peer is noticed within seconds, not minutes.
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+]
+
+
+def rpc_error(exc: grpc.RpcError, address: str) -> NodePoolError:
+    """One clear line for a failed call."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return NodePoolError(
+            f"cannot reach the node pool at {address} ({details}); is it running? "
+            "(`hivemind up` or `hivemind nodepool`)",
+            code.name,
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return NodePoolError(f"the node pool at {address} did not answer in time", code.name)
+    return NodePoolError(details or code.name, code.name)
+
+
+def open_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+class Client:
+    def __init__(self, address: str, token: str = "", timeout: float = 30.0) -> None:
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.channel = open_channel(address)
+        self.users = pb_grpc.UserServiceStub(self.channel)
+        self.tasks = pb_grpc.TaskServiceStub(self.channel)
+        self.workers_stub = pb_grpc.WorkerServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.address) from None
+
+    def _stream(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
+        try:
+            yield from method(request, metadata=self._metadata())
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.address) from None
+
+    # -- users -------------------------------------------------------------------------------
+    def login(self, username: str, password: str) -> pb.TokenReply:
+        reply = self.call(self.users.Login, pb.LoginRequest(username=username, password=password))
+        self.token = reply.token
+        return reply
+
+    def whoami(self) -> pb.User:
+        return self.call(self.users.WhoAmI, pb.Empty())
+
+    def create_user(self, username: str, password: str, role: str = "user", credits: int = 0) -> pb.User:
+        request = pb.CreateUserRequest(
+            username=username, password=password, role=role, credits=credits
+        )
+        return self.call(self.users.CreateUser, request)
+
+    def list_users(self) -> list[pb.User]:
+        return list(self.call(self.users.ListUsers, pb.Empty()).users)
+
+    def balance(self) -> pb.Balance:
+        return self.call(self.users.GetBalance, pb.Empty())
+
+    def transfer(self, to_username: str, amount: int) -> pb.Balance:
+        request = pb.TransferRequest(to_username=to_username, amount=amount)
+        return self.call(self.users.TransferCredits, request)
+
+    def issue_worker_token(self, node_id: str) -> str:
+        request = pb.WorkerTokenRequest(node_id=node_id)
+        return self.call(self.users.IssueWorkerToken, request).token
+
+    # -- tasks -------------------------------------------------------------------------------
+    def upload_bundle(
+        self, zip_path: Path, on_progress: Callable[[int, int], None] | None = None
+    ) -> str:
+        total = zip_path.stat().st_size
+
+        def chunks() -> Iterator[pb.BundleChunk]:
+            sent = 0
+            with zip_path.open("rb") as fh:
+                while data := fh.read(keys.CHUNK_SIZE):
+                    sent += len(data)
+                    if on_progress:
+                        on_progress(sent, total)
+                    yield pb.BundleChunk(data=data)
+
+        reply = self.call(self.tasks.UploadBundle, chunks(), timeout=3600)
+        return reply.bundle_id
+
+    def submit(self, specs: Sequence[pb.TaskSpec]) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, len(specs), keys.SUBMIT_BATCH_MAX):
+            request = pb.SubmitRequest(tasks=specs[start : start + keys.SUBMIT_BATCH_MAX])
+            ids.extend(self.call(self.tasks.SubmitTasks, request).task_ids)
+        return ids
+
+    def get(self, task_id: str) -> pb.Task:
+        return self.call(self.tasks.GetTask, pb.TaskRequest(task_id=task_id))
+
+    def list(self, status: str = "", limit: int = 100, all_users: bool = False) -> list[pb.Task]:
+        request = pb.ListTasksRequest(status=status, limit=limit, all_users=all_users)
+        return list(self.call(self.tasks.ListTasks, request).tasks)
+
+    def cancel(self, task_id: str) -> pb.Task:
+        return self.call(self.tasks.CancelTask, pb.TaskRequest(task_id=task_id))
+
+    def wait(self, task_ids: Sequence[str], timeout: float = 30.0) -> list[pb.Task]:
+        """The tasks once all are finished, or as they are when ``timeout`` passes."""
+        request = pb.WaitRequest(task_ids=list(task_ids), timeout=timeout)
+        return list(self.call(self.tasks.WaitTasks, request, timeout=timeout + 30).tasks)
+
+    def stream_log(self, task_id: str, follow: bool = False) -> Iterator[str]:
+        request = pb.LogRequest(task_id=task_id, follow=follow)
+        for chunk in self._stream(self.tasks.StreamLog, request):
+            yield chunk.text
+
+    def fetch_result(self, task_id: str, dest_dir: Path) -> Path:
+        """Download a bundle task's output zip and unpack it into ``dest_dir``."""
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        archive = dest_dir / f"{task_id}-result.zip"
+        with archive.open("wb") as fh:
+            for chunk in self._stream(self.tasks.FetchResult, pb.TaskRequest(task_id=task_id)):
+                fh.write(chunk.data)
+        # Our own worker built this zip, but unpack defensively all the same.
+        from hivemind.worker.bundle import extract_archive
+
+        extract_archive(archive, dest_dir)
+        archive.unlink()
+        return dest_dir
+
+    def workers(self) -> list[pb.WorkerInfo]:
+        return list(self.call(self.workers_stub.ListWorkers, pb.Empty()).workers)
+
+
+def function_spec(
+    function: str,
+    args: Sequence[Any] = (),
+    *,
+    name: str = "",
+    timeout: float = 0,
+    retries: int = -1,
+    priority: int = 0,
+    cpu: int = 0,
+    memory_mb: int = 0,
+    gpu: int = 0,
+    labels: Sequence[str] = (),
+) -> pb.TaskSpec:
+    return pb.TaskSpec(
+        name=name or function,
+        kind=pb.FUNCTION,
+        function=function,
+        args_json=json.dumps(list(args)),
+        timeout=timeout,
+        retries=retries,
+        priority=priority,
+        requirements=pb.Requirements(cpu=cpu, memory_mb=memory_mb, gpu=gpu, labels=list(labels)),
+    )
+
+
+def bundle_spec(bundle_id: str, **options: Any) -> pb.TaskSpec:
+    spec = function_spec("", **options)
+    spec.kind = pb.BUNDLE
+    spec.function = ""
+    spec.args_json = ""
+    spec.bundle_id = bundle_id
+    return spec
+
+
+def result_value(task: pb.Task) -> Any:
+    return json.loads(task.result_json) if task.result_json else None
+
+
+def is_zip(path: Path) -> bool:
+    return path.is_file() and zipfile.is_zipfile(path)

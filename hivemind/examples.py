@@ -1,0 +1,37 @@
+"""Small functions for trying HiveMind out; every worker allows this module by default."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hivemind.task import report_progress
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def noop() -> None:
+    return None
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def square(x: float) -> float:
+    return x * x
+
+
+def sleep(seconds: float) -> float:
+    """Sleep, reporting progress every tenth of the way; returns the seconds slept."""
+    steps = 10
+    for step in range(steps):
+        time.sleep(seconds / steps)
+        report_progress((step + 1) / steps, f"slept {(step + 1) * seconds / steps:.1f}s")
+    return seconds
+
+
+def fail(message: str = "this task fails on purpose") -> None:
+    raise RuntimeError(message)

@@ -1,0 +1,116 @@
+"""Every Redis key HiveMind uses, and the timing defaults that go with them.
+
+The guide's key names are kept so that its ``redis-cli`` commands work verbatim:
+
+========================  ======  ==========================================================
+key                       type    holds
+========================  ======  ==========================================================
+``worker_nodes``          hash    node id -> JSON summary of that worker
+``worker:<id>``           hash    ``status``, ``last_heartbeat``, resources and metrics
+``task_queue``            list    ids of QUEUED tasks, in submit order
+``task:<id>``             hash    ``status``, ``error_message``, ``start_time``,
+                                  ``last_update``, ``progress``, ``worker``, ``owner``,
+                                  ``attempt`` and the task's spec
+========================  ======  ==========================================================
+
+HiveMind's own keys:
+
+=============================  ======  =====================================================
+``worker:<id>:tasks``          set     ids of the tasks leased to that worker
+``task:<id>:log``              list    log chunks, in order
+``task:<id>:history``          list    JSON attempt events (leased, requeued, finished …)
+``queue:owners``               zset    owners with queued tasks; score = priority rank, then
+                                       round-robin ticket (lowest is served next)
+``queue:owner:<owner>``        zset    that owner's queued task ids; score = priority rank,
+                                       then submit sequence
+``queue:seq``                  string  submit sequence counter
+``queue:rr``                   string  round-robin ticket counter
+``leases``                     zset    RUNNING task id -> lease expiry (unix ms)
+``tasks:all``                  zset    task id -> created (unix ms), for admin listings
+``tasks:owner:<owner>``        zset    task id -> created (unix ms), for a user's listing
+``tasks:constrained``          set     QUEUED tasks with requirements, checked for
+                                       schedulability by the reaper
+``tasks:archive_pending``      set     finished tasks not yet archived to SQLite
+``login_failures:<username>``  string  failed logins in the current window (expires)
+=============================  ======  =====================================================
+"""
+
+from __future__ import annotations
+
+WORKER_NODES = "worker_nodes"
+TASK_QUEUE = "task_queue"
+QUEUE_OWNERS = "queue:owners"
+QUEUE_SEQ = "queue:seq"
+QUEUE_RR = "queue:rr"
+LEASES = "leases"
+TASKS_ALL = "tasks:all"
+TASKS_CONSTRAINED = "tasks:constrained"
+TASKS_ARCHIVE_PENDING = "tasks:archive_pending"
+
+# Prefixes, for the Lua scripts that build keys from ids.
+WORKER_PREFIX = "worker:"
+TASK_PREFIX = "task:"
+QUEUE_OWNER_PREFIX = "queue:owner:"
+TASKS_OWNER_PREFIX = "tasks:owner:"
+
+
+def worker_key(node_id: str) -> str:
+    return f"{WORKER_PREFIX}{node_id}"
+
+
+def worker_tasks_key(node_id: str) -> str:
+    return f"{WORKER_PREFIX}{node_id}:tasks"
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def task_log_key(task_id: str) -> str:
+    return f"{TASK_PREFIX}{task_id}:log"
+
+
+def task_history_key(task_id: str) -> str:
+    return f"{TASK_PREFIX}{task_id}:history"
+
+
+def owner_queue_key(owner: str) -> str:
+    return f"{QUEUE_OWNER_PREFIX}{owner}"
+
+
+def owner_tasks_key(owner: str) -> str:
+    return f"{TASKS_OWNER_PREFIX}{owner}"
+
+
+def login_failures_key(username: str) -> str:
+    return f"login_failures:{username}"
+
+
+# -- timing and sizing defaults that are not user settings ----------------------------------
+
+#: Priorities are clamped to this range; the score of a queued task is
+#: ``(PRIORITY_MAX - priority) * PRIORITY_STRIDE + sequence``, exact in a double.
+PRIORITY_MAX = 1000
+PRIORITY_STRIDE = 2**40
+
+#: Queued tasks one lease call inspects before giving up on finding one that fits.
+LEASE_SCAN_LIMIT = 200
+#: Most tasks one lease call hands out.
+LEASE_BATCH_MAX = 256
+#: Longest long-poll a worker may ask for, in seconds.
+LEASE_WAIT_MAX = 30.0
+#: Seconds between reaper passes (expired leases, lost workers, schedulability).
+REAPER_INTERVAL = 1.0
+#: A worker with no heartbeat for this many intervals is marked ``lost``.
+WORKER_LOST_AFTER_INTERVALS = 3
+#: Seconds an ``offline`` or ``lost`` worker stays listed before it is forgotten.
+WORKER_FORGET_AFTER = 24 * 3600
+#: Failed logins allowed per user and window before login is refused.
+LOGIN_FAILURES_MAX = 5
+LOGIN_FAILURE_WINDOW = 300
+#: Bytes per gRPC message when streaming bundles, results, checkpoints and logs.
+CHUNK_SIZE = 1024 * 1024
+#: Log chunks kept per task in Redis (the whole log is archived to disk when it ends).
+TASK_LOG_MAX_CHUNKS = 20_000
+#: Tasks one SubmitTasks call may carry.
+SUBMIT_BATCH_MAX = 10_000

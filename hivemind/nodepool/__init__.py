@@ -1,0 +1,1 @@
+"""The node pool: gRPC server, authentication, scheduling and leases."""

@@ -1,0 +1,157 @@
+"""The node pool's housekeeping loop: expired leases, lost workers, unschedulable tasks and
+the archive of finished tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from hivemind import keys
+from hivemind.nodepool.core import NodePoolState, caps_from_record
+from hivemind.taskstore import WorkerCaps
+
+log = logging.getLogger("hivemind.nodepool")
+
+
+def unschedulable_reason(requirements: dict[str, Any], workers: dict[str, WorkerCaps]) -> str:
+    """Why no worker in ``workers`` can run a task with these requirements ('' if one can)."""
+    need_cpu = int(requirements.get("cpu") or 0)
+    need_mem = int(requirements.get("memory_mb") or 0)
+    need_gpu = int(requirements.get("gpu") or 0)
+    need_labels = set(requirements.get("labels") or ())
+    if not workers:
+        return "no live worker is registered"
+    best_id, best_missing = "", []
+    for node_id, caps in sorted(workers.items()):
+        missing = []
+        if need_cpu > caps.cpu:
+            missing.append(f"cpu {need_cpu} > {caps.cpu}")
+        if need_mem > caps.memory_mb:
+            missing.append(f"memory_mb {need_mem} > {caps.memory_mb}")
+        if need_gpu > caps.gpu:
+            missing.append(f"gpu {need_gpu} > {caps.gpu}")
+        lacking = sorted(need_labels - set(caps.labels))
+        if lacking:
+            missing.append("labels " + ",".join(lacking) + " not advertised")
+        if not missing:
+            return ""
+        if not best_id or len(missing) < len(best_missing):
+            best_id, best_missing = node_id, missing
+    return (
+        f"no live worker meets the requirements; closest is {best_id}: "
+        + "; ".join(best_missing)
+    )
+
+
+class Housekeeper:
+    def __init__(self, state: NodePoolState) -> None:
+        self.state = state
+        self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.state.stopping.wait(keys.REAPER_INTERVAL):
+            try:
+                self.run_once()
+            except redis.RedisError as exc:
+                log.warning("housekeeping skipped: redis: %s", exc)
+            except Exception:
+                log.exception("housekeeping pass failed")
+
+    def run_once(self) -> None:
+        self.reap_leases()
+        live = self.mark_lost_workers()
+        self.check_schedulability(live)
+        self.archive_finished()
+
+    def reap_leases(self) -> None:
+        reaped = self.state.tasks.reap_expired()
+        for task_id, action, worker in reaped:
+            log.warning("task %s %s: lease expired on worker %s", task_id, action, worker)
+        if reaped:
+            self.state.queued.notify()
+            self.state.finished.notify()
+
+    def mark_lost_workers(self) -> dict[str, WorkerCaps]:
+        """Mark workers whose heartbeat stopped; returns the capabilities of the live ones."""
+        r = self.state.redis
+        now = time.time()
+        lost_after = keys.WORKER_LOST_AFTER_INTERVALS * self.state.settings.heartbeat_interval
+        node_ids = r.hkeys(keys.WORKER_NODES)
+        pipe = r.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hgetall(keys.worker_key(node_id))
+        live: dict[str, WorkerCaps] = {}
+        for node_id, record in zip(node_ids, pipe.execute(), strict=True):
+            age = now - float(record.get("last_heartbeat") or 0)
+            status = record.get("status")
+            if status == "online" and age <= lost_after:
+                live[node_id] = caps_from_record(record)
+            elif status == "online":
+                log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
+                self._set_worker_status(node_id, "lost")
+            elif age > keys.WORKER_FORGET_AFTER:
+                r.hdel(keys.WORKER_NODES, node_id)
+                r.delete(keys.worker_key(node_id))
+        return live
+
+    def _set_worker_status(self, node_id: str, status: str) -> None:
+        r = self.state.redis
+        summary = json.loads(r.hget(keys.WORKER_NODES, node_id) or "{}")
+        summary["status"] = status
+        pipe = r.pipeline()
+        pipe.hset(keys.worker_key(node_id), "status", status)
+        pipe.hset(keys.WORKER_NODES, node_id, json.dumps(summary))
+        pipe.execute()
+
+    def check_schedulability(self, live: dict[str, WorkerCaps]) -> None:
+        r = self.state.redis
+        fields = ("status", "req_cpu", "req_memory_mb", "req_gpu", "req_labels",
+                  "unschedulable_reason")
+        task_ids = list(r.sscan_iter(keys.TASKS_CONSTRAINED, count=500))[:2000]
+        pipe = r.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hmget(keys.task_key(task_id), fields)
+        for task_id, values in zip(task_ids, pipe.execute(), strict=True):
+            record = dict(zip(fields, values, strict=True))
+            requirements = {
+                "cpu": record["req_cpu"],
+                "memory_mb": record["req_memory_mb"],
+                "gpu": record["req_gpu"],
+                "labels": [x for x in (record["req_labels"] or "").split(",") if x],
+            }
+            reason = unschedulable_reason(requirements, live)
+            if reason != (record["unschedulable_reason"] or ""):
+                self.state.tasks.mark_unschedulable(task_id, reason)
+
+    def archive_finished(self, batch: int = 200) -> int:
+        """Copy finished tasks to SQLite, write their logs to disk, then let Redis expire them."""
+        r = self.state.redis
+        task_ids = r.srandmember(keys.TASKS_ARCHIVE_PENDING, batch) or []
+        retention = int(self.state.settings.task_retention)
+        for task_id in task_ids:
+            pipe = r.pipeline(transaction=False)
+            pipe.hgetall(keys.task_key(task_id))
+            pipe.lrange(keys.task_history_key(task_id), 0, -1)
+            pipe.lrange(keys.task_log_key(task_id), 0, -1)
+            record, history, log_chunks = pipe.execute()
+            if record:
+                self.state.users.archive_task(record, [json.loads(h) for h in history])
+                self.state.blobs.write_log(task_id, "".join(log_chunks))
+                pipe = r.pipeline(transaction=False)
+                for key in (keys.task_key(task_id), keys.task_history_key(task_id),
+                            keys.task_log_key(task_id)):
+                    pipe.expire(key, retention)
+                pipe.execute()
+            r.srem(keys.TASKS_ARCHIVE_PENDING, task_id)
+        return len(task_ids)

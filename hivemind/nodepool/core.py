@@ -1,0 +1,153 @@
+"""What every part of the node pool shares: settings, stores, the signer and wake-ups."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import redis
+
+from hivemind import keys
+from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
+from hivemind.config import Settings
+from hivemind.nodepool.blobs import BlobStore
+from hivemind.paths import layout
+from hivemind.taskstore import TaskStore, WorkerCaps
+from hivemind.userdb import UserError, UserStore
+
+
+class Notifier:
+    """Wakes long polls in this process: leases when work is queued, waits when tasks end."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def notify(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Block until the generation moves past ``seen`` or ``timeout`` passes."""
+        with self._cond:
+            if self._generation == seen:
+                self._cond.wait(timeout)
+            return self._generation
+
+
+@dataclass
+class NodePoolState:
+    settings: Settings
+    redis: redis.Redis
+    tasks: TaskStore
+    users: UserStore
+    blobs: BlobStore
+    signer: TokenSigner
+    queued: Notifier = field(default_factory=Notifier)
+    finished: Notifier = field(default_factory=Notifier)
+    logs: Notifier = field(default_factory=Notifier)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _caps: dict[str, WorkerCaps] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings) -> NodePoolState:
+        home = layout(settings.home).ensure()
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            max_connections=512,
+        )
+        return cls(
+            settings=settings,
+            redis=client,
+            tasks=TaskStore(client),
+            users=UserStore(home.users_db),
+            blobs=BlobStore(home.data, settings.max_task_data_size),
+            signer=signer_for(settings),
+        )
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.effective_lease_timeout
+
+    # -- authentication --------------------------------------------------------------------
+    def identify(self, context: grpc.ServicerContext) -> Identity:
+        """The caller's identity from its bearer token, or abort with UNAUTHENTICATED."""
+        token = ""
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+        if not token:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token; log in first")
+        try:
+            identity = self.signer.verify(token)
+        except AuthError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if identity.kind == "user":
+            try:
+                user = self.users.get(identity.subject)
+            except UserError:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "user no longer exists")
+            if user.disabled:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "this account is disabled")
+            # The role in the database wins over the one in an older token.
+            identity = Identity(identity.subject, "user", user.role, identity.expires_at)
+        return identity
+
+    def require_user(self, context: grpc.ServicerContext, admin: bool = False) -> Identity:
+        identity = self.identify(context)
+        if identity.kind != "user":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs a user token")
+        if admin and not identity.is_admin:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs an admin")
+        return identity
+
+    def require_worker(self, context: grpc.ServicerContext, node_id: str) -> Identity:
+        identity = self.identify(context)
+        if not identity.is_worker:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs a worker token")
+        if identity.subject != node_id:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token belongs to worker {identity.subject!r}, not {node_id!r}",
+            )
+        return identity
+
+    # -- worker capabilities -----------------------------------------------------------------
+    def remember_caps(self, node_id: str, caps: WorkerCaps) -> None:
+        self._caps[node_id] = caps
+
+    def caps_of(self, node_id: str) -> WorkerCaps | None:
+        caps = self._caps.get(node_id)
+        if caps is None:
+            record = self.redis.hgetall(keys.worker_key(node_id))
+            if not record:
+                return None
+            caps = caps_from_record(record)
+            self._caps[node_id] = caps
+        return caps
+
+
+def caps_from_record(record: dict[str, str]) -> WorkerCaps:
+    return WorkerCaps(
+        cpu=int(record.get("cpu") or 0),
+        memory_mb=int(record.get("memory_mb") or 0),
+        gpu=int(record.get("gpu") or 0),
+        labels=tuple(x for x in (record.get("labels") or "").split(",") if x),
+    )
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,120 @@
+"""`hivemind nodepool`: the gRPC server, its health service and its lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hivemind.config import Settings
+from hivemind.errors import HivemindError
+from hivemind.logs import configure_logging
+from hivemind.nodepool.background import Housekeeper
+from hivemind.nodepool.core import NodePoolState
+from hivemind.nodepool.tasks_service import TaskService
+from hivemind.nodepool.users_service import UserService
+from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
+from hivemind.paths import layout
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+
+log = logging.getLogger("hivemind.nodepool")
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["UserService"].full_name,
+    pb.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    pb.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    pb.DESCRIPTOR.services_by_name["WorkerTaskService"].full_name,
+)
+#: Seconds in-flight calls get to finish after SIGTERM.
+SHUTDOWN_GRACE = 10.0
+MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class NodePoolServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = NodePoolState.open(settings)
+        self.housekeeper = Housekeeper(self.state)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=128, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 30000),
+                ("grpc.keepalive_timeout_ms", 5000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_UserServiceServicer_to_server(UserService(self.state), self.server)
+        pb_grpc.add_WorkerServiceServicer_to_server(WorkerService(self.state), self.server)
+        pb_grpc.add_TaskServiceServicer_to_server(TaskService(self.state), self.server)
+        pb_grpc.add_WorkerTaskServiceServicer_to_server(WorkerTaskService(self.state), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.address = f"{settings.grpc_host}:{settings.grpc_port}"
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        try:
+            self.state.redis.ping()
+        except redis.RedisError as exc:
+            raise HivemindError(
+                f"cannot reach Redis at {self.settings.redacted()['REDIS_URL']}: {exc}"
+            ) from None
+        try:
+            self.server.add_insecure_port(self.address)
+        except RuntimeError:
+            raise HivemindError(f"cannot listen on {self.address}: the port is in use") from None
+        self.server.start()
+        self.housekeeper.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node pool listening on %s", self.address)
+
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting calls, let in-flight ones finish (long polls return early)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("node pool stopping; in-flight calls get %.0f s", grace)
+        self.health.enter_graceful_shutdown()
+        self.state.stopping.set()
+        self.state.queued.notify()
+        self.server.stop(grace).wait()
+        self.housekeeper.join(5)
+        self.state.users.close()
+        log.info("node pool stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(settings: Settings) -> int:
+    """Run the node pool in the foreground until SIGTERM or SIGINT."""
+    configure_logging(layout(settings.home).nodepool_log, settings.log_level)
+    server = NodePoolServer(settings)
+    server.start()
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop_requested.wait(1.0):
+        pass
+    server.stop()
+    return 0

@@ -1,0 +1,253 @@
+"""TaskService: what users do with tasks: upload, submit, look, cancel, wait, logs, results."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from hivemind import keys
+from hivemind.auth import Identity
+from hivemind.errors import HivemindError
+from hivemind.nodepool.blobs import DataTooLarge
+from hivemind.nodepool.core import NodePoolState
+from hivemind.nodepool.views import KIND_NAMES, task_message
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+from hivemind.states import TaskState, is_terminal
+from hivemind.taskstore import NewTask
+
+FUNCTION_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+LABEL = re.compile(r"^[\w.\-]{1,64}$")
+MAX_RETRIES = 100
+MAX_TIMEOUT = 7 * 24 * 3600.0
+
+
+class SpecError(ValueError):
+    pass
+
+
+class TaskService(pb_grpc.TaskServiceServicer):
+    def __init__(self, state: NodePoolState) -> None:
+        self.state = state
+
+    # -- uploads and submission ------------------------------------------------------------
+    def UploadBundle(
+        self, request_iterator: Iterable[pb.BundleChunk], context: grpc.ServicerContext
+    ) -> pb.BundleRef:
+        self.state.require_user(context)
+        blobs = self.state.blobs
+        try:
+            temp, digest, size = blobs.receive(chunk.data for chunk in request_iterator)
+        except DataTooLarge as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if size == 0:
+            blobs.discard(temp)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the bundle is empty")
+        blobs.keep(temp, "bundles", digest)
+        return pb.BundleRef(bundle_id=digest, size=size)
+
+    def SubmitTasks(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
+        identity = self.state.require_user(context)
+        if not request.tasks:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no tasks to submit")
+        if len(request.tasks) > keys.SUBMIT_BATCH_MAX:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {keys.SUBMIT_BATCH_MAX} tasks per call, got {len(request.tasks)}",
+            )
+        try:
+            tasks = [self._validate(identity, i, spec) for i, spec in enumerate(request.tasks)]
+        except SpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ids = self.state.tasks.submit(tasks)
+        self.state.queued.notify()
+        return pb.SubmitReply(task_ids=ids)
+
+    def _validate(self, identity: Identity, index: int, spec: pb.TaskSpec) -> NewTask:
+        where = f"task {index}"
+        settings = self.state.settings
+        kind = KIND_NAMES.get(spec.kind)
+        payload: dict[str, Any] = {}
+        if kind == "BUNDLE":
+            if not self._blob_exists(spec.bundle_id):
+                raise SpecError(f"{where}: unknown bundle_id {spec.bundle_id!r}; upload it first")
+            payload["bundle_id"] = spec.bundle_id
+        elif kind == "FUNCTION":
+            if not FUNCTION_NAME.match(spec.function):
+                raise SpecError(f"{where}: function must look like module:function")
+            args_json = spec.args_json or "[]"
+            if len(args_json) > settings.max_task_data_size:
+                raise SpecError(f"{where}: arguments are over MAX_TASK_DATA_SIZE")
+            try:
+                args = json.loads(args_json)
+            except ValueError as exc:
+                raise SpecError(f"{where}: args_json is not JSON: {exc}") from None
+            if not isinstance(args, list):
+                raise SpecError(f"{where}: args_json must be a JSON array")
+            payload.update(function=spec.function, args_json=args_json)
+        else:
+            raise SpecError(f"{where}: kind must be BUNDLE or FUNCTION")
+        timeout = spec.timeout or settings.task_timeout
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise SpecError(f"{where}: timeout must be between 0 and {MAX_TIMEOUT:.0f} s")
+        retries = settings.default_retries if spec.retries < 0 else spec.retries
+        if retries > MAX_RETRIES:
+            raise SpecError(f"{where}: retries must be at most {MAX_RETRIES}")
+        req = spec.requirements
+        if req.cpu < 0 or req.memory_mb < 0 or req.gpu < 0:
+            raise SpecError(f"{where}: requirements cannot be negative")
+        for label in req.labels:
+            if not LABEL.match(label):
+                raise SpecError(f"{where}: label {label!r} is not a plain word")
+        if len(spec.name) > 200:
+            raise SpecError(f"{where}: name is over 200 characters")
+        return NewTask(
+            owner=identity.subject,
+            name=spec.name or spec.function or "bundle",
+            kind=kind,
+            spec=payload,
+            timeout=timeout,
+            retries=retries,
+            priority=spec.priority,
+            req_cpu=req.cpu,
+            req_memory_mb=req.memory_mb,
+            req_gpu=req.gpu,
+            req_labels=tuple(sorted(set(req.labels))),
+        )
+
+    def _blob_exists(self, bundle_id: str) -> bool:
+        try:
+            return self.state.blobs.exists("bundles", bundle_id)
+        except HivemindError:  # a malformed id
+            return False
+
+    # -- reading -----------------------------------------------------------------------------
+    def _record(self, task_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+        pipe = self.state.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.task_key(task_id))
+        pipe.lrange(keys.task_history_key(task_id), 0, -1)
+        record, history = pipe.execute()
+        if record:
+            return record, [json.loads(h) for h in history]
+        return self.state.users.archived_task(task_id)
+
+    def _visible(
+        self, identity: Identity, task_id: str, context: grpc.ServicerContext
+    ) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        found = self._record(task_id) if task_id else None
+        # Someone else's task is reported as missing, so ids of others cannot be probed.
+        if found is None or (found[0].get("owner") != identity.subject and not identity.is_admin):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+        return found
+
+    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        identity = self.state.require_user(context)
+        return task_message(*self._visible(identity, request.task_id, context))
+
+    def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> pb.TaskList:
+        identity = self.state.require_user(context)
+        if request.all_users and not identity.is_admin:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only an admin lists all users' tasks")
+        if request.status and request.status not in TaskState.__members__:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {request.status!r}")
+        limit = request.limit or 100
+        owner = None if request.all_users else identity.subject
+        index = keys.TASKS_ALL if owner is None else keys.owner_tasks_key(owner)
+        records: dict[str, dict[str, str]] = {}
+        # Live tasks from Redis, newest first, then the archive for what has expired.
+        start = 0
+        while len(records) < limit:
+            ids = self.state.redis.zrevrange(index, start, start + 4 * limit - 1)
+            if not ids:
+                break
+            start += len(ids)
+            pipe = self.state.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hgetall(keys.task_key(task_id))
+            gone = []
+            for task_id, record in zip(ids, pipe.execute(), strict=True):
+                if not record:
+                    gone.append(task_id)
+                elif not request.status or record.get("status") == request.status:
+                    records[task_id] = record
+            if gone:
+                self.state.redis.zrem(index, *gone)
+        if len(records) < limit:
+            for record in self.state.users.archived_tasks(owner, request.status, limit):
+                records.setdefault(record["id"], record)
+        ordered = sorted(records.values(), key=lambda r: float(r.get("created_at") or 0))
+        return pb.TaskList(tasks=[task_message(r) for r in reversed(ordered[-limit:])])
+
+    def CancelTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        identity = self.state.require_user(context)
+        self._visible(identity, request.task_id, context)
+        ok, detail = self.state.tasks.cancel(request.task_id)
+        if not ok:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, detail)
+        self.state.finished.notify()
+        return task_message(*self._visible(identity, request.task_id, context))
+
+    def WaitTasks(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.TaskList:
+        identity = self.state.require_user(context)
+        ids = list(request.task_ids)
+        for task_id in ids:
+            self._visible(identity, task_id, context)
+        deadline = time.monotonic() + max(0.0, min(request.timeout or 30.0, 300.0))
+        while True:
+            seen = self.state.finished.generation
+            pipe = self.state.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(keys.task_key(task_id), "status")
+            statuses = pipe.execute()
+            remaining = deadline - time.monotonic()
+            pending = any(s is not None and not is_terminal(s) for s in statuses)
+            if not pending or remaining <= 0 or not context.is_active():
+                break
+            self.state.finished.wait(seen, min(remaining, 1.0))
+        return pb.TaskList(tasks=[task_message(*self._visible(identity, t, context)) for t in ids])
+
+    def StreamLog(
+        self, request: pb.LogRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LogChunk]:
+        identity = self.state.require_user(context)
+        self._visible(identity, request.task_id, context)
+        index = max(0, request.offset)
+        log_key = keys.task_log_key(request.task_id)
+        while context.is_active():
+            seen = self.state.logs.generation
+            pipe = self.state.redis.pipeline(transaction=False)
+            pipe.lrange(log_key, index, -1)
+            pipe.hget(keys.task_key(request.task_id), "status")
+            chunks, status = pipe.execute()
+            if status is None and not chunks:
+                # Expired from Redis: the archived log on disk has it all.
+                text = self.state.blobs.read_log(request.task_id) or ""
+                for i, piece in enumerate(text.splitlines(keepends=True)[index:]):
+                    yield pb.LogChunk(index=index + i, text=piece)
+                return
+            for chunk in chunks:
+                yield pb.LogChunk(index=index, text=chunk)
+                index += 1
+            if not request.follow or (status is not None and is_terminal(status)):
+                if not chunks:
+                    return
+                continue
+            self.state.logs.wait(seen, 1.0)
+
+    def FetchResult(
+        self, request: pb.TaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DataChunk]:
+        identity = self.state.require_user(context)
+        record, _ = self._visible(identity, request.task_id, context)
+        if record.get("has_result_archive") != "1":
+            context.abort(grpc.StatusCode.NOT_FOUND, "this task has no result archive")
+        blob_id = f"{request.task_id}-{record.get('attempt', '0')}"
+        if not self.state.blobs.exists("results", blob_id):
+            context.abort(grpc.StatusCode.DATA_LOSS, "the result archive is missing on disk")
+        for chunk in self.state.blobs.read_chunks("results", blob_id):
+            yield pb.DataChunk(data=chunk)

@@ -1,0 +1,306 @@
+"""WorkerService and WorkerTaskService: what workers do, each only as itself."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from hivemind import keys
+from hivemind.nodepool.blobs import DataTooLarge
+from hivemind.nodepool.core import NodePoolState, caps_from_record
+from hivemind.nodepool.views import task_spec, worker_message
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+from hivemind.states import TaskState
+from hivemind.taskstore import Outcome
+
+OUTCOMES = {
+    pb.SUCCEEDED: TaskState.SUCCEEDED,
+    pb.FAILED: TaskState.FAILED,
+    pb.TIMEOUT: TaskState.TIMEOUT,
+    pb.CANCELLED: TaskState.CANCELLED,
+}
+
+
+def _metrics(m: pb.Metrics) -> dict[str, float]:
+    return {
+        "cpu_percent": round(m.cpu_percent, 1),
+        "memory_percent": round(m.memory_percent, 1),
+        "load1": round(m.load1, 2),
+        "disk_percent": round(m.disk_percent, 1),
+    }
+
+
+class WorkerService(pb_grpc.WorkerServiceServicer):
+    def __init__(self, state: NodePoolState) -> None:
+        self.state = state
+
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
+        self.state.require_worker(context, request.node_id)
+        res = request.resources
+        fields = {
+            "cpu": res.cpu,
+            "memory_mb": res.memory_mb,
+            "gpu": res.gpu,
+            "labels": ",".join(sorted(set(res.labels))),
+            "capacity": res.capacity,
+            "hostname": res.hostname,
+            "address": res.address or (context.peer() or ""),
+            "version": res.version,
+            "registered_at": f"{time.time():.3f}",
+        }
+        self.state.remember_caps(request.node_id, caps_from_record({k: str(v) for k, v in fields.items()}))
+        cancel = self.state.tasks.heartbeat(
+            request.node_id,
+            fields,
+            self._summary(fields, "online", len(request.running_task_ids)),
+            request.running_task_ids,
+            self.state.lease_seconds,
+        )
+        settings = self.state.settings
+        return pb.RegisterReply(
+            heartbeat_interval=settings.heartbeat_interval,
+            lease_timeout=self.state.lease_seconds,
+            max_task_data_size=settings.max_task_data_size,
+            cancel_task_ids=cancel,
+        )
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        self.state.require_worker(context, request.node_id)
+        caps = self.state.caps_of(request.node_id)
+        if caps is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
+        metrics = _metrics(request.metrics)
+        fields = {"metrics": json.dumps(metrics), "running": len(request.running_task_ids)}
+        summary = {
+            "status": "online",
+            "last_heartbeat": round(time.time(), 3),
+            "cpu": caps.cpu,
+            "memory_mb": caps.memory_mb,
+            "gpu": caps.gpu,
+            "labels": list(caps.labels),
+            "running": len(request.running_task_ids),
+            **metrics,
+        }
+        cancel = self.state.tasks.heartbeat(
+            request.node_id, fields, summary, request.running_task_ids, self.state.lease_seconds
+        )
+        return pb.HeartbeatReply(cancel_task_ids=cancel)
+
+    def Deregister(self, request: pb.DeregisterRequest, context: grpc.ServicerContext) -> pb.Empty:
+        self.state.require_worker(context, request.node_id)
+        worker_key = keys.worker_key(request.node_id)
+        record = self.state.redis.hgetall(worker_key)
+        pipe = self.state.redis.pipeline()
+        pipe.hset(worker_key, "status", "offline")
+        pipe.hset(
+            keys.WORKER_NODES,
+            request.node_id,
+            json.dumps(self._summary(record, "offline", 0)),
+        )
+        pipe.execute()
+        return pb.Empty()
+
+    def ListWorkers(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.WorkerList:
+        self.state.identify(context)
+        node_ids = sorted(self.state.redis.hkeys(keys.WORKER_NODES))
+        pipe = self.state.redis.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hgetall(keys.worker_key(node_id))
+            pipe.smembers(keys.worker_tasks_key(node_id))
+        replies = pipe.execute()
+        workers = [
+            worker_message(node_id, replies[2 * i], list(replies[2 * i + 1]))
+            for i, node_id in enumerate(node_ids)
+        ]
+        return pb.WorkerList(workers=workers)
+
+    @staticmethod
+    def _summary(fields: dict[str, object], status: str, running: int) -> dict[str, object]:
+        return {
+            "status": status,
+            "last_heartbeat": round(time.time(), 3),
+            "cpu": fields.get("cpu"),
+            "memory_mb": fields.get("memory_mb"),
+            "gpu": fields.get("gpu"),
+            "labels": [x for x in str(fields.get("labels") or "").split(",") if x],
+            "hostname": fields.get("hostname"),
+            "running": running,
+        }
+
+
+class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
+    def __init__(self, state: NodePoolState) -> None:
+        self.state = state
+
+    def LeaseTasks(self, request: pb.LeaseRequest, context: grpc.ServicerContext) -> pb.LeaseReply:
+        self.state.require_worker(context, request.node_id)
+        caps = self.state.caps_of(request.node_id)
+        if caps is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
+        deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
+        while True:
+            seen = self.state.queued.generation
+            leases = self.state.tasks.lease(
+                request.node_id, caps, request.max_tasks, self.state.lease_seconds
+            )
+            remaining = deadline - time.monotonic()
+            if leases or remaining <= 0 or self.state.stopping.is_set() or not context.is_active():
+                break
+            # A fallback poll every second covers work queued by another process.
+            self.state.queued.wait(seen, min(remaining, 1.0))
+        if leases and not context.is_active():
+            # The worker hung up before it could receive them: give them straight back.
+            self.state.tasks.release([(x.task_id, x.attempt, request.node_id) for x in leases])
+            self.state.queued.notify()
+            return pb.LeaseReply()
+        tasks = [
+            pb.LeasedTask(
+                task_id=lease.task_id,
+                attempt=lease.attempt,
+                has_checkpoint=lease.has_checkpoint,
+                owner=lease.owner,
+            )
+            for lease in leases
+        ]
+        if tasks:
+            self._fill_specs(tasks)
+        return pb.LeaseReply(tasks=tasks)
+
+    def _fill_specs(self, tasks: list[pb.LeasedTask]) -> None:
+        """Complete each leased spec with the fields kept beside the payload in the hash."""
+        pipe = self.state.redis.pipeline(transaction=False)
+        fields = ("spec", "name", "kind", "timeout", "retries", "priority",
+                  "req_cpu", "req_memory_mb", "req_gpu", "req_labels")
+        for task in tasks:
+            pipe.hmget(keys.task_key(task.task_id), fields)
+        for task, values in zip(tasks, pipe.execute(), strict=True):
+            record = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
+            task.spec.CopyFrom(task_spec(record))
+
+    def _fenced(self, ref: pb.AttemptRef, context: grpc.ServicerContext) -> None:
+        self.state.require_worker(context, ref.node_id)
+
+    def ReportProgress(
+        self, request: pb.ProgressRequest, context: grpc.ServicerContext
+    ) -> pb.FenceReply:
+        ref = request.ref
+        self._fenced(ref, context)
+        why = self.state.tasks.report_progress(
+            ref.task_id, ref.attempt, ref.node_id, request.fraction, request.message,
+            self.state.lease_seconds,
+        )
+        return pb.FenceReply(accepted=not why, reason=why)
+
+    def AppendLog(self, request: pb.LogAppendRequest, context: grpc.ServicerContext) -> pb.FenceReply:
+        ref = request.ref
+        self._fenced(ref, context)
+        why = self.state.tasks.append_log(ref.task_id, ref.attempt, ref.node_id, request.text)
+        if not why:
+            self.state.logs.notify()
+        return pb.FenceReply(accepted=not why, reason=why)
+
+    def CompleteTasks(
+        self, request: pb.CompleteRequest, context: grpc.ServicerContext
+    ) -> pb.CompleteReply:
+        outcomes = []
+        for result in request.results:
+            self._fenced(result.ref, context)
+            if result.outcome not in OUTCOMES:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be terminal")
+            if len(result.result_json) > self.state.settings.max_task_data_size:
+                outcomes.append(
+                    Outcome(
+                        result.ref.task_id, result.ref.attempt, result.ref.node_id,
+                        TaskState.FAILED, "", "the result is over MAX_TASK_DATA_SIZE",
+                    )
+                )
+                continue
+            outcomes.append(
+                Outcome(
+                    task_id=result.ref.task_id,
+                    attempt=result.ref.attempt,
+                    worker=result.ref.node_id,
+                    status=OUTCOMES[result.outcome],
+                    result_json=result.result_json,
+                    error_message=result.error_message,
+                    has_result_archive=result.has_result_archive,
+                )
+            )
+        replies = self.state.tasks.complete(outcomes)
+        self.state.finished.notify()
+        self.state.logs.notify()
+        return pb.CompleteReply(
+            replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
+        )
+
+    def UploadData(
+        self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.FenceReply:
+        iterator = iter(request_iterator)
+        first = next(iterator, None)
+        if first is None or not first.ref.task_id or first.kind not in ("result", "checkpoint"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk names ref and kind")
+        ref = first.ref
+        self._fenced(ref, context)
+
+        def chunks() -> Iterator[bytes]:
+            yield first.data
+            for chunk in iterator:
+                yield chunk.data
+
+        blobs = self.state.blobs
+        try:
+            temp, _, _ = blobs.receive(chunks())
+        except DataTooLarge as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{first.kind}: {exc}")
+        why = self.state.tasks.mark_data(ref.task_id, ref.attempt, ref.node_id, first.kind)
+        if why:
+            blobs.discard(temp)
+            return pb.FenceReply(accepted=False, reason=why)
+        if first.kind == "result":
+            blobs.keep(temp, "results", f"{ref.task_id}-{ref.attempt}")
+        else:
+            blobs.keep(temp, "checkpoints", ref.task_id)
+        return pb.FenceReply(accepted=True)
+
+    def FetchBundle(self, request: pb.AttemptRef, context: grpc.ServicerContext) -> Iterator[pb.DataChunk]:
+        self._fenced(request, context)
+        record = self.state.redis.hmget(keys.task_key(request.task_id), ["worker", "spec"])
+        if record[0] != request.node_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this task is not leased to you")
+        bundle_id = json.loads(record[1] or "{}").get("bundle_id", "")
+        if not bundle_id or not self.state.blobs.exists("bundles", bundle_id):
+            context.abort(grpc.StatusCode.DATA_LOSS, f"bundle {bundle_id!r} is missing on disk")
+        for chunk in self.state.blobs.read_chunks("bundles", bundle_id):
+            yield pb.DataChunk(data=chunk)
+
+    def FetchCheckpoint(
+        self, request: pb.AttemptRef, context: grpc.ServicerContext
+    ) -> Iterator[pb.DataChunk]:
+        self._fenced(request, context)
+        if self.state.redis.hget(keys.task_key(request.task_id), "worker") != request.node_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this task is not leased to you")
+        if not self.state.blobs.exists("checkpoints", request.task_id):
+            context.abort(grpc.StatusCode.NOT_FOUND, "no checkpoint for this task")
+        for chunk in self.state.blobs.read_chunks("checkpoints", request.task_id):
+            yield pb.DataChunk(data=chunk)
+
+    def ReleaseTasks(
+        self, request: pb.ReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.CompleteReply:
+        for ref in request.refs:
+            self._fenced(ref, context)
+        replies = self.state.tasks.release(
+            [(ref.task_id, ref.attempt, ref.node_id) for ref in request.refs]
+        )
+        self.state.queued.notify()
+        self.state.finished.notify()
+        return pb.CompleteReply(
+            replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
+        )

@@ -1,0 +1,105 @@
+"""The layout of HIVEMIND_HOME.
+
+The guide's own relative paths are kept, so that its commands (``tail -f
+node_pool/logs/nodepool.log``, ``sqlite3 node_pool/users.db …``) work verbatim after
+``cd $HIVEMIND_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    root: Path
+
+    # -- the guide's paths -------------------------------------------------------------
+    @property
+    def node_pool(self) -> Path:
+        return self.root / "node_pool"
+
+    @property
+    def users_db(self) -> Path:
+        return self.node_pool / "users.db"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.node_pool / "secret.key"
+
+    @property
+    def nodepool_log(self) -> Path:
+        return self.node_pool / "logs" / "nodepool.log"
+
+    @property
+    def master_log(self) -> Path:
+        return self.root / "master" / "logs" / "master.log"
+
+    @property
+    def master_config(self) -> Path:
+        return self.root / "master" / "config"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.root / "worker" / "logs" / "worker.log"
+
+    @property
+    def task_execution_log(self) -> Path:
+        return self.root / "worker" / "logs" / "task_execution.log"
+
+    @property
+    def worker_config(self) -> Path:
+        return self.root / "worker" / "config"
+
+    # -- HiveMind's own folders ------------------------------------------------------------
+    @property
+    def data(self) -> Path:
+        """Task bundles, results and checkpoints, stored by the node pool."""
+        return self.root / "data"
+
+    @property
+    def worker_work(self) -> Path:
+        """Scratch work dirs of running tasks."""
+        return self.root / "worker" / "work"
+
+    @property
+    def redis_dir(self) -> Path:
+        """Data dir of the Redis that `hivemind up` starts when none answers."""
+        return self.root / "redis"
+
+    @property
+    def run(self) -> Path:
+        """Pid files of the processes `hivemind up` started."""
+        return self.root / "run"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    def worker_token_file(self, node_id: str) -> Path:
+        return self.worker_config / f"{node_id}.token"
+
+    def ensure(self) -> HomeLayout:
+        """Create every folder; private ones get mode 0700."""
+        for folder in (
+            self.node_pool / "logs",
+            self.master_log.parent,
+            self.master_config,
+            self.worker_log.parent,
+            self.worker_config,
+            self.worker_work,
+            self.data,
+            self.redis_dir,
+            self.run,
+            self.backups,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        for private in (self.node_pool, self.worker_config, self.data):
+            os.chmod(private, 0o700)
+        return self
+
+
+def layout(root: str | os.PathLike[str]) -> HomeLayout:
+    return HomeLayout(Path(root).expanduser().resolve())

@@ -1,0 +1,319 @@
+"""``node_pool/users.db``: users, credits and the archive of finished tasks.
+
+SQLite through sqlite-utils, in WAL mode. The schema is versioned with ``PRAGMA
+user_version`` and moved forward by :func:`migrate` (``hivemind db migrate``), which does the
+job of the guide's ``database_migration.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.db import NotFoundError
+
+from hivemind.auth import hash_password, verify_password
+from hivemind.errors import HivemindError
+
+ROLES = ("admin", "user")
+USERNAME_MAX = 64
+
+
+class UserError(HivemindError):
+    """A user operation was refused: unknown user, duplicate, bad role, no credits …"""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    username: str
+    role: str
+    credits: int
+    created_at: float
+    disabled: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UserRecord:
+        return cls(
+            username=row["username"],
+            role=row["role"],
+            credits=int(row["credits"]),
+            created_at=float(row["created_at"]),
+            disabled=bool(row["disabled"]),
+        )
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["users"].create(
+        {
+            "username": str,
+            "password_hash": str,
+            "role": str,
+            "credits": int,
+            "created_at": float,
+            "disabled": int,
+        },
+        pk="username",
+    )
+    db["tasks"].create(
+        {
+            "id": str,
+            "owner": str,
+            "name": str,
+            "kind": str,
+            "status": str,
+            "attempt": int,
+            "worker": str,
+            "error_message": str,
+            "created_at": float,
+            "start_time": float,
+            "finished_at": float,
+            "record": str,  # the whole Redis hash, as JSON
+            "history": str,  # JSON list of attempt events
+            "archived_at": float,
+        },
+        pk="id",
+    )
+    db["tasks"].create_index(["owner", "created_at"])
+    db["tasks"].create_index(["status", "finished_at"])
+    db["credit_transfers"].create(
+        {"id": int, "from_user": str, "to_user": str, "amount": int, "at": float}, pk="id"
+    )
+
+
+#: Migrations in order; index + 1 is the schema version each one produces.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+def schema_version(path: Path) -> int:
+    conn = _connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def migrate(path: Path) -> tuple[int, int]:
+    """Bring ``path`` to :data:`SCHEMA_VERSION`; returns (version before, version after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    conn = _connect(path)
+    try:
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if before > SCHEMA_VERSION:
+            raise UserError(
+                f"{path} has schema version {before}, newer than this HiveMind "
+                f"({SCHEMA_VERSION}); upgrade HiveMind instead of migrating"
+            )
+        for version in range(before, SCHEMA_VERSION):
+            with db.atomic():
+                MIGRATIONS[version](db)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+    finally:
+        conn.close()
+    if created:
+        # Users' password hashes live here: owner read/write, group read (the guide's 664
+        # is for a shared service group; we keep the world out).
+        os.chmod(path, 0o640)
+    return before, SCHEMA_VERSION
+
+
+class UserStore:
+    """Thread-safe access to users.db for one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        migrate(path)
+        self._conn = _connect(path)
+        self._db = sqlite_utils.Database(self._conn)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _atomic(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock, self._db.atomic():
+            yield self._db
+
+    # -- users -------------------------------------------------------------------------------
+    def create_user(
+        self, username: str, password: str, role: str = "user", credits: int = 0
+    ) -> UserRecord:
+        _check_username(username)
+        if role not in ROLES:
+            raise UserError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if len(password) < 8:
+            raise UserError("a password needs at least 8 characters")
+        if credits < 0:
+            raise UserError("credits cannot be negative")
+        row = {
+            "username": username,
+            "password_hash": hash_password(password),
+            "role": role,
+            "credits": credits,
+            "created_at": time.time(),
+            "disabled": 0,
+        }
+        with self._atomic() as db:
+            if self._find(db, username) is not None:
+                raise UserError(f"user {username!r} already exists")
+            db["users"].insert(row)
+        return UserRecord.from_row(row)
+
+    def get(self, username: str) -> UserRecord:
+        with self._lock:
+            row = self._find(self._db, username)
+        if row is None:
+            raise UserError(f"no user {username!r}")
+        return UserRecord.from_row(row)
+
+    def authenticate(self, username: str, password: str) -> UserRecord | None:
+        """The user if the password is right and the account is enabled, else None."""
+        with self._lock:
+            row = self._find(self._db, username)
+        if row is None:
+            # Spend the same time as a real check, so timing does not reveal usernames.
+            verify_password(password, _DUMMY_HASH)
+            return None
+        if not verify_password(password, row["password_hash"]) or row["disabled"]:
+            return None
+        return UserRecord.from_row(row)
+
+    def list_users(self) -> list[UserRecord]:
+        with self._lock:
+            rows = list(self._db["users"].rows_where(order_by="username"))
+        return [UserRecord.from_row(r) for r in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db["users"].count
+
+    def set_disabled(self, username: str, disabled: bool = True) -> UserRecord:
+        with self._atomic() as db:
+            self._require(db, username)
+            db["users"].update(username, {"disabled": int(disabled)})
+        return self.get(username)
+
+    def set_password(self, username: str, password: str) -> UserRecord:
+        if len(password) < 8:
+            raise UserError("a password needs at least 8 characters")
+        with self._atomic() as db:
+            self._require(db, username)
+            db["users"].update(username, {"password_hash": hash_password(password)})
+        return self.get(username)
+
+    def add_credits(self, username: str, amount: int) -> UserRecord:
+        with self._atomic() as db:
+            row = self._require(db, username)
+            if row["credits"] + amount < 0:
+                raise UserError(f"{username} has {row['credits']} credits, not {-amount}")
+            db["users"].update(username, {"credits": row["credits"] + amount})
+        return self.get(username)
+
+    def transfer(self, from_user: str, to_user: str, amount: int) -> UserRecord:
+        if amount <= 0:
+            raise UserError("a transfer must move a positive number of credits")
+        if from_user == to_user:
+            raise UserError("cannot transfer credits to yourself")
+        with self._atomic() as db:
+            sender = self._require(db, from_user)
+            receiver = self._require(db, to_user)
+            if sender["credits"] < amount:
+                raise UserError(f"you have {sender['credits']} credits, not {amount}")
+            db["users"].update(from_user, {"credits": sender["credits"] - amount})
+            db["users"].update(to_user, {"credits": receiver["credits"] + amount})
+            db["credit_transfers"].insert(
+                {"from_user": from_user, "to_user": to_user, "amount": amount, "at": time.time()}
+            )
+        return self.get(from_user)
+
+    # -- the task archive --------------------------------------------------------------------
+    def archive_task(self, record: dict[str, str], history: list[dict[str, Any]]) -> None:
+        row = {
+            "id": record["id"],
+            "owner": record.get("owner", ""),
+            "name": record.get("name", ""),
+            "kind": record.get("kind", ""),
+            "status": record.get("status", ""),
+            "attempt": int(record.get("attempt") or 0),
+            "worker": record.get("worker", ""),
+            "error_message": record.get("error_message", ""),
+            "created_at": float(record.get("created_at") or 0),
+            "start_time": float(record.get("start_time") or 0),
+            "finished_at": float(record.get("finished_at") or 0),
+            "record": json.dumps(record, sort_keys=True),
+            "history": json.dumps(history),
+            "archived_at": time.time(),
+        }
+        with self._atomic() as db:
+            db["tasks"].upsert(row, pk="id")
+
+    def archived_task(self, task_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+        with self._lock:
+            try:
+                row = self._db["tasks"].get(task_id)
+            except NotFoundError:
+                return None
+        return json.loads(row["record"]), json.loads(row["history"])
+
+    def archived_tasks(
+        self, owner: str | None, status: str | None, limit: int
+    ) -> list[dict[str, str]]:
+        clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        with self._lock:
+            rows = self._db["tasks"].rows_where(
+                " and ".join(clauses) or None,
+                params,
+                order_by="created_at desc",
+                limit=limit,
+            )
+            return [json.loads(r["record"]) for r in rows]
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _find(db: sqlite_utils.Database, username: str) -> dict[str, Any] | None:
+        try:
+            return dict(db["users"].get(username))
+        except NotFoundError:
+            return None
+
+    def _require(self, db: sqlite_utils.Database, username: str) -> dict[str, Any]:
+        row = self._find(db, username)
+        if row is None:
+            raise UserError(f"no user {username!r}")
+        return row
+
+
+def _check_username(username: str) -> None:
+    if not username or len(username) > USERNAME_MAX:
+        raise UserError(f"a username needs 1 to {USERNAME_MAX} characters")
+    if not all(c.isalnum() or c in "-_." for c in username):
+        raise UserError(f"username {username!r} may hold only letters, digits, '-', '_' and '.'")
+
+
+_DUMMY_HASH = hash_password("not-a-real-password")

@@ -1,0 +1,103 @@
+"""A worker's calls to the node pool, each authenticated as that worker and no other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from hivemind import keys
+from hivemind.client import open_channel, rpc_error
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+
+RPC_TIMEOUT = 30.0
+
+
+class WorkerConnection:
+    def __init__(self, address: str, node_id: str, token: str) -> None:
+        self.address = address
+        self.node_id = node_id
+        self._metadata = [("authorization", f"Bearer {token}")]
+        self.channel = open_channel(address)
+        self.workers = pb_grpc.WorkerServiceStub(self.channel)
+        self.tasks = pb_grpc.WorkerTaskServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method, request, timeout: float = RPC_TIMEOUT):  # type: ignore[no-untyped-def]
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.address) from None
+
+    def ref(self, task_id: str, attempt: int) -> pb.AttemptRef:
+        return pb.AttemptRef(task_id=task_id, attempt=attempt, node_id=self.node_id)
+
+    def register(self, resources: pb.WorkerResources, running: Sequence[str]) -> pb.RegisterReply:
+        request = pb.RegisterRequest(
+            node_id=self.node_id, resources=resources, running_task_ids=list(running)
+        )
+        return self._call(self.workers.Register, request, timeout=10)
+
+    def heartbeat(self, metrics: pb.Metrics, running: Sequence[str]) -> list[str]:
+        request = pb.HeartbeatRequest(
+            node_id=self.node_id, metrics=metrics, running_task_ids=list(running)
+        )
+        return list(self._call(self.workers.Heartbeat, request, timeout=10).cancel_task_ids)
+
+    def deregister(self) -> None:
+        self._call(self.workers.Deregister, pb.DeregisterRequest(node_id=self.node_id), 5)
+
+    def lease(self, max_tasks: int, wait: float) -> list[pb.LeasedTask]:
+        request = pb.LeaseRequest(node_id=self.node_id, max_tasks=max_tasks, wait=wait)
+        return list(self._call(self.tasks.LeaseTasks, request, timeout=wait + 15).tasks)
+
+    def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> bool:
+        request = pb.ProgressRequest(
+            ref=self.ref(task_id, attempt), fraction=fraction, message=message
+        )
+        return self._call(self.tasks.ReportProgress, request).accepted
+
+    def append_log(self, task_id: str, attempt: int, text: str) -> bool:
+        request = pb.LogAppendRequest(ref=self.ref(task_id, attempt), text=text)
+        return self._call(self.tasks.AppendLog, request).accepted
+
+    def complete(self, results: Sequence[pb.TaskResult]) -> list[pb.FenceReply]:
+        request = pb.CompleteRequest(results=list(results))
+        return list(self._call(self.tasks.CompleteTasks, request).replies)
+
+    def release(self, refs: Sequence[tuple[str, int]]) -> list[pb.FenceReply]:
+        request = pb.ReleaseRequest(refs=[self.ref(t, a) for t, a in refs])
+        return list(self._call(self.tasks.ReleaseTasks, request).replies)
+
+    def upload(self, task_id: str, attempt: int, kind: str, path: Path) -> pb.FenceReply:
+        def chunks() -> Iterator[pb.UploadChunk]:
+            with path.open("rb") as fh:
+                first = True
+                while True:
+                    data = fh.read(keys.CHUNK_SIZE)
+                    if first:
+                        yield pb.UploadChunk(ref=self.ref(task_id, attempt), kind=kind, data=data)
+                        first = False
+                    elif data:
+                        yield pb.UploadChunk(data=data)
+                    if not data:
+                        return
+
+        return self._call(self.tasks.UploadData, chunks(), timeout=3600)
+
+    def download(self, what: str, task_id: str, attempt: int, dest: Path) -> Path:
+        """Fetch a bundle (``what='bundle'``) or checkpoint into ``dest``."""
+        method = self.tasks.FetchBundle if what == "bundle" else self.tasks.FetchCheckpoint
+        try:
+            with dest.open("wb") as fh:
+                for chunk in method(self.ref(task_id, attempt), metadata=self._metadata,
+                                    timeout=3600):
+                    fh.write(chunk.data)
+        except grpc.RpcError as exc:
+            dest.unlink(missing_ok=True)
+            raise rpc_error(exc, self.address) from None
+        return dest

@@ -1,0 +1,455 @@
+"""`hivemind worker`: register, heartbeat, lease, run, report; survive the node pool's restarts.
+
+Threads: the lease loop (long polls for work while a slot is free), the heartbeat loop (every
+HEARTBEAT_INTERVAL, every half second while tasks run so that a cancel lands fast), the
+reporter (ships logs, progress and outcomes in batches, and keeps whatever it could not send
+until the node pool is back), and one runner thread per bundle task. Function tasks go to
+the warm process pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+from hivemind import __version__
+from hivemind.config import Settings
+from hivemind.errors import NodePoolError
+from hivemind.logs import configure_logging, rotating_handler
+from hivemind.paths import layout
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.worker.connection import WorkerConnection
+from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
+from hivemind.worker.functions import FunctionCall, FunctionOutcome, FunctionPool
+
+log = logging.getLogger("hivemind.worker")
+task_log = logging.getLogger("hivemind.task_execution")
+
+OUTCOME_CODES = {
+    "succeeded": pb.SUCCEEDED,
+    "failed": pb.FAILED,
+    "timeout": pb.TIMEOUT,
+    "cancelled": pb.CANCELLED,
+}
+LEASE_WAIT = 10.0
+BACKOFF_START, BACKOFF_MAX = 0.2, 10.0
+BUSY_HEARTBEAT = 0.5
+REPORT_INTERVAL = 0.2
+
+
+@dataclass
+class WorkerOptions:
+    node_id: str
+    token: str
+    allowed_modules: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    gpu: int = 0
+    capacity: int = 0
+
+
+@dataclass
+class RunningTask:
+    task_id: str
+    attempt: int
+    kind: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = BACKOFF_START
+
+    def sleep(self, stop: threading.Event) -> None:
+        stop.wait(self.delay)
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_START
+
+
+class Worker:
+    def __init__(self, settings: Settings, options: WorkerOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.home = layout(settings.home).ensure()
+        self.capacity = options.capacity or settings.effective_max_concurrent_tasks
+        self.conn = WorkerConnection(settings.client_address, options.node_id, options.token)
+        self.work_root = self.home.worker_work / options.node_id
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self.running: dict[str, RunningTask] = {}
+        self._lock = threading.Lock()
+        self.stop_leasing = threading.Event()
+        self.stopped = threading.Event()
+        self.connected = threading.Event()
+        self._reports: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._outcomes: list[pb.TaskResult] = []
+        self.pool = FunctionPool(
+            size=self.capacity,
+            allowed_modules=options.allowed_modules,
+            work_root=self.work_root,
+            on_progress=self._on_progress,
+        )
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def resources(self) -> pb.WorkerResources:
+        return pb.WorkerResources(
+            cpu=os.cpu_count() or 1,
+            memory_mb=psutil.virtual_memory().total // (1024 * 1024),
+            gpu=self.options.gpu,
+            labels=list(self.options.labels),
+            capacity=self.capacity,
+            hostname=socket.gethostname(),
+            version=__version__,
+        )
+
+    def connect(self) -> None:
+        """Register (again), announcing the tasks still running here; retries with backoff."""
+        backoff = Backoff()
+        while not self.stopped.is_set():
+            try:
+                reply = self.conn.register(self.resources(), self.running_ids())
+            except NodePoolError as exc:
+                if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                    raise
+                log.warning("register failed: %s; retrying in %.1f s", exc, backoff.delay)
+                backoff.sleep(self.stopped)
+                continue
+            self.heartbeat_interval = reply.heartbeat_interval or self.settings.heartbeat_interval
+            self._cancel(reply.cancel_task_ids)
+            self.connected.set()
+            log.info("registered as %s with %s", self.options.node_id, self.conn.address)
+            return
+
+    def start(self) -> None:
+        self.heartbeat_interval = self.settings.heartbeat_interval
+        self.connect()
+        for target, name in (
+            (self._lease_loop, "lease"),
+            (self._heartbeat_loop, "heartbeat"),
+            (self._report_loop, "report"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop leasing, give running tasks ``grace`` seconds, hand the rest back, leave."""
+        self.stop_leasing.set()
+        deadline = time.monotonic() + grace
+        while self.running_ids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        leftover = [(t.task_id, t.attempt) for t in self._snapshot()]
+        for task in self._snapshot():
+            task.cancel.set()
+            self.pool.cancel(task.task_id)
+        self._drain_reports(5.0)
+        if leftover:
+            try:
+                self.conn.release(leftover)
+                log.info("handed %d unfinished tasks back to the queue", len(leftover))
+            except NodePoolError as exc:
+                log.warning("could not hand tasks back (%s); their leases will expire", exc)
+        try:
+            self.conn.deregister()
+        except NodePoolError as exc:
+            log.warning("deregister failed: %s", exc)
+        self.stopped.set()
+        self.pool.shutdown(wait=False)
+        self.conn.close()
+
+    def kill_now(self) -> None:
+        """Second SIGTERM: stop every task process and exit; the leases expire and requeue."""
+        for task in self._snapshot():
+            task.cancel.set()
+        self.pool.shutdown(wait=False)
+        os._exit(1)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.running)
+
+    def _snapshot(self) -> list[RunningTask]:
+        with self._lock:
+            return list(self.running.values())
+
+    def _cancel(self, task_ids: list[str] | tuple[str, ...]) -> None:
+        for task_id in task_ids:
+            with self._lock:
+                task = self.running.get(task_id)
+            if task is not None and not task.cancel.is_set():
+                log.info("stopping task %s (cancelled or no longer ours)", task_id)
+                task.cancel.set()
+                self.pool.cancel(task_id)
+
+    # -- loops -------------------------------------------------------------------------------
+    def _lease_loop(self) -> None:
+        backoff = Backoff()
+        while not self.stop_leasing.is_set():
+            free = self.capacity - len(self.running_ids())
+            if free <= 0:
+                time.sleep(0.01)
+                continue
+            self.connected.wait()
+            try:
+                leased = self.conn.lease(free, LEASE_WAIT)
+                backoff.reset()
+            except NodePoolError as exc:
+                self._lost_connection(exc, backoff)
+                continue
+            for task in leased:
+                if self.stop_leasing.is_set():
+                    self.conn.release([(task.task_id, task.attempt)])
+                    continue
+                self._start(task)
+
+    def _lost_connection(self, exc: NodePoolError, backoff: Backoff) -> None:
+        log.warning("node pool unreachable (%s); retrying in %.1f s", exc, backoff.delay)
+        self.connected.clear()
+        backoff.sleep(self.stopped)
+        if not self.connected.is_set() and not self.stopped.is_set():
+            self.connect()
+
+    def _heartbeat_loop(self) -> None:
+        backoff = Backoff()
+        psutil.cpu_percent(None)
+        while not self.stopped.is_set():
+            busy = bool(self.running)
+            self.stopped.wait(BUSY_HEARTBEAT if busy else self.heartbeat_interval)
+            if self.stopped.is_set():
+                return
+            try:
+                cancel = self.conn.heartbeat(self._metrics(), self.running_ids())
+                backoff.reset()
+            except NodePoolError as exc:
+                if exc.code == "FAILED_PRECONDITION":  # the node pool forgot us: register
+                    self.connected.clear()
+                    self.connect()
+                else:
+                    self._lost_connection(exc, backoff)
+                continue
+            self._cancel(cancel)
+
+    def _metrics(self) -> pb.Metrics:
+        try:
+            disk = psutil.disk_usage(str(self.home.root)).percent
+        except OSError:
+            disk = 0.0
+        return pb.Metrics(
+            cpu_percent=psutil.cpu_percent(None),
+            memory_percent=psutil.virtual_memory().percent,
+            load1=os.getloadavg()[0],
+            disk_percent=disk,
+        )
+
+    # -- running tasks -----------------------------------------------------------------------
+    def _start(self, leased: pb.LeasedTask) -> None:
+        task = RunningTask(leased.task_id, leased.attempt, leased.spec.kind)
+        with self._lock:
+            self.running[task.task_id] = task
+        timeout = leased.spec.timeout or self.settings.task_timeout
+        task_log.info("task %s attempt %d started: %s", task.task_id, task.attempt,
+                      leased.spec.name)
+        if leased.spec.kind == pb.FUNCTION:
+            try:
+                args = json.loads(leased.spec.args_json or "[]")
+            except ValueError:
+                args = []
+            future = self.pool.submit(
+                FunctionCall(task.task_id, task.attempt, leased.spec.function, args, timeout)
+            )
+            future.add_done_callback(lambda f, t=task: self._function_done(t, f.result()))
+        else:
+            thread = threading.Thread(
+                target=self._run_bundle, args=(task, leased, timeout), daemon=True,
+                name=f"task-{task.task_id}",
+            )
+            thread.start()
+
+    def _function_done(self, task: RunningTask, outcome: FunctionOutcome) -> None:
+        self._finish(task, outcome.status, outcome.result_json, outcome.error_message, None)
+
+    def _run_bundle(self, task: RunningTask, leased: pb.LeasedTask, timeout: float) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix=f"{task.task_id}-", dir=self.work_root))
+        try:
+            bundle = self.conn.download("bundle", task.task_id, task.attempt, scratch / "b.zip")
+            checkpoint = None
+            if leased.has_checkpoint:
+                checkpoint = self.conn.download(
+                    "checkpoint", task.task_id, task.attempt, scratch / "ckpt.zip"
+                )
+            memory = max(leased.spec.requirements.memory_mb, self.settings.task_memory_limit_mb)
+            run = BundleRun(
+                task_id=task.task_id,
+                attempt=task.attempt,
+                zip_path=bundle,
+                work_root=scratch,
+                timeout=timeout,
+                memory_limit_mb=memory,
+                extra_env={},
+                checkpoint_zip=checkpoint,
+                max_output_size=self.settings.max_task_data_size,
+            )
+            outcome: RunOutcome = run_bundle(
+                run,
+                on_output=lambda text: self._reports.put(("log", (task, text))),
+                on_progress=lambda f, m: self._on_progress(task.task_id, task.attempt, f, m),
+                on_checkpoint=lambda path: self._upload(task, "checkpoint", path),
+                cancel=task.cancel,
+            )
+            self._finish(task, outcome.status, "", outcome.error_message, outcome.result_zip)
+        except NodePoolError as exc:
+            self._finish(task, "failed", "", f"worker could not fetch task data: {exc}", None)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _upload(self, task: RunningTask, kind: str, path: Path) -> bool:
+        try:
+            return self.conn.upload(task.task_id, task.attempt, kind, path).accepted
+        except NodePoolError as exc:
+            log.warning("task %s: %s upload failed: %s", task.task_id, kind, exc)
+            return False
+
+    def _on_progress(self, task_id: str, attempt: int, fraction: float, message: str) -> None:
+        self._reports.put(("progress", (task_id, attempt, fraction, message)))
+
+    def _finish(
+        self,
+        task: RunningTask,
+        status: str,
+        result_json: str,
+        error: str,
+        result_zip: Path | None,
+    ) -> None:
+        if task.cancel.is_set() and status != "succeeded":
+            status, error = "cancelled", error or "cancelled"
+        has_archive = False
+        if result_zip is not None:
+            has_archive = self._upload(task, "result", result_zip)
+            result_zip.unlink(missing_ok=True)
+        task_log.info("task %s attempt %d %s %s", task.task_id, task.attempt, status, error)
+        result = pb.TaskResult(
+            ref=self.conn.ref(task.task_id, task.attempt),
+            outcome=OUTCOME_CODES[status],
+            result_json=result_json,
+            error_message=error,
+            has_result_archive=has_archive,
+        )
+        self._reports.put(("outcome", (task, result)))
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _report_loop(self) -> None:
+        backoff = Backoff()
+        while not self.stopped.is_set():
+            self._collect(timeout=REPORT_INTERVAL)
+            if not self._ship():
+                backoff.sleep(self.stopped)
+            else:
+                backoff.reset()
+
+    def _collect(self, timeout: float) -> None:
+        logs: dict[tuple[str, int], list[str]] = {}
+        progress: dict[tuple[str, int], tuple[float, str]] = {}
+        try:
+            item = self._reports.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            kind, payload = item
+            if kind == "log":
+                task, text = payload  # type: ignore[misc]
+                logs.setdefault((task.task_id, task.attempt), []).append(text)
+            elif kind == "progress":
+                task_id, attempt, fraction, message = payload  # type: ignore[misc]
+                progress[(task_id, attempt)] = (fraction, message)
+            else:
+                self._flush_logs(logs)
+                self._outcomes.append(payload[1])  # type: ignore[index]
+            try:
+                item = self._reports.get_nowait()
+            except queue.Empty:
+                break
+        self._flush_logs(logs)
+        for (task_id, attempt), (fraction, message) in progress.items():
+            try:
+                self.conn.progress(task_id, attempt, fraction, message)
+            except NodePoolError as exc:
+                log.debug("progress for %s dropped: %s", task_id, exc)
+
+    def _flush_logs(self, logs: dict[tuple[str, int], list[str]]) -> None:
+        for (task_id, attempt), pieces in list(logs.items()):
+            text = "".join(pieces)
+            for line in text.splitlines():
+                task_log.info("[%s#%d] %s", task_id, attempt, line)
+            try:
+                self.conn.append_log(task_id, attempt, text)
+            except NodePoolError as exc:
+                log.debug("log for %s dropped: %s", task_id, exc)
+        logs.clear()
+
+    def _ship(self) -> bool:
+        """Send the outcomes gathered so far; keep them if the node pool is away."""
+        if not self._outcomes:
+            return True
+        batch, self._outcomes = self._outcomes[:256], self._outcomes[256:]
+        try:
+            replies = self.conn.complete(batch)
+        except NodePoolError as exc:
+            log.warning("could not report %d outcomes (%s); will retry", len(batch), exc)
+            self._outcomes[:0] = batch
+            return False
+        for result, reply in zip(batch, replies, strict=True):
+            if not reply.accepted:
+                log.warning("outcome of %s refused: %s", result.ref.task_id, reply.reason)
+            with self._lock:
+                task = self.running.get(result.ref.task_id)
+                if task is not None and task.attempt == result.ref.attempt:
+                    del self.running[result.ref.task_id]
+        return True
+
+    def _drain_reports(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (not self._reports.empty() or self._outcomes):
+            time.sleep(0.05)
+
+
+def run_worker(settings: Settings, options: WorkerOptions) -> int:
+    """Run a worker in the foreground until SIGTERM (graceful) or a second SIGTERM (now)."""
+    home = layout(settings.home).ensure()
+    configure_logging(home.worker_log, settings.log_level)
+    task_logger = logging.getLogger("hivemind.task_execution")
+    task_logger.addHandler(rotating_handler(home.task_execution_log))
+    worker = Worker(settings, options)
+    signals = {"count": 0}
+    shutdown_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("second signal: exiting now")
+            worker.kill_now()
+        shutdown_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.start()
+    while not shutdown_requested.wait(1.0):
+        pass
+    log.info("stopping: no new tasks; %d running get %.0f s", len(worker.running_ids()),
+             settings.shutdown_grace)
+    worker.shutdown(settings.shutdown_grace)
+    return 0
