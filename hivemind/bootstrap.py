@@ -41,7 +41,8 @@ def ensure_admin(settings: Settings) -> Bootstrap:
     finally:
         store.close()
     if admins:
-        token, _ = signer_for(settings).issue(admins[0].username, "user", "admin",
-                                              settings.token_ttl)
+        token, _ = signer_for(settings).issue(
+            admins[0].username, "user", "admin", settings.token_ttl
+        )
         save_token(settings.client_address, token)
     return Bootstrap(admin_created=created, password_file=password_file)

@@ -90,7 +90,9 @@ class Client:
     def whoami(self) -> pb.User:
         return self.call(self.users.WhoAmI, pb.Empty())
 
-    def create_user(self, username: str, password: str, role: str = "user", credits: int = 0) -> pb.User:
+    def create_user(
+        self, username: str, password: str, role: str = "user", credits: int = 0
+    ) -> pb.User:
         request = pb.CreateUserRequest(
             username=username, password=password, role=role, credits=credits
         )

@@ -142,9 +142,7 @@ def _coerce(name: str, raw: Any, where: str) -> Any:
             raise ValueError(raw)
         return raw
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{where}: {name.upper()} must be {kind.__name__}, got {raw!r}"
-        ) from None
+        raise ConfigError(f"{where}: {name.upper()} must be {kind.__name__}, got {raw!r}") from None
 
 
 def _validate(settings: Settings) -> Settings:

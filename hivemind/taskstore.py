@@ -565,9 +565,7 @@ class TaskStore:
     def append_log(self, task_id: str, attempt: int, worker: str, text: str) -> str:
         now, _ = _now()
         return _text(
-            self._append_log(
-                args=[task_id, attempt, worker, now, text, keys.TASK_LOG_MAX_CHUNKS]
-            )
+            self._append_log(args=[task_id, attempt, worker, now, text, keys.TASK_LOG_MAX_CHUNKS])
         )
 
     def mark_data(self, task_id: str, attempt: int, worker: str, kind: str) -> str:

@@ -34,8 +34,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-user_app = typer.Typer(help="Users in node_pool/users.db (run on the node pool's host).",
-                       no_args_is_help=True)
+user_app = typer.Typer(
+    help="Users in node_pool/users.db (run on the node pool's host).", no_args_is_help=True
+)
 db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
@@ -102,11 +103,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
     result = stack.status(settings())
     if as_json:
-        print_json({
-            "healthy": result.healthy,
-            "redis_url": result.redis_url,
-            "services": [vars(s) for s in result.services],
-        })
+        print_json(
+            {
+                "healthy": result.healthy,
+                "redis_url": result.redis_url,
+                "services": [vars(s) for s in result.services],
+            }
+        )
     else:
         _render_stack(result)
     if not result.healthy:
@@ -119,8 +122,13 @@ def _render_stack(status: object) -> None:
         table.add_column(column)
     for svc in status.services:  # type: ignore[attr-defined]
         state = "healthy" if svc.healthy else "running" if svc.running else "stopped"
-        table.add_row(svc.name, str(svc.pid or "-"), styled_state(state), escape(svc.detail),
-                      escape(str(svc.log or "")))
+        table.add_row(
+            svc.name,
+            str(svc.pid or "-"),
+            styled_state(state),
+            escape(svc.detail),
+            escape(str(svc.log or "")),
+        )
     console.print(table)
 
 
@@ -165,18 +173,31 @@ def worker(
     if not token and token_file.exists():
         token = token_file.read_text().strip()
     if not token:
-        fail(f"no worker token: set WORKER_TOKEN or write one to {token_file} "
-             f"(`hivemind worker-token {node}` on the node pool's host prints one)", 2)
+        fail(
+            f"no worker token: set WORKER_TOKEN or write one to {token_file} "
+            f"(`hivemind worker-token {node}` on the node pool's host prints one)",
+            2,
+        )
     allowed = tuple(allow) or ("hivemind.examples",)
-    options = WorkerOptions(node_id=node, token=token, allowed_modules=allowed,
-                            labels=tuple(label), gpu=gpu, capacity=capacity)
+    options = WorkerOptions(
+        node_id=node,
+        token=token,
+        allowed_modules=allowed,
+        labels=tuple(label),
+        gpu=gpu,
+        capacity=capacity,
+    )
     raise typer.Exit(run_worker(s, options))
 
 
 @app.command("worker-token")
 @command
-def worker_token(node_id: str, save: bool = typer.Option(False, help="Write it to "
-                 "worker/config/NODE_ID.token (mode 0600) instead of printing it.")) -> None:
+def worker_token(
+    node_id: str,
+    save: bool = typer.Option(
+        False, help="Write it to worker/config/NODE_ID.token (mode 0600) instead of printing it."
+    ),
+) -> None:
     """Issue a token that lets one worker join as NODE_ID (uses this host's signing secret)."""
     from hivemind.auth import issue_worker_token
     from hivemind.paths import layout
@@ -198,8 +219,12 @@ def worker_token(node_id: str, save: bool = typer.Option(False, help="Write it t
 @command
 def login(
     username: str = typer.Option(None, "--username", "-u"),
-    password: str = typer.Option(None, "--password", envvar="HIVEMIND_PASSWORD",
-                                 help="Prefer the prompt or $HIVEMIND_PASSWORD."),
+    password: str = typer.Option(
+        None,
+        "--password",
+        envvar="HIVEMIND_PASSWORD",
+        help="Prefer the prompt or $HIVEMIND_PASSWORD.",
+    ),
 ) -> None:
     """Log in to the node pool; the token is stored with mode 0600."""
     s = settings()
@@ -208,8 +233,10 @@ def login(
     with client(s) as c:
         reply = c.login(username, password)
     path = save_token(s.client_address, reply.token)
-    console.print(f"logged in as {reply.user.username} ({reply.user.role}) until "
-                  f"{when(reply.expires_at)}; token saved in {path}")
+    console.print(
+        f"logged in as {reply.user.username} ({reply.user.role}) until "
+        f"{when(reply.expires_at)}; token saved in {path}"
+    )
 
 
 @app.command()
@@ -243,8 +270,9 @@ def user_add(
     username: str,
     role: str = typer.Option("user", help="admin or user"),
     credits: int = typer.Option(0),
-    password: str = typer.Option(None, envvar="HIVEMIND_NEW_PASSWORD",
-                                 help="Prefer the prompt or $HIVEMIND_NEW_PASSWORD."),
+    password: str = typer.Option(
+        None, envvar="HIVEMIND_NEW_PASSWORD", help="Prefer the prompt or $HIVEMIND_NEW_PASSWORD."
+    ),
 ) -> None:
     """Create a user."""
     password = password or getpass.getpass(f"password for {username}: ")
@@ -272,8 +300,13 @@ def user_list(as_json: bool = typer.Option(False, "--json")) -> None:
     for column in ("USER", "ROLE", "CREDITS", "CREATED", "STATE"):
         table.add_column(column)
     for u in users:
-        table.add_row(escape(u.username), u.role, str(u.credits), when(u.created_at),
-                      styled("offline") if u.disabled else "enabled")
+        table.add_row(
+            escape(u.username),
+            u.role,
+            str(u.credits),
+            when(u.created_at),
+            styled("offline") if u.disabled else "enabled",
+        )
     console.print(table)
 
 

@@ -37,8 +37,14 @@ def _render_task_table(tasks: list[pb.Task]) -> None:
         table.add_column(column)
     for t in tasks:
         table.add_row(
-            t.id, escape(t.spec.name), styled(t.status), escape(t.owner), escape(t.worker) or "-",
-            str(t.attempt), f"{t.progress * 100:.0f}%", when(t.created_at),
+            t.id,
+            escape(t.spec.name),
+            styled(t.status),
+            escape(t.owner),
+            escape(t.worker) or "-",
+            str(t.attempt),
+            f"{t.progress * 100:.0f}%",
+            when(t.created_at),
         )
     console.print(table)
 
@@ -67,8 +73,13 @@ def register(app: typer.Typer) -> None:
         """Submit a bundle, a function call, or (--map) one call per item of a JSONL file."""
         s = settings()
         options: dict[str, Any] = dict(
-            timeout=timeout, retries=retries, priority=priority, cpu=cpu, memory_mb=memory,
-            gpu=gpu, labels=label,
+            timeout=timeout,
+            retries=retries,
+            priority=priority,
+            cpu=cpu,
+            memory_mb=memory,
+            gpu=gpu,
+            labels=label,
         )
         with client(s) as c:
             if map_function:
@@ -135,17 +146,31 @@ def register(app: typer.Typer) -> None:
             print_json([to_dict(w) for w in found])
             return
         table = Table(show_edge=False)
-        for column in ("NODE", "STATUS", "HEARTBEAT", "CPU", "MEM MiB", "GPU", "LABELS",
-                       "RUNNING", "LOAD"):
+        for column in (
+            "NODE",
+            "STATUS",
+            "HEARTBEAT",
+            "CPU",
+            "MEM MiB",
+            "GPU",
+            "LABELS",
+            "RUNNING",
+            "LOAD",
+        ):
             table.add_column(column)
         now = time.time()
         for w in found:
             age = f"{now - w.last_heartbeat:.1f}s ago" if w.last_heartbeat else "-"
             table.add_row(
-                escape(w.node_id), styled(w.status), age, str(w.resources.cpu),
-                str(w.resources.memory_mb), str(w.resources.gpu),
+                escape(w.node_id),
+                styled(w.status),
+                age,
+                str(w.resources.cpu),
+                str(w.resources.memory_mb),
+                str(w.resources.gpu),
                 escape(",".join(w.resources.labels)) or "-",
-                f"{len(w.running_task_ids)}/{w.resources.capacity}", f"{w.metrics.load1:.2f}",
+                f"{len(w.running_task_ids)}/{w.resources.capacity}",
+                f"{w.metrics.load1:.2f}",
             )
         console.print(table)
 
@@ -159,12 +184,16 @@ def register(app: typer.Typer) -> None:
             print_json({**to_dict(t), "result": result_value(t)})
             return
         console.print(f"[bold]{t.id}[/] {escape(t.spec.name)}  {styled(t.status)}")
-        console.print(f"owner {escape(t.owner)}  worker {escape(t.worker) or '-'}  "
-                      f"attempt {t.attempt}  progress {t.progress * 100:.0f}% "
-                      f"{escape(t.progress_message)}")
-        console.print(f"created {when(t.created_at)}  started {when(t.start_time)}  "
-                      f"finished {when(t.finished_at)}  timeout {t.spec.timeout:.0f}s  "
-                      f"retries {t.spec.retries}")
+        console.print(
+            f"owner {escape(t.owner)}  worker {escape(t.worker) or '-'}  "
+            f"attempt {t.attempt}  progress {t.progress * 100:.0f}% "
+            f"{escape(t.progress_message)}"
+        )
+        console.print(
+            f"created {when(t.created_at)}  started {when(t.start_time)}  "
+            f"finished {when(t.finished_at)}  timeout {t.spec.timeout:.0f}s  "
+            f"retries {t.spec.retries}"
+        )
         if t.error_message:
             console.print(f"[red]error:[/] {escape(t.error_message)}")
         if t.unschedulable_reason:
@@ -172,8 +201,9 @@ def register(app: typer.Typer) -> None:
         if t.result_json:
             console.print_json(t.result_json)
         for e in t.history:
-            console.print(f"  {when(e.at)}  #{e.attempt} {e.event:<10} {escape(e.worker)} "
-                          f"{escape(e.detail)}")
+            console.print(
+                f"  {when(e.at)}  #{e.attempt} {e.event:<10} {escape(e.worker)} {escape(e.detail)}"
+            )
 
     @task_app.command("logs")
     @command
@@ -200,8 +230,10 @@ def register(app: typer.Typer) -> None:
                 dest = c.fetch_result(task_id, output)
                 console.print(f"result of {task_id} unpacked into {dest}")
             else:
-                fail(f"task {task_id} is {t.status} and has no result "
-                     f"{('(' + t.error_message + ')') if t.error_message else ''}")
+                fail(
+                    f"task {task_id} is {t.status} and has no result "
+                    f"{('(' + t.error_message + ')') if t.error_message else ''}"
+                )
 
     @task_app.command("cancel")
     @command
@@ -214,21 +246,27 @@ def register(app: typer.Typer) -> None:
         console.print(f"{task_id}: {styled(t.status)}")
 
 
-def _bundle_spec(c: Any, path: Path, max_size: int, name: str, options: dict[str, Any]) -> pb.TaskSpec:
+def _bundle_spec(
+    c: Any, path: Path, max_size: int, name: str, options: dict[str, Any]
+) -> pb.TaskSpec:
     from hivemind.worker.bundle import make_bundle, read_manifest_from_zip
 
     with tempfile.TemporaryDirectory() as tmp:
         zip_path = make_bundle(path, Path(tmp) / "bundle.zip", max_size)
         manifest = read_manifest_from_zip(zip_path)
-        with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("uploading"), BarColumn(), DownloadColumn(), console=console, transient=True
+        ) as bar:
             job = bar.add_task("upload", total=zip_path.stat().st_size)
             bundle_id = c.upload_bundle(zip_path, lambda sent, _: bar.update(job, completed=sent))
     req = manifest.requirements
     merged = dict(options)
     merged["timeout"] = options["timeout"] or manifest.timeout or 0
-    merged["retries"] = options["retries"] if options["retries"] >= 0 else (
-        manifest.retries if manifest.retries is not None else -1)
+    merged["retries"] = (
+        options["retries"]
+        if options["retries"] >= 0
+        else (manifest.retries if manifest.retries is not None else -1)
+    )
     merged["priority"] = options["priority"] or manifest.priority or 0
     merged["cpu"] = options["cpu"] or req.get("cpu", 0)
     merged["memory_mb"] = options["memory_mb"] or req.get("memory_mb", 0)
@@ -239,8 +277,13 @@ def _bundle_spec(c: Any, path: Path, max_size: int, name: str, options: dict[str
 
 def _wait_all(c: Any, ids: list[str]) -> list[pb.Task]:
     done: dict[str, pb.Task] = {}
-    with Progress(TextColumn("waiting"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("waiting"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+        transient=True,
+    ) as bar:
         job = bar.add_task("wait", total=len(ids))
         while len(done) < len(ids):
             pending = [i for i in ids if i not in done][:1000]
@@ -249,4 +292,3 @@ def _wait_all(c: Any, ids: list[str]) -> list[pb.Task]:
                     done[t.id] = t
             bar.update(job, completed=len(done))
     return [done[i] for i in ids]
-

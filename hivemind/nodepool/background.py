@@ -42,9 +42,8 @@ def unschedulable_reason(requirements: dict[str, Any], workers: dict[str, Worker
             return ""
         if not best_id or len(missing) < len(best_missing):
             best_id, best_missing = node_id, missing
-    return (
-        f"no live worker meets the requirements; closest is {best_id}: "
-        + "; ".join(best_missing)
+    return f"no live worker meets the requirements; closest is {best_id}: " + "; ".join(
+        best_missing
     )
 
 
@@ -116,8 +115,14 @@ class Housekeeper:
 
     def check_schedulability(self, live: dict[str, WorkerCaps]) -> None:
         r = self.state.redis
-        fields = ("status", "req_cpu", "req_memory_mb", "req_gpu", "req_labels",
-                  "unschedulable_reason")
+        fields = (
+            "status",
+            "req_cpu",
+            "req_memory_mb",
+            "req_gpu",
+            "req_labels",
+            "unschedulable_reason",
+        )
         task_ids = list(r.sscan_iter(keys.TASKS_CONSTRAINED, count=500))[:2000]
         pipe = r.pipeline(transaction=False)
         for task_id in task_ids:
@@ -149,8 +154,11 @@ class Housekeeper:
                 self.state.users.archive_task(record, [json.loads(h) for h in history])
                 self.state.blobs.write_log(task_id, "".join(log_chunks))
                 pipe = r.pipeline(transaction=False)
-                for key in (keys.task_key(task_id), keys.task_history_key(task_id),
-                            keys.task_log_key(task_id)):
+                for key in (
+                    keys.task_key(task_id),
+                    keys.task_history_key(task_id),
+                    keys.task_log_key(task_id),
+                ):
                     pipe.expire(key, retention)
                 pipe.execute()
             r.srem(keys.TASKS_ARCHIVE_PENDING, task_id)

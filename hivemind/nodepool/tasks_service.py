@@ -51,7 +51,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         blobs.keep(temp, "bundles", digest)
         return pb.BundleRef(bundle_id=digest, size=size)
 
-    def SubmitTasks(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitReply:
+    def SubmitTasks(
+        self, request: pb.SubmitRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitReply:
         identity = self.state.require_user(context)
         if not request.tasks:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no tasks to submit")
@@ -197,7 +199,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         ids = list(request.task_ids)
         for task_id in ids:
             self._visible(identity, task_id, context)
-        deadline = time.monotonic() + max(0.0, min(request.timeout or 30.0, 300.0))
+        deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
         while True:
             seen = self.state.finished.generation
             pipe = self.state.redis.pipeline(transaction=False)

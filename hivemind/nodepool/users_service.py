@@ -28,10 +28,9 @@ class UserService(pb_grpc.UserServiceServicer):
             )
         user = self.state.users.authenticate(request.username, request.password)
         if user is None:
-            pipe = self.state.redis.pipeline()
-            pipe.incr(failures_key)
-            pipe.expire(failures_key, keys.LOGIN_FAILURE_WINDOW, nx=True)
-            pipe.execute()
+            # The window starts at the first failure (EXPIRE NX needs Redis 7).
+            if self.state.redis.incr(failures_key) == 1:
+                self.state.redis.expire(failures_key, keys.LOGIN_FAILURE_WINDOW)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong username or password")
         self.state.redis.delete(failures_key)
         token, expires_at = self.state.signer.issue(

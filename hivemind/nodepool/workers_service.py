@@ -38,7 +38,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     def __init__(self, state: NodePoolState) -> None:
         self.state = state
 
-    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
+    def Register(
+        self, request: pb.RegisterRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterReply:
         self.state.require_worker(context, request.node_id)
         res = request.resources
         fields = {
@@ -52,7 +54,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             "version": res.version,
             "registered_at": f"{time.time():.3f}",
         }
-        self.state.remember_caps(request.node_id, caps_from_record({k: str(v) for k, v in fields.items()}))
+        self.state.remember_caps(
+            request.node_id, caps_from_record({k: str(v) for k, v in fields.items()})
+        )
         cancel = self.state.tasks.heartbeat(
             request.node_id,
             fields,
@@ -175,8 +179,18 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def _fill_specs(self, tasks: list[pb.LeasedTask]) -> None:
         """Complete each leased spec with the fields kept beside the payload in the hash."""
         pipe = self.state.redis.pipeline(transaction=False)
-        fields = ("spec", "name", "kind", "timeout", "retries", "priority",
-                  "req_cpu", "req_memory_mb", "req_gpu", "req_labels")
+        fields = (
+            "spec",
+            "name",
+            "kind",
+            "timeout",
+            "retries",
+            "priority",
+            "req_cpu",
+            "req_memory_mb",
+            "req_gpu",
+            "req_labels",
+        )
         for task in tasks:
             pipe.hmget(keys.task_key(task.task_id), fields)
         for task, values in zip(tasks, pipe.execute(), strict=True):
@@ -192,12 +206,18 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         ref = request.ref
         self._fenced(ref, context)
         why = self.state.tasks.report_progress(
-            ref.task_id, ref.attempt, ref.node_id, request.fraction, request.message,
+            ref.task_id,
+            ref.attempt,
+            ref.node_id,
+            request.fraction,
+            request.message,
             self.state.lease_seconds,
         )
         return pb.FenceReply(accepted=not why, reason=why)
 
-    def AppendLog(self, request: pb.LogAppendRequest, context: grpc.ServicerContext) -> pb.FenceReply:
+    def AppendLog(
+        self, request: pb.LogAppendRequest, context: grpc.ServicerContext
+    ) -> pb.FenceReply:
         ref = request.ref
         self._fenced(ref, context)
         why = self.state.tasks.append_log(ref.task_id, ref.attempt, ref.node_id, request.text)
@@ -216,8 +236,12 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             if len(result.result_json) > self.state.settings.max_task_data_size:
                 outcomes.append(
                     Outcome(
-                        result.ref.task_id, result.ref.attempt, result.ref.node_id,
-                        TaskState.FAILED, "", "the result is over MAX_TASK_DATA_SIZE",
+                        result.ref.task_id,
+                        result.ref.attempt,
+                        result.ref.node_id,
+                        TaskState.FAILED,
+                        "",
+                        "the result is over MAX_TASK_DATA_SIZE",
                     )
                 )
                 continue
@@ -269,7 +293,9 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             blobs.keep(temp, "checkpoints", ref.task_id)
         return pb.FenceReply(accepted=True)
 
-    def FetchBundle(self, request: pb.AttemptRef, context: grpc.ServicerContext) -> Iterator[pb.DataChunk]:
+    def FetchBundle(
+        self, request: pb.AttemptRef, context: grpc.ServicerContext
+    ) -> Iterator[pb.DataChunk]:
         self._fenced(request, context)
         record = self.state.redis.hmget(keys.task_key(request.task_id), ["worker", "spec"])
         if record[0] != request.node_id:

@@ -94,8 +94,9 @@ class WorkerConnection:
         method = self.tasks.FetchBundle if what == "bundle" else self.tasks.FetchCheckpoint
         try:
             with dest.open("wb") as fh:
-                for chunk in method(self.ref(task_id, attempt), metadata=self._metadata,
-                                    timeout=3600):
+                for chunk in method(
+                    self.ref(task_id, attempt), metadata=self._metadata, timeout=3600
+                ):
                     fh.write(chunk.data)
         except grpc.RpcError as exc:
             dest.unlink(missing_ok=True)

@@ -262,8 +262,9 @@ class Worker:
         with self._lock:
             self.running[task.task_id] = task
         timeout = leased.spec.timeout or self.settings.task_timeout
-        task_log.info("task %s attempt %d started: %s", task.task_id, task.attempt,
-                      leased.spec.name)
+        task_log.info(
+            "task %s attempt %d started: %s", task.task_id, task.attempt, leased.spec.name
+        )
         if leased.spec.kind == pb.FUNCTION:
             try:
                 args = json.loads(leased.spec.args_json or "[]")
@@ -275,7 +276,9 @@ class Worker:
             future.add_done_callback(lambda f, t=task: self._function_done(t, f.result()))
         else:
             thread = threading.Thread(
-                target=self._run_bundle, args=(task, leased, timeout), daemon=True,
+                target=self._run_bundle,
+                args=(task, leased, timeout),
+                daemon=True,
                 name=f"task-{task.task_id}",
             )
             thread.start()
@@ -449,7 +452,10 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     worker.start()
     while not shutdown_requested.wait(1.0):
         pass
-    log.info("stopping: no new tasks; %d running get %.0f s", len(worker.running_ids()),
-             settings.shutdown_grace)
+    log.info(
+        "stopping: no new tasks; %d running get %.0f s",
+        len(worker.running_ids()),
+        settings.shutdown_grace,
+    )
     worker.shutdown(settings.shutdown_grace)
     return 0

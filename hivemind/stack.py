@@ -1,0 +1,403 @@
+"""The local stack behind `hivemind up/down/status`.
+
+`up` starts Redis (unless one answers at REDIS_URL), the node pool, the master (when
+installed) and local workers, each supervised through a pid file in ``$HIVEMIND_HOME/run``
+(:mod:`hivemind.supervisor`); `down` stops only what has a pid file, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hivemind.config import ENV_PREFIX, SECRET_SETTINGS, Settings, redact_url
+from hivemind.errors import StackError
+from hivemind.keys import worker_key
+from hivemind.paths import HomeLayout, layout
+from hivemind.redis_server import redis_answers, start_redis
+from hivemind.supervisor import (
+    EventSink,
+    ServiceSpec,
+    ServiceState,
+    StopResult,
+    running_pid,
+    service_state,
+    start_service,
+    start_services,
+    stop_services,
+)
+
+#: The command that runs `hivemind` subcommands as children.
+DEFAULT_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "hivemind")
+
+
+def _ignore(_message: str) -> None:
+    return None
+
+
+@dataclass
+class StackStatus:
+    services: list[ServiceState]
+    redis_url: str
+    embedded_redis: bool
+    #: What `down` stopped or cleared; empty for `up` and `status`.
+    stopped: list[StopResult] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return all(service.healthy for service in self.services if service.enabled)
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    """True when the gRPC health service at ``address`` reports SERVING for the server."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def worker_online(redis_url: str, node_id: str, timeout: float = 1.0) -> bool:
+    """True when the worker's Redis hash says ``status`` = online."""
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+    )
+    try:
+        return bool(client.hget(worker_key(node_id), "status") == "online")
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def port_listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    # A wildcard bind is reached through loopback.
+    target = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    try:
+        with socket.create_connection((target, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def master_installed() -> bool:
+    return importlib.util.find_spec("hivemind.master") is not None
+
+
+def child_environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this environment) plus every setting as HIVEMIND_<NAME>.
+
+    Children then see exactly the settings `up` was given, whatever file or variable they
+    came from. Empty secrets are left out, so a child falls back to its own (secret.key).
+    """
+    env = dict(os.environ if base is None else base)
+    for f in fields(settings):
+        var = ENV_PREFIX + f.name.upper()
+        value = getattr(settings, f.name)
+        if f.name in SECRET_SETTINGS and not value:
+            env.pop(var, None)
+        elif f.name == "home":
+            env[var] = str(layout(value).root)
+        else:
+            env[var] = str(value)
+    return env
+
+
+def _pidfile(home: HomeLayout, service: str) -> Path:
+    return home.run / f"{service}.pid"
+
+
+def _console(log: Path) -> Path:
+    """Where a service's stdout/stderr go: next to the log it writes itself, never into it.
+
+    The services write their own log files (``nodepool.log`` …); appending their console
+    to the same file would double every line.
+    """
+    return log.with_suffix(".out")
+
+
+def _worker_console(home: HomeLayout, node_id: str) -> Path:
+    return home.worker_log.with_name(f"worker-{node_id}.out")
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem)]
+
+
+def _worker_pidfiles(home: HomeLayout) -> list[Path]:
+    return sorted(home.run.glob("worker-*.pid"), key=_natural_key) if home.run.is_dir() else []
+
+
+@contextlib.contextmanager
+def _stack_lock(home: HomeLayout) -> Iterator[None]:
+    """One `up` or `down` at a time per home, or two could start the same service."""
+    fd = os.open(home.run / "stack.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(
+                f"another `hivemind up` or `hivemind down` is working on {home.root}; "
+                "wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_redis(settings: Settings, home: HomeLayout, timeout: float, emit: EventSink) -> None:
+    url = settings.redis_url
+    pidfile = _pidfile(home, "redis")
+    if redis_answers(url):
+        pid = running_pid(pidfile)
+        emit(
+            f"redis already running (pid {pid})" if pid else f"using the Redis at {redact_url(url)}"
+        )
+        return
+    start_redis(
+        url, home.redis_dir, pidfile, home.redis_dir / "redis.log", wait=timeout, on_event=emit
+    )
+
+
+def _start_unless_answering(
+    spec: ServiceSpec, address: str, timeout: float, emit: EventSink
+) -> None:
+    if running_pid(spec.pidfile) is None and spec.health():
+        emit(f"{spec.name} already answers at {address} (not started by `hivemind up`); using it")
+        return
+    start_service(spec, timeout, emit)
+
+
+def up(
+    settings: Settings,
+    workers: int = 1,
+    timeout: float = 60.0,
+    on_event: EventSink | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    launcher: Sequence[str] = DEFAULT_LAUNCHER,
+) -> StackStatus:
+    """Start Redis (unless one answers), the node pool, the master and ``workers`` workers.
+
+    Services already running are left alone. Each gets ``timeout`` seconds to become
+    healthy. ``config`` is passed on to the node pool as ``--config``; ``launcher`` is the
+    command that runs ``hivemind`` subcommands.
+    """
+    if workers < 0:
+        raise StackError(f"the number of workers must not be negative, got {workers}")
+    emit = on_event or _ignore
+    home = layout(settings.home).ensure()
+    with _stack_lock(home):
+        _ensure_redis(settings, home, timeout, emit)
+        env = child_environment(settings)
+        extra = ["--config", str(Path(config).absolute())] if config else []
+        nodepool = ServiceSpec(
+            name="node pool",
+            argv=[*launcher, "nodepool", *extra],
+            log=_console(home.nodepool_log),
+            pidfile=_pidfile(home, "nodepool"),
+            health=lambda: grpc_serving(settings.client_address),
+            env=env,
+        )
+        _start_unless_answering(nodepool, settings.client_address, timeout, emit)
+        if master_installed():
+            master = ServiceSpec(
+                name="master",
+                argv=[*launcher, "master"],
+                log=_console(home.master_log),
+                pidfile=_pidfile(home, "master"),
+                health=lambda: port_listening(settings.master_host, settings.master_port),
+                env=env,
+            )
+            _start_unless_answering(master, f"port {settings.master_port}", timeout, emit)
+        else:
+            emit("master not installed; skipped")
+        start_services(_worker_specs(settings, home, workers, env, launcher), timeout, emit)
+    return status(settings)
+
+
+def _worker_specs(
+    settings: Settings,
+    home: HomeLayout,
+    count: int,
+    env: Mapping[str, str],
+    launcher: Sequence[str],
+) -> list[ServiceSpec]:
+    specs = []
+    for number in range(1, count + 1):
+        node_id = f"local-{number}"
+        pidfile = _pidfile(home, f"worker-{node_id}")
+        worker_env = dict(env)
+        if running_pid(pidfile) is None:
+            # Imported here: hivemind.auth pulls in the token machinery only `up` needs.
+            from hivemind.auth import issue_worker_token
+
+            worker_env["HIVEMIND_WORKER_TOKEN"] = issue_worker_token(settings, node_id)
+        specs.append(
+            ServiceSpec(
+                name=f"worker {node_id}",
+                argv=[*launcher, "worker", "--node-id", node_id],
+                log=_worker_console(home, node_id),
+                pidfile=pidfile,
+                health=lambda node_id=node_id: worker_online(settings.redis_url, node_id),
+                env=worker_env,
+            )
+        )
+    return specs
+
+
+def down(settings: Settings, on_event: EventSink | None = None) -> StackStatus:
+    """Stop what `up` started (only services with pid files): workers, master, node pool, Redis.
+
+    Returns the status afterwards, whose ``stopped`` lists what was stopped or cleared.
+    """
+    emit = on_event or _ignore
+    home = layout(settings.home)
+    results: list[StopResult] = []
+    if home.run.is_dir():
+        with _stack_lock(home):
+            # A worker gets its shutdown grace to hand its tasks back, plus time to say so.
+            results += stop_services(
+                list(reversed(_worker_pidfiles(home))), settings.shutdown_grace + 5.0, emit
+            )
+            for service in ("master", "nodepool", "redis"):
+                pidfile = _pidfile(home, service)
+                if pidfile.exists():
+                    results += stop_services([pidfile], 10.0, emit)
+    if not results:
+        emit("nothing to stop: `hivemind up` started nothing that is still recorded")
+    after = status(settings)
+    after.stopped = results
+    return after
+
+
+def _with_outsider(state: ServiceState, health: Callable[[], bool], where: str) -> ServiceState:
+    """A service without a pid file may still run, started by someone else."""
+    if state.started_by_up or not health():
+        return state
+    detail = f"answers at {where}; not started by `hivemind up`"
+    return ServiceState(state.name, None, True, True, detail, None, False)
+
+
+def status(settings: Settings) -> StackStatus:
+    """The state of every service of the stack. Reads only; changes nothing."""
+    home = layout(settings.home)
+    url = settings.redis_url
+    shown = redact_url(url)
+    redis_pidfile = _pidfile(home, "redis")
+
+    def redis_health() -> bool:
+        return redis_answers(url)
+
+    redis_state = service_state("redis", redis_pidfile, redis_health, home.redis_dir / "redis.log")
+    redis_state = _with_outsider(redis_state, redis_health, shown)
+    if not redis_state.running:
+        redis_state.detail += f"; no Redis answers at {shown}"
+
+    def nodepool_health() -> bool:
+        return grpc_serving(settings.client_address)
+
+    nodepool = service_state(
+        "node pool", _pidfile(home, "nodepool"), nodepool_health, _console(home.nodepool_log)
+    )
+    services = [redis_state, _with_outsider(nodepool, nodepool_health, settings.client_address)]
+
+    if master_installed():
+
+        def master_health() -> bool:
+            return port_listening(settings.master_host, settings.master_port)
+
+        master = service_state(
+            "master", _pidfile(home, "master"), master_health, _console(home.master_log)
+        )
+        services.append(_with_outsider(master, master_health, f"port {settings.master_port}"))
+    else:
+        services.append(
+            ServiceState("master", None, False, False, "not installed", None, False, enabled=False)
+        )
+
+    for pidfile in _worker_pidfiles(home):
+        node_id = pidfile.stem.removeprefix("worker-")
+        services.append(
+            service_state(
+                f"worker {node_id}",
+                pidfile,
+                lambda node_id=node_id: worker_online(url, node_id),
+                _worker_console(home, node_id),
+            )
+        )
+    return StackStatus(services, shown, embedded_redis=redis_pidfile.exists())
+
+
+def _stack_pidfiles(home: HomeLayout) -> list[Path]:
+    return sorted(home.run.glob("*.pid")) if home.run.is_dir() else []
+
+
+def run_foreground(
+    settings: Settings,
+    workers: int = 1,
+    timeout: float = 60.0,
+    on_event: EventSink | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    launcher: Sequence[str] = DEFAULT_LAUNCHER,
+) -> int:
+    """`up --foreground`: start the stack, wait for SIGINT/SIGTERM, then stop it all.
+
+    Returns 0 after a requested stop, 1 when a service exited on its own (the rest is
+    then stopped too) and 130 when interrupted during start-up.
+    """
+    emit = on_event or _ignore
+    home = layout(settings.home).ensure()
+    live = [p.stem for p in _stack_pidfiles(home) if running_pid(p) is not None]
+    if live:
+        raise StackError(
+            f"the stack already runs in the background ({', '.join(live)}); "
+            "run `hivemind down` first"
+        )
+    stop = threading.Event()
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        # Until everything is up, a stop signal aborts the start-up at once.
+        signal.signal(signal.SIGTERM, interrupt)
+        up(settings, workers, timeout, emit, config=config, launcher=launcher)
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        emit("the stack is up; press Ctrl-C to stop it")
+        while not stop.wait(0.5):
+            gone = [p.stem for p in _stack_pidfiles(home) if running_pid(p) is None]
+            if gone:
+                emit(f"{', '.join(gone)} exited; stopping the stack")
+                code = 1
+                break
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        down(settings, emit)
+    return code

@@ -1,0 +1,192 @@
+"""The node pool's gRPC API over real loopback gRPC, with a real Redis and users.db."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from hivemind.auth import issue_worker_token
+from hivemind.client import Client, function_spec
+from hivemind.config import Settings
+from hivemind.errors import NodePoolError
+from hivemind.nodepool.server import NodePoolServer
+from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto.generate import stale_files
+from hivemind.worker.connection import WorkerConnection
+
+
+@dataclass
+class Pool:
+    server: NodePoolServer
+    address: str
+    settings: Settings
+
+    def user(self, name: str, admin: bool = False) -> Client:
+        store = self.server.state.users
+        try:
+            store.get(name)
+        except Exception:
+            store.create_user(name, f"{name}-password", "admin" if admin else "user", 100)
+        c = Client(self.address)
+        c.login(name, f"{name}-password")
+        return c
+
+    def worker(self, node_id: str, cpu: int = 2) -> WorkerConnection:
+        conn = WorkerConnection(self.address, node_id, issue_worker_token(self.settings, node_id))
+        conn.register(pb.WorkerResources(cpu=cpu, memory_mb=4096, capacity=4), [])
+        return conn
+
+
+@pytest.fixture
+def pool(settings: Settings) -> Iterator[Pool]:
+    s = settings.replace(grpc_host="127.0.0.1")
+    server = NodePoolServer(s)
+    server.start()
+    try:
+        yield Pool(server, s.client_address, s)
+    finally:
+        server.stop(grace=1)
+
+
+def test_generated_code_is_fresh() -> None:
+    assert stale_files() == []
+
+
+def test_health_and_reflection(pool: Pool) -> None:
+    channel = grpc.insecure_channel(pool.address)
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [answer] = list(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"hivemind.v1.TaskService", "grpc.health.v1.Health"} <= names
+
+
+def test_missing_bad_and_expired_tokens_are_refused(pool: Pool) -> None:
+    with Client(pool.address) as anonymous, pytest.raises(NodePoolError) as info:
+        anonymous.list()
+    assert info.value.code == "UNAUTHENTICATED" and "missing bearer token" in str(info.value)
+    with Client(pool.address, token="forged.token") as forged, pytest.raises(NodePoolError) as info:
+        forged.list()
+    assert info.value.code == "UNAUTHENTICATED"
+    expired, _ = pool.server.state.signer.issue("alice", "user", "user", ttl=-5)
+    pool.user("alice")
+    with Client(pool.address, token=expired) as old, pytest.raises(NodePoolError, match="expired"):
+        old.list()
+
+
+def test_wrong_password_and_rate_limit(pool: Pool) -> None:
+    pool.user("carol")
+    c = Client(pool.address)
+    for _ in range(5):
+        with pytest.raises(NodePoolError, match="wrong username or password"):
+            c.login("carol", "nope")
+    with pytest.raises(NodePoolError) as info:
+        c.login("carol", "carol-password")  # right password, but locked out for now
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+
+
+def test_users_see_and_cancel_only_their_own_tasks(pool: Pool) -> None:
+    alice, bob, admin = pool.user("alice"), pool.user("bob"), pool.user("root", admin=True)
+    [tid] = alice.submit([function_spec("hivemind.examples:add", [1, 2])])
+    assert alice.get(tid).owner == "alice"
+    with pytest.raises(NodePoolError) as info:
+        bob.get(tid)
+    assert info.value.code == "NOT_FOUND"
+    with pytest.raises(NodePoolError):
+        bob.cancel(tid)
+    assert [t.id for t in bob.list()] == []
+    with pytest.raises(NodePoolError, match="only an admin"):
+        bob.list(all_users=True)
+    assert tid in [t.id for t in admin.list(all_users=True)]
+    assert admin.cancel(tid).status == "CANCELLED"
+
+
+def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:
+    alice = pool.user("alice")
+    [tid] = alice.submit([function_spec("hivemind.examples:add", [1, 2])])
+    w1, w2 = pool.worker("w1"), pool.worker("w2")
+    [leased] = w1.lease(1, wait=2)
+    assert leased.task_id == tid and leased.spec.function == "hivemind.examples:add"
+    # w2 names itself honestly: the fence refuses a task leased to w1.
+    result = pb.TaskResult(ref=w2.ref(tid, leased.attempt), outcome=pb.SUCCEEDED, result_json="0")
+    [reply] = w2.complete([result])
+    assert not reply.accepted and "leased to w1" in reply.reason
+    # w2 pretends to be w1: its token says otherwise.
+    forged = pb.TaskResult(
+        ref=pb.AttemptRef(task_id=tid, attempt=1, node_id="w1"),
+        outcome=pb.SUCCEEDED,
+        result_json="0",
+    )
+    with pytest.raises(NodePoolError) as info:
+        w2.complete([forged])
+    assert info.value.code == "PERMISSION_DENIED"
+    # A user token is no worker token.
+    with pytest.raises(NodePoolError, match="worker token"):
+        alice.call(w1.tasks.LeaseTasks, pb.LeaseRequest(node_id="w1", max_tasks=1))
+    ok = pb.TaskResult(ref=w1.ref(tid, 1), outcome=pb.SUCCEEDED, result_json="3")
+    assert w1.complete([ok])[0].accepted
+    assert json.loads(alice.wait([tid], 5)[0].result_json) == 3
+
+
+def test_bad_submissions_get_clear_errors(pool: Pool) -> None:
+    alice = pool.user("alice")
+    bad = [
+        (pb.TaskSpec(kind=pb.FUNCTION, function="not a function"), "module:function"),
+        (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", args_json="{"), "not JSON"),
+        (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", args_json="{}"), "JSON array"),
+        (pb.TaskSpec(kind=pb.BUNDLE, bundle_id="f" * 64), "unknown bundle_id"),
+        (pb.TaskSpec(kind=pb.BUNDLE, bundle_id="../../etc"), "unknown bundle_id"),
+        (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", timeout=-1), "timeout"),
+        (pb.TaskSpec(), "kind must be"),
+    ]
+    for spec, message in bad:
+        with pytest.raises(NodePoolError, match=message) as info:
+            alice.submit([spec])
+        assert info.value.code == "INVALID_ARGUMENT"
+    assert alice.list() == []
+
+
+def test_oversize_upload_is_refused_before_it_is_kept(pool: Pool, tmp_path: Path) -> None:
+    small = pool.settings.replace(max_task_data_size=1024)
+    pool.server.state.blobs.max_size = small.max_task_data_size
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"x" * 5000)
+    alice = pool.user("alice")
+    with pytest.raises(NodePoolError, match="MAX_TASK_DATA_SIZE") as info:
+        alice.upload_bundle(big)
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    data = pool.settings.home / "data"
+    assert list((data / "bundles").iterdir()) == [] and list((data / "tmp").iterdir()) == []
+
+
+def test_unschedulable_task_stays_queued_with_a_reason(pool: Pool) -> None:
+    alice = pool.user("alice")
+    pool.worker("small-box")
+    [tid] = alice.submit([function_spec("hivemind.examples:noop", memory_mb=512 * 1024)])
+    pool.server.housekeeper.run_once()
+    task = alice.get(tid)
+    assert task.status == "QUEUED"
+    assert "closest is small-box" in task.unschedulable_reason
+    assert "memory_mb 524288 > 4096" in task.unschedulable_reason
+
+
+def test_admin_user_management_and_credits(pool: Pool) -> None:
+    admin, alice = pool.user("root", admin=True), pool.user("alice")
+    created = admin.create_user("dave", "dave-password", credits=5)
+    assert created.username == "dave" and not created.disabled
+    with pytest.raises(NodePoolError, match="needs an admin"):
+        alice.create_user("eve", "eve-password")
+    assert alice.transfer("dave", 30).credits == 70
+    assert {u.username for u in admin.list_users()} == {"root", "alice", "dave"}
+    admin.call(admin.users.DisableUser, pb.UsernameRequest(username="alice"))
+    with pytest.raises(NodePoolError, match="disabled"):
+        alice.list()
