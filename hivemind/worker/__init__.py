@@ -1,0 +1,1 @@
+"""The worker side of HiveMind: task bundles, bundle execution and the function pool."""

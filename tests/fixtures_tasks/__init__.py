@@ -1,0 +1,1 @@
+"""Importable helpers for the function-pool tests (the pool imports them by name)."""
