@@ -176,6 +176,8 @@ class Worker:
         for task in self._snapshot():
             task.cancel.set()
         self.pool.shutdown(wait=False)
+        # The runner threads poll every 100 ms: give them time to kill their process groups.
+        time.sleep(0.5)
         os._exit(1)
 
     # -- bookkeeping -------------------------------------------------------------------------

@@ -153,15 +153,21 @@ def _folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(entries))
 
 
-def _memory_limiter(limit_mb: int) -> Callable[[], None] | None:
+def _limit_memory(pid: int, limit_mb: int) -> None:
+    """Cap the address space of a just-started task (its children inherit the cap).
+
+    Set from outside with prlimit, not in a preexec_fn: a preexec_fn forces fork() instead
+    of vfork/posix_spawn, and gRPC's fork handlers then abort the child now and then.
+    """
     if limit_mb <= 0:
-        return None
+        return
     limit = limit_mb * MIB
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
-    # A bound C function: no Python code runs between fork and exec.
-    return functools.partial(resource.setrlimit, resource.RLIMIT_AS, (limit, limit))
+    # A task that already exited needs no cap.
+    with contextlib.suppress(ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
 
 
 class _OutputPump:
@@ -341,7 +347,7 @@ class _Attempt:
     # -- running -----------------------------------------------------------------------------
 
     def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             command,
             cwd=self.bundle_dir,
             env=self.env,
@@ -349,8 +355,9 @@ class _Attempt:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_memory_limiter(self.run.memory_limit_mb),
         )
+        _limit_memory(process.pid, self.run.memory_limit_mb)
+        return process
 
     def watch(self, process: subprocess.Popen[bytes], cancel: threading.Event) -> str | None:
         """Poll until the task's leader exits; returns "timeout"/"cancelled" if we stop it."""
