@@ -121,7 +121,10 @@ def _render_stack(status: object) -> None:
     for column in ("SERVICE", "PID", "STATE", "DETAIL", "LOG"):
         table.add_column(column)
     for svc in status.services:  # type: ignore[attr-defined]
-        state = "healthy" if svc.healthy else "running" if svc.running else "stopped"
+        if not getattr(svc, "enabled", True):
+            state = "n/a"
+        else:
+            state = "healthy" if svc.healthy else "running" if svc.running else "stopped"
         table.add_row(
             svc.name,
             str(svc.pid or "-"),
@@ -133,9 +136,11 @@ def _render_stack(status: object) -> None:
 
 
 def styled_state(state: str) -> str:
-    return {"healthy": "[green]healthy[/]", "running": "[yellow]running[/]"}.get(
-        state, "[red]stopped[/]"
-    )
+    return {
+        "healthy": "[green]healthy[/]",
+        "running": "[yellow]running[/]",
+        "n/a": "[dim]n/a[/]",
+    }.get(state, "[red]stopped[/]")
 
 
 # -- daemons --------------------------------------------------------------------------------
