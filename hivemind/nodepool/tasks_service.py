@@ -129,23 +129,43 @@ class TaskService(pb_grpc.TaskServiceServicer):
             return False
 
     # -- reading -----------------------------------------------------------------------------
-    def _record(self, task_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+    def _records(
+        self, task_ids: list[str]
+    ) -> list[tuple[dict[str, str], list[dict[str, Any]]] | None]:
+        """Each task's hash and history in one round trip; the archive for expired ones."""
         pipe = self.state.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.task_key(task_id))
-        pipe.lrange(keys.task_history_key(task_id), 0, -1)
-        record, history = pipe.execute()
-        if record:
-            return record, [json.loads(h) for h in history]
-        return self.state.users.archived_task(task_id)
+        for task_id in task_ids:
+            pipe.hgetall(keys.task_key(task_id))
+            pipe.lrange(keys.task_history_key(task_id), 0, -1)
+        replies = pipe.execute()
+        found: list[tuple[dict[str, str], list[dict[str, Any]]] | None] = []
+        for i, task_id in enumerate(task_ids):
+            record, history = replies[2 * i], replies[2 * i + 1]
+            if record:
+                found.append((record, [json.loads(h) for h in history]))
+            else:
+                found.append(self.state.users.archived_task(task_id))
+        return found
+
+    def _visible_many(
+        self, identity: Identity, task_ids: list[str], context: grpc.ServicerContext
+    ) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+        visible = []
+        for task_id, found in zip(task_ids, self._records(task_ids), strict=True):
+            # Someone else's task is reported as missing, so ids of others cannot be probed.
+            if (
+                not task_id
+                or found is None
+                or (found[0].get("owner") != identity.subject and not identity.is_admin)
+            ):
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+            visible.append(found)
+        return visible
 
     def _visible(
         self, identity: Identity, task_id: str, context: grpc.ServicerContext
     ) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        found = self._record(task_id) if task_id else None
-        # Someone else's task is reported as missing, so ids of others cannot be probed.
-        if found is None or (found[0].get("owner") != identity.subject and not identity.is_admin):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
-        return found
+        return self._visible_many(identity, [task_id], context)[0]
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
         identity = self.state.require_user(context)
@@ -197,21 +217,24 @@ class TaskService(pb_grpc.TaskServiceServicer):
     def WaitTasks(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.TaskList:
         identity = self.state.require_user(context)
         ids = list(request.task_ids)
-        for task_id in ids:
-            self._visible(identity, task_id, context)
+        self._visible_many(identity, ids, context)
         deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
-        while True:
+        pending = ids
+        while pending:
             seen = self.state.finished.generation
             pipe = self.state.redis.pipeline(transaction=False)
-            for task_id in ids:
+            for task_id in pending:
                 pipe.hget(keys.task_key(task_id), "status")
             statuses = pipe.execute()
+            pending = [
+                t for t, s in zip(pending, statuses, strict=True) if s and not is_terminal(s)
+            ]
             remaining = deadline - time.monotonic()
-            pending = any(s is not None and not is_terminal(s) for s in statuses)
             if not pending or remaining <= 0 or not context.is_active():
                 break
             self.state.finished.wait(seen, min(remaining, 1.0))
-        return pb.TaskList(tasks=[task_message(*self._visible(identity, t, context)) for t in ids])
+        found = self._visible_many(identity, ids, context)
+        return pb.TaskList(tasks=[task_message(*f) for f in found])
 
     def StreamLog(
         self, request: pb.LogRequest, context: grpc.ServicerContext
