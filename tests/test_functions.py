@@ -213,6 +213,11 @@ def test_cancel_running_and_queued_calls(pool: FunctionPool, progress: ProgressL
 
     assert pool.cancel("queued")
     assert queued.result(SLOW).status == "cancelled"
+    # A caller may also cancel a queued call's future itself.
+    dropped = call(pool, "add", 1, 2, task_id="dropped")
+    assert dropped.cancel()
+    assert pool.cancel("dropped")
+    assert dropped.cancelled()
     cancelled_at = time.monotonic()
     assert pool.cancel("busy-0") and pool.cancel("busy-1")
     outcomes = [f.result(SLOW) for f in running]

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -366,7 +366,8 @@ class FunctionPool:
             outcomes, self._outcomes = self._outcomes, []
         # Delivered outside the lock: a future's callbacks may well submit the next call.
         for future, outcome in outcomes:
-            future.set_result(outcome)
+            with contextlib.suppress(InvalidStateError):  # the caller cancelled it already
+                future.set_result(outcome)
 
     def _finish(
         self, job: _Job, status: str, error: str, result: str = "", duration: float = -1.0
