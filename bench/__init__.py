@@ -1,0 +1,1 @@
+"""Benchmarks of HiveMind against its peers; see bench/README.md."""
