@@ -26,5 +26,8 @@ TERMINAL_STATES = frozenset(
 )
 
 
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATES)
+
+
 def is_terminal(status: str) -> bool:
-    return status in {s.value for s in TERMINAL_STATES}
+    return status in _TERMINAL_VALUES

@@ -110,12 +110,14 @@ return 1
 
 _LEASE = """
 -- ARGV: worker, now, now_ms, lease_ms, max_tasks, cpu, memory_mb, gpu, labels (comma list),
---       scan_limit
+--       scan_limit, JSON list of the task fields to return with each lease
 local worker, now, now_ms, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_tasks, scan_limit = tonumber(ARGV[5]), tonumber(ARGV[10])
 local w_cpu, w_mem, w_gpu = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local w_labels = {}
 for label in string.gmatch(ARGV[9], '[^,]+') do w_labels[label] = true end
+
+local LEASE_FIELDS = cjson.decode(ARGV[11])
 
 local function fits(id)
   local f = redis.call('HMGET', tkey(id), 'constrained', 'req_cpu', 'req_memory_mb', 'req_gpu',
@@ -147,8 +149,10 @@ local function take(id, owner)
     local ticket = redis.call('INCR', '%(rr)s')
     redis.call('ZADD', '%(owners)s', fmt(rank_of(tonumber(head[2])) * STRIDE + ticket), owner)
   end
-  local g = redis.call('HMGET', tk, 'spec', 'owner', 'has_checkpoint')
-  return {id, attempt, g[1] or '{}', g[2] or '', g[3] or '0'}
+  local out = {id, attempt}
+  local g = redis.call('HMGET', tk, unpack(LEASE_FIELDS))
+  for i = 1, #LEASE_FIELDS do out[#out + 1] = g[i] or '' end
+  return out
 end
 
 -- Each pass picks the task that fits this worker with the best priority rank; at equal rank,
@@ -379,13 +383,40 @@ class WorkerCaps:
     labels: tuple[str, ...]
 
 
+#: The task hash fields a lease hands to the worker.
+LEASE_FIELDS = (
+    "spec",
+    "owner",
+    "has_checkpoint",
+    "name",
+    "kind",
+    "timeout",
+    "retries",
+    "priority",
+    "req_cpu",
+    "req_memory_mb",
+    "req_gpu",
+    "req_labels",
+)
+
+
 @dataclass(frozen=True)
 class Lease:
     task_id: str
     attempt: int
-    spec: dict[str, Any]
-    owner: str
-    has_checkpoint: bool
+    record: dict[str, str]  # the LEASE_FIELDS of the task hash
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.record.get("spec") or "{}")
+
+    @property
+    def owner(self) -> str:
+        return self.record.get("owner", "")
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.record.get("has_checkpoint") == "1"
 
 
 @dataclass(frozen=True)
@@ -420,6 +451,9 @@ class NewTask:
     @property
     def constrained(self) -> bool:
         return bool(self.req_cpu or self.req_memory_mb or self.req_gpu or self.req_labels)
+
+
+_LEASE_FIELDS_JSON = json.dumps(LEASE_FIELDS)
 
 
 def new_task_id() -> str:
@@ -501,15 +535,14 @@ class TaskStore:
                 caps.gpu,
                 ",".join(caps.labels),
                 keys.LEASE_SCAN_LIMIT,
+                _LEASE_FIELDS_JSON,
             ]
         )
         return [
             Lease(
                 task_id=_text(r[0]),
                 attempt=int(r[1]),
-                spec=json.loads(_text(r[2]) or "{}"),
-                owner=_text(r[3]),
-                has_checkpoint=_text(r[4]) == "1",
+                record={k: _text(v) for k, v in zip(LEASE_FIELDS, r[2:], strict=True)},
             )
             for r in rows
         ]

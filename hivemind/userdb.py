@@ -7,6 +7,7 @@ job of the guide's ``database_migration.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from hivemind.auth import hash_password, verify_password
 from hivemind.errors import HivemindError
 
 ROLES = ("admin", "user")
+_USER_COLUMNS = ("username", "password_hash", "role", "credits", "created_at", "disabled")
 USERNAME_MAX = 64
 
 
@@ -192,7 +194,7 @@ class UserStore:
             row = self._find(self._db, username)
         if row is None:
             # Spend the same time as a real check, so timing does not reveal usernames.
-            verify_password(password, _DUMMY_HASH)
+            verify_password(password, _dummy_hash())
             return None
         if not verify_password(password, row["password_hash"]) or row["disabled"]:
             return None
@@ -247,25 +249,31 @@ class UserStore:
         return self.get(from_user)
 
     # -- the task archive --------------------------------------------------------------------
-    def archive_task(self, record: dict[str, str], history: list[dict[str, Any]]) -> None:
-        row = {
-            "id": record["id"],
-            "owner": record.get("owner", ""),
-            "name": record.get("name", ""),
-            "kind": record.get("kind", ""),
-            "status": record.get("status", ""),
-            "attempt": int(record.get("attempt") or 0),
-            "worker": record.get("worker", ""),
-            "error_message": record.get("error_message", ""),
-            "created_at": float(record.get("created_at") or 0),
-            "start_time": float(record.get("start_time") or 0),
-            "finished_at": float(record.get("finished_at") or 0),
-            "record": json.dumps(record, sort_keys=True),
-            "history": json.dumps(history),
-            "archived_at": time.time(),
-        }
-        with self._atomic() as db:
-            db["tasks"].upsert(row, pk="id")
+    def archive_tasks(self, tasks: list[tuple[dict[str, str], list[dict[str, Any]]]]) -> None:
+        """Upsert finished tasks (record, history) in one transaction."""
+        now = time.time()
+        rows = [
+            {
+                "id": record["id"],
+                "owner": record.get("owner", ""),
+                "name": record.get("name", ""),
+                "kind": record.get("kind", ""),
+                "status": record.get("status", ""),
+                "attempt": int(record.get("attempt") or 0),
+                "worker": record.get("worker", ""),
+                "error_message": record.get("error_message", ""),
+                "created_at": float(record.get("created_at") or 0),
+                "start_time": float(record.get("start_time") or 0),
+                "finished_at": float(record.get("finished_at") or 0),
+                "record": json.dumps(record, sort_keys=True),
+                "history": json.dumps(history),
+                "archived_at": now,
+            }
+            for record, history in tasks
+        ]
+        if rows:
+            with self._atomic() as db:
+                db["tasks"].upsert_all(rows, pk="id")
 
     def archived_task(self, task_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
         with self._lock:
@@ -297,10 +305,17 @@ class UserStore:
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
     def _find(db: sqlite_utils.Database, username: str) -> dict[str, Any] | None:
-        try:
-            return dict(db["users"].get(username))
-        except NotFoundError:
+        # Plain SQL: this runs on every authenticated call, and Table.get() introspects the
+        # schema each time.
+        cursor = db.conn.execute(
+            "SELECT username, password_hash, role, credits, created_at, disabled "
+            "FROM users WHERE username = ?",
+            (username,),
+        )
+        row = cursor.fetchone()
+        if row is None:
             return None
+        return dict(zip(_USER_COLUMNS, row, strict=True))
 
     def _require(self, db: sqlite_utils.Database, username: str) -> dict[str, Any]:
         row = self._find(db, username)
@@ -316,4 +331,6 @@ def _check_username(username: str) -> None:
         raise UserError(f"username {username!r} may hold only letters, digits, '-', '_' and '.'")
 
 
-_DUMMY_HASH = hash_password("not-a-real-password")
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("not-a-real-password")

@@ -79,7 +79,7 @@ class Housekeeper:
             log.warning("task %s %s: lease expired on worker %s", task_id, action, worker)
         if reaped:
             self.state.queued.notify()
-            self.state.finished.notify()
+            self.state.finished.notify([task_id for task_id, _, _ in reaped])
 
     def mark_lost_workers(self) -> dict[str, WorkerCaps]:
         """Mark workers whose heartbeat stopped; returns the capabilities of the live ones."""
@@ -139,27 +139,39 @@ class Housekeeper:
             if reason != (record["unschedulable_reason"] or ""):
                 self.state.tasks.mark_unschedulable(task_id, reason)
 
-    def archive_finished(self, batch: int = 200) -> int:
-        """Copy finished tasks to SQLite, write their logs to disk, then let Redis expire them."""
+    def archive_finished(self, batch: int = 500) -> int:
+        """Copy finished tasks to SQLite and their logs to disk, then let Redis expire them.
+
+        A task leaves ``tasks:archive_pending`` only after its archive is committed, so a
+        crash in between archives it again (an idempotent upsert), never loses it.
+        """
         r = self.state.redis
         task_ids = r.srandmember(keys.TASKS_ARCHIVE_PENDING, batch) or []
-        retention = int(self.state.settings.task_retention)
+        if not task_ids:
+            return 0
+        pipe = r.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe = r.pipeline(transaction=False)
             pipe.hgetall(keys.task_key(task_id))
             pipe.lrange(keys.task_history_key(task_id), 0, -1)
             pipe.lrange(keys.task_log_key(task_id), 0, -1)
-            record, history, log_chunks = pipe.execute()
+        replies = pipe.execute()
+        archived = []
+        for i, task_id in enumerate(task_ids):
+            record, history, log_chunks = replies[3 * i : 3 * i + 3]
             if record:
-                self.state.users.archive_task(record, [json.loads(h) for h in history])
-                self.state.blobs.write_log(task_id, "".join(log_chunks))
-                pipe = r.pipeline(transaction=False)
-                for key in (
-                    keys.task_key(task_id),
-                    keys.task_history_key(task_id),
-                    keys.task_log_key(task_id),
-                ):
-                    pipe.expire(key, retention)
-                pipe.execute()
-            r.srem(keys.TASKS_ARCHIVE_PENDING, task_id)
+                archived.append((record, [json.loads(h) for h in history]))
+                if log_chunks:
+                    self.state.blobs.write_log(task_id, "".join(log_chunks))
+        self.state.users.archive_tasks(archived)
+        retention = int(self.state.settings.task_retention)
+        pipe = r.pipeline(transaction=False)
+        for task_id in task_ids:
+            for key in (
+                keys.task_key(task_id),
+                keys.task_history_key(task_id),
+                keys.task_log_key(task_id),
+            ):
+                pipe.expire(key, retention)
+        pipe.srem(keys.TASKS_ARCHIVE_PENDING, *task_ids)
+        pipe.execute()
         return len(task_ids)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -42,6 +44,37 @@ class Notifier:
             return self._generation
 
 
+class FinishedLog(Notifier):
+    """A notifier that also remembers which tasks ended at each generation, so that a waiter
+    re-reads only those instead of every task it waits for."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        super().__init__()
+        self._entries: deque[tuple[int, tuple[str, ...] | None]] = deque(maxlen=keep)
+
+    def notify(self, task_ids: Iterable[str] | None = None) -> None:
+        """``task_ids`` that may have ended; None when unknown (waiters re-read everything)."""
+        with self._cond:
+            self._generation += 1
+            self._entries.append((self._generation, None if task_ids is None else tuple(task_ids)))
+            self._cond.notify_all()
+
+    def since(self, seen: int) -> set[str] | None:
+        """Tasks that may have ended after generation ``seen``; None means "any of them"."""
+        with self._cond:
+            if self._generation == seen:
+                return set()
+            if not self._entries or self._entries[0][0] > seen + 1:
+                return None
+            changed: set[str] = set()
+            for generation, task_ids in self._entries:
+                if generation > seen:
+                    if task_ids is None:
+                        return None
+                    changed.update(task_ids)
+            return changed
+
+
 @dataclass
 class NodePoolState:
     settings: Settings
@@ -51,7 +84,7 @@ class NodePoolState:
     blobs: BlobStore
     signer: TokenSigner
     queued: Notifier = field(default_factory=Notifier)
-    finished: Notifier = field(default_factory=Notifier)
+    finished: FinishedLog = field(default_factory=FinishedLog)
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)

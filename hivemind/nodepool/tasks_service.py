@@ -211,30 +211,42 @@ class TaskService(pb_grpc.TaskServiceServicer):
         ok, detail = self.state.tasks.cancel(request.task_id)
         if not ok:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, detail)
-        self.state.finished.notify()
+        self.state.finished.notify([request.task_id])
         return task_message(*self._visible(identity, request.task_id, context))
 
     def WaitTasks(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.TaskList:
         identity = self.state.require_user(context)
         ids = list(request.task_ids)
-        self._visible_many(identity, ids, context)
         deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
-        pending = ids
+        finished = self.state.finished
+        seen = finished.generation
+        self._visible_many(identity, ids, context)
+        pending = set(self._unfinished(ids))
+        last_full_read = time.monotonic()
         while pending:
-            seen = self.state.finished.generation
-            pipe = self.state.redis.pipeline(transaction=False)
-            for task_id in pending:
-                pipe.hget(keys.task_key(task_id), "status")
-            statuses = pipe.execute()
-            pending = [
-                t for t, s in zip(pending, statuses, strict=True) if s and not is_terminal(s)
-            ]
             remaining = deadline - time.monotonic()
-            if not pending or remaining <= 0 or not context.is_active():
+            if remaining <= 0 or not context.is_active():
                 break
-            self.state.finished.wait(seen, min(remaining, 1.0))
+            finished.wait(seen, min(remaining, 1.0))
+            changed = finished.since(seen)
+            seen = finished.generation
+            # Re-read only what may have ended; everything once a second, for changes made
+            # by other processes (a restored backup, the doctor's fixes).
+            if changed is None or time.monotonic() - last_full_read >= 1.0:
+                check, last_full_read = pending, time.monotonic()
+            else:
+                check = pending & changed
+            if check:
+                pending -= check - set(self._unfinished(list(check)))
         found = self._visible_many(identity, ids, context)
         return pb.TaskList(tasks=[task_message(*f) for f in found])
+
+    def _unfinished(self, task_ids: list[str]) -> list[str]:
+        pipe = self.state.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hget(keys.task_key(task_id), "status")
+        statuses = pipe.execute()
+        return [t for t, s in zip(task_ids, statuses, strict=True) if s and not is_terminal(s)]
 
     def StreamLog(
         self, request: pb.LogRequest, context: grpc.ServicerContext

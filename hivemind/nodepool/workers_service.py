@@ -167,35 +167,13 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             pb.LeasedTask(
                 task_id=lease.task_id,
                 attempt=lease.attempt,
+                spec=task_spec(lease.record),
                 has_checkpoint=lease.has_checkpoint,
                 owner=lease.owner,
             )
             for lease in leases
         ]
-        if tasks:
-            self._fill_specs(tasks)
         return pb.LeaseReply(tasks=tasks)
-
-    def _fill_specs(self, tasks: list[pb.LeasedTask]) -> None:
-        """Complete each leased spec with the fields kept beside the payload in the hash."""
-        pipe = self.state.redis.pipeline(transaction=False)
-        fields = (
-            "spec",
-            "name",
-            "kind",
-            "timeout",
-            "retries",
-            "priority",
-            "req_cpu",
-            "req_memory_mb",
-            "req_gpu",
-            "req_labels",
-        )
-        for task in tasks:
-            pipe.hmget(keys.task_key(task.task_id), fields)
-        for task, values in zip(tasks, pipe.execute(), strict=True):
-            record = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
-            task.spec.CopyFrom(task_spec(record))
 
     def _fenced(self, ref: pb.AttemptRef, context: grpc.ServicerContext) -> None:
         self.state.require_worker(context, ref.node_id)
@@ -257,7 +235,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
                 )
             )
         replies = self.state.tasks.complete(outcomes)
-        self.state.finished.notify()
+        self.state.finished.notify([o.task_id for o in outcomes])
         self.state.logs.notify()
         return pb.CompleteReply(
             replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
@@ -326,7 +304,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             [(ref.task_id, ref.attempt, ref.node_id) for ref in request.refs]
         )
         self.state.queued.notify()
-        self.state.finished.notify()
+        self.state.finished.notify([ref.task_id for ref in request.refs])
         return pb.CompleteReply(
             replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
         )

@@ -89,8 +89,13 @@ class Worker:
         self.conn = WorkerConnection(settings.client_address, options.node_id, options.token)
         self.work_root = self.home.worker_work / options.node_id
         self.work_root.mkdir(parents=True, exist_ok=True)
+        # Held tasks, running or finished-but-unreported: their leases are renewed.
         self.running: dict[str, RunningTask] = {}
         self._lock = threading.Lock()
+        # Executing tasks; a slot frees when a task finishes, before its outcome is sent, so
+        # the next lease does not wait for the report round trip.
+        self._busy = 0
+        self._slots = threading.Condition()
         self.stop_leasing = threading.Event()
         self.stopped = threading.Event()
         self.connected = threading.Event()
@@ -202,9 +207,11 @@ class Worker:
     def _lease_loop(self) -> None:
         backoff = Backoff()
         while not self.stop_leasing.is_set():
-            free = self.capacity - len(self.running_ids())
+            with self._slots:
+                while self._busy >= self.capacity and not self.stop_leasing.is_set():
+                    self._slots.wait(1.0)
+                free = self.capacity - self._busy
             if free <= 0:
-                time.sleep(0.01)
                 continue
             self.connected.wait()
             try:
@@ -263,6 +270,8 @@ class Worker:
         task = RunningTask(leased.task_id, leased.attempt, leased.spec.kind)
         with self._lock:
             self.running[task.task_id] = task
+        with self._slots:
+            self._busy += 1
         timeout = leased.spec.timeout or self.settings.task_timeout
         task_log.info(
             "task %s attempt %d started: %s", task.task_id, task.attempt, leased.spec.name
@@ -340,6 +349,9 @@ class Worker:
         error: str,
         result_zip: Path | None,
     ) -> None:
+        with self._slots:
+            self._busy -= 1
+            self._slots.notify()
         if task.cancel.is_set() and status != "succeeded":
             status, error = "cancelled", error or "cancelled"
         has_archive = False
