@@ -95,33 +95,85 @@ class CpuTimes:
         return cls(total=sum(values), idle=values[3] + values[4], steal=values[7])
 
 
+#: Marks every process the benchmark starts (inherited through the environment), so that CPU
+#: used by anything else on the machine during a phase can be told apart.
+RUN_MARK = "BENCH_RUN_ID"
+RUN_ID = f"{os.getpid()}-{time.time_ns()}"
+
+
+def _environment_has_mark(pid: int) -> bool:
+    try:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{RUN_MARK}={RUN_ID}".encode() in data.split(b"\0")
+
+
+def own_cpu_seconds() -> dict[int, float]:
+    """CPU seconds so far of each process of this run: this one, its descendants and every
+    process carrying the run's mark (the HiveMind services outlive `hivemind up`, their
+    parent, and are adopted by init)."""
+    import psutil
+
+    me = psutil.Process()
+    ours = {me, *me.children(recursive=True)}
+    for process in psutil.process_iter():
+        if process not in ours and _environment_has_mark(process.pid):
+            ours.add(process)
+    seconds = {}
+    for process in ours:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
 @dataclass
 class PhaseStats:
     name: str
     seconds: float = 0.0
+    #: Share of the machine's CPU time the hypervisor stole.
     steal_percent: float = 0.0
+    #: Share of the machine's CPU time spent busy, by anything.
     busy_percent: float = 0.0
+    #: Share of the machine's CPU time used by processes that are not this run's.
+    other_percent: float = 0.0
     noisy: bool = False
 
 
+@dataclass(frozen=True)
+class NoiseLimits:
+    max_steal: float
+    max_other: float
+
+
 @contextlib.contextmanager
-def phase(name: str, max_steal: float, log: Callable[[str], None]) -> Iterator[PhaseStats]:
-    """Time a phase and record the CPU steal and busy share of the whole machine during it."""
+def phase(name: str, limits: NoiseLimits, log: Callable[[str], None]) -> Iterator[PhaseStats]:
+    """Time a phase; record the CPU steal, the busy share and other processes' share."""
     stats = PhaseStats(name)
+    own_before = own_cpu_seconds()
     before, started = CpuTimes.read(), time.perf_counter()
     try:
         yield stats
     finally:
         after = CpuTimes.read()
         stats.seconds = time.perf_counter() - started
+        own_after = own_cpu_seconds()
         ticks = after.total - before.total
         if ticks > 0:
-            stats.steal_percent = 100.0 * (after.steal - before.steal) / ticks
-            stats.busy_percent = 100.0 * (ticks - (after.idle - before.idle)) / ticks
-        stats.noisy = stats.steal_percent > max_steal
+            hz = os.sysconf("SC_CLK_TCK")
+            steal = after.steal - before.steal
+            busy = ticks - (after.idle - before.idle) - steal
+            own = sum(v - own_before.get(pid, 0.0) for pid, v in own_after.items())
+            stats.steal_percent = 100.0 * steal / ticks
+            stats.busy_percent = 100.0 * busy / ticks
+            stats.other_percent = max(0.0, 100.0 * (busy / hz - own) / (ticks / hz))
+        stats.noisy = (stats.steal_percent > limits.max_steal
+                       or stats.other_percent > limits.max_other)
         flag = "  NOISY" if stats.noisy else ""
         log(
             f"  {name}: {stats.seconds:.1f} s, steal {stats.steal_percent:.1f} %, "
+            f"other processes {stats.other_percent:.0f} %, "
             f"cpu busy {stats.busy_percent:.0f} %{flag}"
         )
 
@@ -176,6 +228,7 @@ def base_environment() -> dict[str, str]:
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     env["PYTHONUNBUFFERED"] = "1"
+    env[RUN_MARK] = RUN_ID
     return env
 
 
@@ -668,14 +721,14 @@ def run_system(system: System, args: argparse.Namespace,
                 time.sleep(0.5)
         for _ in range(args.warmup):
             system.one()
-        with phase(f"{system.name} latency", args.max_steal, log) as stats:
+        with phase(f"{system.name} latency", args.limits, log) as stats:
             for _ in range(args.latency_samples):
                 started = time.perf_counter()
                 system.one()
                 result.latency_ms.append((time.perf_counter() - started) * 1000)
         result.latency_phase = stats
         time.sleep(1.0)  # let background work settle before the batch
-        with phase(f"{system.name} batch", args.max_steal, log) as stats:
+        with phase(f"{system.name} batch", args.limits, log) as stats:
             result.batch = system.batch(args.tasks, args.batch_timeout)
         result.batch_phase = stats
         if result.batch.timed_out:
@@ -888,7 +941,7 @@ def run_heartbeat(workdir: Path, redis_server: Child, redis_port: int, args: arg
             "generator": [psutil.Process(p.pid) for p, _ in shards],
             "redis": [psutil.Process(redis_server.pid)],
         }
-        with phase("heartbeat load", args.max_steal, log) as stats:
+        with phase("heartbeat load", args.limits, log) as stats:
             cpu_before = {k: _cpu_seconds(v) for k, v in watched.items()}
             measured_from = time.monotonic()
             while time.monotonic() < start_at + warmup + seconds:
@@ -991,21 +1044,22 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w)
-                       for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    return "\n".join(lines)
+    """Plain text, the first column left-aligned and the others right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _steal(stats: PhaseStats | None) -> str:
+def _noise(stats: PhaseStats | None) -> list[str]:
+    """The steal and other-processes cells of a phase, NOISY marking the offending one."""
     if stats is None:
-        return "-"
-    return f"{stats.steal_percent:.1f}" + (" NOISY" if stats.noisy else "")
+        return ["-", "-"]
+    return [f"{stats.steal_percent:.1f}", f"{stats.other_percent:.0f}"
+            + (" NOISY" if stats.noisy else "")]
 
 
 def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
@@ -1014,39 +1068,46 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
     out += [f"  {k}: {v}" for k, v in header.items()]
     reference = next((r for r in results if r.system == "hivemind" and not r.error), None)
     if results:
+        out += ["", "Setups:"] + [f"  {r.system:<9} {r.setup}" for r in results]
         ref_tp = reference.throughput if reference else math.nan
         rows = []
         for r in results:
             b = r.batch
             rows.append([
-                r.system, r.setup,
+                r.system,
                 _fmt(r.throughput, 0),
                 _fmt(b.total_seconds, 2) if b else "-",
                 _fmt(b.submit_seconds, 2) if b else "-",
                 f"{b.succeeded}/{b.submitted}" if b else "-",
-                _steal(r.batch_phase),
+                *_noise(r.batch_phase),
                 _ratio(r.throughput, ref_tp),
             ])
         out += ["", f"Batch throughput: {args.tasks:,} no-op tasks submitted at once, "
                 "timed until the client has seen every result",
-                _table(["system", "setup", "tasks/s", "total s", "submit s", "ok", "steal %",
-                        "vs HiveMind"], rows)]
+                _table(["system", "tasks/s", "total s", "submit s", "ok", "steal %",
+                        "other %", "vs HiveMind"], rows)]
         ref50 = reference.p50 if reference else math.nan
         ref99 = reference.p99 if reference else math.nan
         rows = []
         for r in results:
             rows.append([
-                r.system, r.setup, _fmt(r.p50, 2), _fmt(r.p99, 2),
+                r.system, _fmt(r.p50, 2), _fmt(r.p99, 2),
                 _fmt(statistics.fmean(r.latency_ms), 2) if r.latency_ms else "-",
-                str(len(r.latency_ms)), _steal(r.latency_phase),
+                str(len(r.latency_ms)), *_noise(r.latency_phase),
                 _ratio(r.p50, ref50), _ratio(r.p99, ref99),
             ])
-        out += ["", f"Latency: one task at a time on an idle cluster, submit -> result seen "
+        out += ["", "Latency: one task at a time on an idle cluster, submit -> result seen "
                 f"({args.latency_samples} samples after {args.warmup} warm-up)",
-                _table(["system", "setup", "p50 ms", "p99 ms", "mean ms", "n", "steal %",
-                        "p50 vs HiveMind", "p99 vs HiveMind"], rows)]
-        out.append("  'vs HiveMind' = the system's figure / HiveMind's: above 1x is more "
-                   "tasks/s (better) in the first table, slower (worse) in the second.")
+                _table(["system", "p50 ms", "p99 ms", "mean ms", "n", "steal %", "other %",
+                        "p50 vs HM", "p99 vs HM"], rows)]
+        out += [
+            "  vs HiveMind (HM) = the system's figure / HiveMind's: above 1x means more "
+            "tasks/s (better)",
+            "  in the first table and a slower round trip (worse) in the second. steal % = "
+            "CPU stolen by",
+            "  the hypervisor; other % = CPU used by processes outside this run; both as a "
+            "share of the machine.",
+        ]
         for r in results:
             for note in r.notes:
                 out.append(f"  {r.system}: {note}")
@@ -1055,41 +1116,47 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
     if heartbeat is not None:
         h = heartbeat
         out += ["", f"Heartbeat load: {h.workers} simulated workers, 1 heartbeat/s each, "
-                f"{h.seconds:.0f} s measured after {h.warmup:.0f} s warm-up; {h.pinned}"]
+                f"{h.seconds:.0f} s measured after {h.warmup:.0f} s warm-up;", f"  {h.pinned}"]
         if h.error:
             out.append(f"  FAILED: {h.error}")
         errors = ", ".join(f"{k} {v}" for k, v in sorted(h.errors.items())) or "none"
         rss_ok = "PASS" if h.rss_peak_mb <= 150.0 else "FAIL"
+        steal, other = _noise(h.phase)
         out += [
-            f"  offered           {_fmt(h.offered_per_s)} heartbeats/s ({h.sent} sent)",
-            f"  achieved          {_fmt(h.achieved_per_s)} heartbeats/s "
-            f"(worst full second {_fmt(h.worst_second_per_s, 0)}); answered {h.answered}, "
-            f"errors: {errors}",
-            f"  RPC latency       p50 {_fmt(h.p50_ms, 2)} ms, p99 {_fmt(h.p99_ms, 2)} ms, "
-            f"max {_fmt(h.max_ms, 2)} ms (generator lag p99 {_fmt(h.generator_lag_p99_ms, 2)} ms)",
-            f"  CPU (100 % = one core)  node pool {_fmt(h.nodepool_cpu_percent)} %, "
-            f"Redis {_fmt(h.redis_cpu_percent)} %, load generator "
-            f"{_fmt(h.generator_cpu_percent)} %",
-            f"  node pool RSS     idle {_fmt(h.rss_idle_mb, 0)} MB, {h.workers} registered "
-            f"{_fmt(h.rss_registered_mb, 0)} MB, peak under load {_fmt(h.rss_peak_mb, 0)} MB, "
-            f"end {_fmt(h.rss_end_mb, 0)} MB  -> target <= 150 MB: {rss_ok}",
-            f"  registration      {_fmt(h.register_seconds, 1)} s for {h.workers} workers; "
+            f"  offered       {_fmt(h.offered_per_s)} heartbeats/s ({h.sent} sent)",
+            f"  achieved      {_fmt(h.achieved_per_s)} heartbeats/s (worst full second "
+            f"{_fmt(h.worst_second_per_s, 0)}); answered {h.answered}",
+            f"  errors        {errors}",
+            f"  RPC latency   p50 {_fmt(h.p50_ms, 2)} ms, p99 {_fmt(h.p99_ms, 2)} ms, "
+            f"max {_fmt(h.max_ms, 2)} ms",
+            f"  generator     send lag p99 {_fmt(h.generator_lag_p99_ms, 2)} ms "
+            "(how late the load generator sent)",
+            f"  CPU           node pool {_fmt(h.nodepool_cpu_percent)} %, Redis "
+            f"{_fmt(h.redis_cpu_percent)} %, load generator "
+            f"{_fmt(h.generator_cpu_percent)} % (100 % = one core)",
+            f"  RSS           node pool idle {_fmt(h.rss_idle_mb, 0)} MB, with {h.workers} "
+            f"registered {_fmt(h.rss_registered_mb, 0)} MB, peak under load "
+            f"{_fmt(h.rss_peak_mb, 0)} MB, end {_fmt(h.rss_end_mb, 0)} MB",
+            f"                target <= 150 MB: {rss_ok}",
+            f"  registration  {_fmt(h.register_seconds, 1)} s for {h.workers} workers; "
             f"online afterwards: {h.online_after}",
-            f"  steal             {_steal(h.phase)}",
-            "  keeps up          " + ("YES" if h.keeps_up else "NO") +
-            " (no errors, every heartbeat answered, achieved >= 98 % of offered, p99 < 1 s)",
+            f"  noise         steal {steal} %, other processes {other} %",
+            "  keeps up      " + ("YES" if h.keeps_up else "NO") +
+            " (= no errors, every heartbeat answered, achieved >= 98 % of offered, p99 < 1 s)",
         ]
-    noisy = [p.name for r in results for p in (r.latency_phase, r.batch_phase)
-             if p is not None and p.noisy]
-    if heartbeat is not None and heartbeat.phase is not None and heartbeat.phase.noisy:
-        noisy.append(heartbeat.phase.name)
+    phases = [p for r in results for p in (r.latency_phase, r.batch_phase) if p is not None]
+    if heartbeat is not None and heartbeat.phase is not None:
+        phases.append(heartbeat.phase)
+    noisy = [p.name for p in phases if p.noisy]
     out.append("")
+    limits = args.limits
     if noisy:
-        out.append(f"NOISY (steal > {args.max_steal:g} %): {', '.join(noisy)}. Do not compare "
-                   "these rows; run again when steal stays low.")
-    else:
-        out.append(f"Steal stayed at or below {args.max_steal:g} % in every phase: "
-                   "the figures are comparable.")
+        out.append(f"NOISY (steal > {limits.max_steal:g} % or other processes > "
+                   f"{limits.max_other:g} %): {', '.join(noisy)}.")
+        out.append("Do not compare these rows; run again when the machine is quiet.")
+    elif phases:
+        out.append(f"Steal <= {limits.max_steal:g} % and other processes <= "
+                   f"{limits.max_other:g} % in every phase: the figures are comparable.")
     return "\n".join(out)
 
 
@@ -1126,10 +1193,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="do not pin the node pool to one CPU for the heartbeat load")
     parser.add_argument("--max-steal", type=float, default=5.0,
                         help="steal percentage above which a phase is flagged NOISY")
+    parser.add_argument("--max-other", type=float, default=10.0,
+                        help="percentage of the machine used by processes outside the run "
+                        "above which a phase is flagged NOISY")
     parser.add_argument("--json", type=Path, help="also write the raw results to this file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs) after the run")
     args = parser.parse_args(argv)
+    args.limits = NoiseLimits(args.max_steal, args.max_other)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
@@ -1161,10 +1232,29 @@ def machine_header(args: argparse.Namespace) -> dict[str, str]:
         "versions": ", ".join(
             f"{d} {version_of(d)}" for d in ("grpcio", "redis", "celery", "rq", "dramatiq")
         ),
+        "hivemind": hivemind_revision(),
         "options": f"--tasks {args.tasks} --latency-samples {args.latency_samples} "
                    f"--warmup {args.warmup} --hivemind-concurrency {args.hivemind_concurrency} "
                    f"--rq-worker-class {args.rq_worker_class}",
     }
+
+
+def hivemind_revision() -> str:
+    """The commit measured, and whether hivemind/ differed from it."""
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(ROOT), *command], capture_output=True, text=True,
+                timeout=10, check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    changed = git("status", "--porcelain", "--", "hivemind")
+    return f"commit {commit}" + (" + uncommitted changes in hivemind/" if changed else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1178,6 +1268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("note: skipping peers that are not installed:\n" + "\n".join(lines))
         args.sections = [s for s in args.sections if s not in missing]
+        if not args.sections:
+            print("error: nothing left to run", file=sys.stderr)
+            return 2
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -1196,6 +1289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     heartbeat: HeartbeatResult | None = None
     started = time.monotonic()
     try:
+        with phase("quiet check (3 s idle)", args.limits, log) as quiet:
+            time.sleep(3.0)
+        header["before the run"] = (f"steal {quiet.steal_percent:.1f} %, other processes "
+                                    f"{quiet.other_percent:.0f} % of the machine")
+        if quiet.noisy:
+            log("  warning: the machine is not quiet; expect NOISY phases")
         for name in SYSTEMS:
             if name not in args.sections:
                 continue

@@ -295,6 +295,8 @@ class Worker:
             thread.start()
 
     def _function_done(self, task: RunningTask, outcome: FunctionOutcome) -> None:
+        # The pool keeps a function's checkpoint dir here; the attempt is over.
+        shutil.rmtree(self.work_root / task.task_id, ignore_errors=True)
         self._finish(task, outcome.status, outcome.result_json, outcome.error_message, None)
 
     def _run_bundle(self, task: RunningTask, leased: pb.LeasedTask, timeout: float) -> None:
