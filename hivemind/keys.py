@@ -97,6 +97,8 @@ PRIORITY_STRIDE = 2**40
 LEASE_SCAN_LIMIT = 200
 #: Most tasks one lease call hands out.
 LEASE_BATCH_MAX = 256
+#: Function tasks a worker may lease ahead per slot, to wait in its pool's queue.
+FUNCTION_PREFETCH_PER_SLOT = 4
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
 #: Seconds between reaper passes (expired leases, lost workers, schedulability).

@@ -110,7 +110,7 @@ return 1
 
 _LEASE = """
 -- ARGV: worker, now, now_ms, lease_ms, max_tasks, cpu, memory_mb, gpu, labels (comma list),
---       scan_limit, JSON list of the task fields to return with each lease
+--       scan_limit, JSON list of the task fields to return with each lease, max_bundles
 local worker, now, now_ms, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_tasks, scan_limit = tonumber(ARGV[5]), tonumber(ARGV[10])
 local w_cpu, w_mem, w_gpu = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -118,10 +118,12 @@ local w_labels = {}
 for label in string.gmatch(ARGV[9], '[^,]+') do w_labels[label] = true end
 
 local LEASE_FIELDS = cjson.decode(ARGV[11])
+local max_bundles, bundles = tonumber(ARGV[12]), 0
 
 local function fits(id)
   local f = redis.call('HMGET', tkey(id), 'constrained', 'req_cpu', 'req_memory_mb', 'req_gpu',
-                       'req_labels')
+                       'req_labels', 'kind')
+  if f[6] == 'BUNDLE' and bundles >= max_bundles then return false end
   if f[1] ~= '1' then return true end
   if (tonumber(f[2]) or 0) > w_cpu or (tonumber(f[3]) or 0) > w_mem
      or (tonumber(f[4]) or 0) > w_gpu then
@@ -136,6 +138,7 @@ end
 local function take(id, owner)
   local tk = tkey(id)
   dequeue(id, owner)
+  if redis.call('HGET', tk, 'kind') == 'BUNDLE' then bundles = bundles + 1 end
   local attempt = redis.call('HINCRBY', tk, 'attempt', 1)
   redis.call('HSET', tk, 'status', 'RUNNING', 'worker', worker, 'start_time', now,
              'last_update', now, 'progress', '0', 'progress_message', '',
@@ -520,8 +523,15 @@ class TaskStore:
 
     # -- workers' side ---------------------------------------------------------------------
     def lease(
-        self, worker: str, caps: WorkerCaps, max_tasks: int, lease_seconds: float
+        self,
+        worker: str,
+        caps: WorkerCaps,
+        max_tasks: int,
+        lease_seconds: float,
+        max_bundles: int | None = None,
     ) -> list[Lease]:
+        """Up to ``max_tasks`` tasks that fit ``caps``, of which at most ``max_bundles``
+        are bundles (default: all of them may be)."""
         now, now_ms = _now()
         rows = self._lease(
             args=[
@@ -536,6 +546,7 @@ class TaskStore:
                 ",".join(caps.labels),
                 keys.LEASE_SCAN_LIMIT,
                 _LEASE_FIELDS_JSON,
+                max_tasks if max_bundles is None else max_bundles,
             ]
         )
         return [

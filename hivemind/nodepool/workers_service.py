@@ -151,7 +151,11 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         while True:
             seen = self.state.queued.generation
             leases = self.state.tasks.lease(
-                request.node_id, caps, request.max_tasks, self.state.lease_seconds
+                request.node_id,
+                caps,
+                request.max_tasks,
+                self.state.lease_seconds,
+                request.max_bundles if request.HasField("max_bundles") else None,
             )
             remaining = deadline - time.monotonic()
             if leases or remaining <= 0 or self.state.stopping.is_set() or not context.is_active():

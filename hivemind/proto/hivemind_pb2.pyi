@@ -386,14 +386,16 @@ class DataChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("node_id", "max_tasks", "wait")
+    __slots__ = ("node_id", "max_tasks", "wait", "max_bundles")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     max_tasks: int
     wait: float
-    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ...) -> None: ...
+    max_bundles: int
+    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ..., max_bundles: _Optional[int] = ...) -> None: ...
 
 class LeasedTask(_message.Message):
     __slots__ = ("task_id", "attempt", "spec", "has_checkpoint", "owner")

@@ -51,8 +51,12 @@ class WorkerConnection:
     def deregister(self) -> None:
         self._call(self.workers.Deregister, pb.DeregisterRequest(node_id=self.node_id), 5)
 
-    def lease(self, max_tasks: int, wait: float) -> list[pb.LeasedTask]:
-        request = pb.LeaseRequest(node_id=self.node_id, max_tasks=max_tasks, wait=wait)
+    def lease(
+        self, max_tasks: int, wait: float, max_bundles: int | None = None
+    ) -> list[pb.LeasedTask]:
+        request = pb.LeaseRequest(
+            node_id=self.node_id, max_tasks=max_tasks, wait=wait, max_bundles=max_bundles
+        )
         return list(self._call(self.tasks.LeaseTasks, request, timeout=wait + 15).tasks)
 
     def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> bool:

@@ -19,13 +19,14 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import psutil
 
-from hivemind import __version__
+from hivemind import __version__, keys
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.logs import configure_logging, rotating_handler
@@ -66,6 +67,7 @@ class RunningTask:
     attempt: int
     kind: int
     cancel: threading.Event = field(default_factory=threading.Event)
+    executing: bool = False  # holds one of the MAX_CONCURRENT_TASKS slots
 
 
 class Backoff:
@@ -96,6 +98,10 @@ class Worker:
         # the next lease does not wait for the report round trip.
         self._busy = 0
         self._slots = threading.Condition()
+        # Function tasks leased ahead, waiting for a slot: one lease and one report round trip
+        # then serve many small tasks (the idea of Celery's prefetch multiplier).
+        self.prefetch = self.capacity * keys.FUNCTION_PREFETCH_PER_SLOT
+        self._waiting: deque[tuple[RunningTask, pb.LeasedTask]] = deque()
         self.stop_leasing = threading.Event()
         self.stopped = threading.Event()
         self.connected = threading.Event()
@@ -154,20 +160,21 @@ class Worker:
     def shutdown(self, grace: float) -> None:
         """Stop leasing, give running tasks ``grace`` seconds, hand the rest back, leave."""
         self.stop_leasing.set()
+        with self._slots:
+            waiting = [task for task, _ in self._waiting]
+            self._waiting.clear()
+        if waiting:
+            self._hand_back(waiting)
         deadline = time.monotonic() + grace
         while self.running_ids() and time.monotonic() < deadline:
             time.sleep(0.1)
-        leftover = [(t.task_id, t.attempt) for t in self._snapshot()]
-        for task in self._snapshot():
+        leftover = self._snapshot()
+        for task in leftover:
             task.cancel.set()
             self.pool.cancel(task.task_id)
         self._drain_reports(5.0)
         if leftover:
-            try:
-                self.conn.release(leftover)
-                log.info("handed %d unfinished tasks back to the queue", len(leftover))
-            except NodePoolError as exc:
-                log.warning("could not hand tasks back (%s); their leases will expire", exc)
+            self._hand_back(leftover)
         try:
             self.conn.deregister()
         except NodePoolError as exc:
@@ -175,6 +182,17 @@ class Worker:
         self.stopped.set()
         self.pool.shutdown(wait=False)
         self.conn.close()
+
+    def _hand_back(self, tasks: list[RunningTask]) -> None:
+        try:
+            self.conn.release([(t.task_id, t.attempt) for t in tasks])
+            log.info("handed %d unfinished tasks back to the queue", len(tasks))
+        except NodePoolError as exc:
+            log.warning("could not hand tasks back (%s); their leases will expire", exc)
+        with self._lock:
+            for task in tasks:
+                if self.running.get(task.task_id) is task:
+                    del self.running[task.task_id]
 
     def kill_now(self) -> None:
         """Second SIGTERM: stop every task process and exit; the leases expire and requeue."""
@@ -201,21 +219,34 @@ class Worker:
             if task is not None and not task.cancel.is_set():
                 log.info("stopping task %s (cancelled or no longer ours)", task_id)
                 task.cancel.set()
-                self.pool.cancel(task_id)
+                if not self._drop_waiting(task):
+                    self.pool.cancel(task_id)
+
+    def _drop_waiting(self, task: RunningTask) -> bool:
+        """Finish a cancelled task that never started; False if it is executing."""
+        with self._slots:
+            for entry in self._waiting:
+                if entry[0] is task:
+                    self._waiting.remove(entry)
+                    break
+            else:
+                return False
+        self._finish(task, "cancelled", "", "cancelled before it started", None)
+        return True
 
     # -- loops -------------------------------------------------------------------------------
     def _lease_loop(self) -> None:
         backoff = Backoff()
         while not self.stop_leasing.is_set():
             with self._slots:
-                while self._busy >= self.capacity and not self.stop_leasing.is_set():
+                while self._room() <= 0 and not self.stop_leasing.is_set():
                     self._slots.wait(1.0)
-                free = self.capacity - self._busy
-            if free <= 0:
+                free, room = self.capacity - self._busy, self._room()
+            if room <= 0:
                 continue
             self.connected.wait()
             try:
-                leased = self.conn.lease(free, LEASE_WAIT)
+                leased = self.conn.lease(room, LEASE_WAIT, max_bundles=free)
                 backoff.reset()
             except NodePoolError as exc:
                 self._lost_connection(exc, backoff)
@@ -225,6 +256,10 @@ class Worker:
                     self.conn.release([(task.task_id, task.attempt)])
                     continue
                 self._start(task)
+
+    def _room(self) -> int:
+        """Tasks the next lease may bring: free slots plus free prefetch places."""
+        return self.capacity - self._busy + self.prefetch - len(self._waiting)
 
     def _lost_connection(self, exc: NodePoolError, backoff: Backoff) -> None:
         log.warning("node pool unreachable (%s); retrying in %.1f s", exc, backoff.delay)
@@ -271,28 +306,45 @@ class Worker:
         with self._lock:
             self.running[task.task_id] = task
         with self._slots:
+            if leased.spec.kind == pb.FUNCTION:
+                self._waiting.append((task, leased))
+                self._dispatch_waiting()
+                return
             self._busy += 1
-        timeout = leased.spec.timeout or self.settings.task_timeout
+            task.executing = True
+        self._log_start(task, leased)
+        thread = threading.Thread(
+            target=self._run_bundle,
+            args=(task, leased, self._timeout(leased)),
+            daemon=True,
+            name=f"task-{task.task_id}",
+        )
+        thread.start()
+
+    def _timeout(self, leased: pb.LeasedTask) -> float:
+        return leased.spec.timeout or self.settings.task_timeout
+
+    def _log_start(self, task: RunningTask, leased: pb.LeasedTask) -> None:
         task_log.info(
             "task %s attempt %d started: %s", task.task_id, task.attempt, leased.spec.name
         )
-        if leased.spec.kind == pb.FUNCTION:
+
+    def _dispatch_waiting(self) -> None:
+        """Start waiting function tasks while slots are free (called holding ``_slots``)."""
+        while self._waiting and self._busy < self.capacity:
+            task, leased = self._waiting.popleft()
+            self._busy += 1
+            task.executing = True
+            self._log_start(task, leased)
             try:
                 args = json.loads(leased.spec.args_json or "[]")
             except ValueError:
                 args = []
-            future = self.pool.submit(
-                FunctionCall(task.task_id, task.attempt, leased.spec.function, args, timeout)
+            call = FunctionCall(
+                task.task_id, task.attempt, leased.spec.function, args, self._timeout(leased)
             )
+            future = self.pool.submit(call)
             future.add_done_callback(lambda f, t=task: self._function_done(t, f.result()))
-        else:
-            thread = threading.Thread(
-                target=self._run_bundle,
-                args=(task, leased, timeout),
-                daemon=True,
-                name=f"task-{task.task_id}",
-            )
-            thread.start()
 
     def _function_done(self, task: RunningTask, outcome: FunctionOutcome) -> None:
         # The pool keeps a function's checkpoint dir here; the attempt is over.
@@ -352,8 +404,12 @@ class Worker:
         result_zip: Path | None,
     ) -> None:
         with self._slots:
-            self._busy -= 1
-            self._slots.notify()
+            if task.executing:
+                task.executing = False
+                self._busy -= 1
+                if not self.stop_leasing.is_set():
+                    self._dispatch_waiting()
+            self._slots.notify_all()
         if task.cancel.is_set() and status != "succeeded":
             status, error = "cancelled", error or "cancelled"
         has_archive = False
