@@ -249,8 +249,8 @@ class UserStore:
         return self.get(from_user)
 
     # -- the task archive --------------------------------------------------------------------
-    def archive_tasks(self, tasks: list[tuple[dict[str, str], list[dict[str, Any]]]]) -> None:
-        """Upsert finished tasks (record, history) in one transaction."""
+    def archive_tasks(self, tasks: list[tuple[dict[str, str], list[str]]]) -> None:
+        """Upsert finished tasks in one transaction: (record, history events as JSON text)."""
         now = time.time()
         rows = [
             {
@@ -266,14 +266,19 @@ class UserStore:
                 "start_time": float(record.get("start_time") or 0),
                 "finished_at": float(record.get("finished_at") or 0),
                 "record": json.dumps(record, sort_keys=True),
-                "history": json.dumps(history),
+                "history": "[" + ",".join(history) + "]",
                 "archived_at": now,
             }
             for record, history in tasks
         ]
         if rows:
+            columns = list(rows[0])
+            sql = (
+                f"INSERT OR REPLACE INTO tasks ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})"
+            )
             with self._atomic() as db:
-                db["tasks"].upsert_all(rows, pk="id")
+                db.conn.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
 
     def archived_task(self, task_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
         with self._lock:

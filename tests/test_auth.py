@@ -89,7 +89,7 @@ def test_archive_survives_in_sqlite(tmp_path: Path) -> None:
         "attempt": "2",
         "created_at": str(time.time()),
     }
-    store.archive_tasks([(record, [{"event": "leased", "attempt": 1}])])
+    store.archive_tasks([(record, ['{"event": "leased", "attempt": 1}'])])
     got, history = store.archived_task("a" * 16)  # type: ignore[misc]
     assert got["status"] == "SUCCEEDED" and history[0]["event"] == "leased"
     assert [r["id"] for r in store.archived_tasks("alice", "SUCCEEDED", 10)] == ["a" * 16]

@@ -159,7 +159,7 @@ class Housekeeper:
         for i, task_id in enumerate(task_ids):
             record, history, log_chunks = replies[3 * i : 3 * i + 3]
             if record:
-                archived.append((record, [json.loads(h) for h in history]))
+                archived.append((record, history))
                 if log_chunks:
                     self.state.blobs.write_log(task_id, "".join(log_chunks))
         self.state.users.archive_tasks(archived)

@@ -67,11 +67,13 @@ class FinishedLog(Notifier):
             if not self._entries or self._entries[0][0] > seen + 1:
                 return None
             changed: set[str] = set()
-            for generation, task_ids in self._entries:
-                if generation > seen:
-                    if task_ids is None:
-                        return None
-                    changed.update(task_ids)
+            # Newest first, stopping at what the caller has seen: a waiter wakes often.
+            for generation, task_ids in reversed(self._entries):
+                if generation <= seen:
+                    break
+                if task_ids is None:
+                    return None
+                changed.update(task_ids)
             return changed
 
 

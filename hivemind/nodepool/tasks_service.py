@@ -130,28 +130,39 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     # -- reading -----------------------------------------------------------------------------
     def _records(
-        self, task_ids: list[str]
+        self, task_ids: list[str], with_history: bool = True
     ) -> list[tuple[dict[str, str], list[dict[str, Any]]] | None]:
-        """Each task's hash and history in one round trip; the archive for expired ones."""
+        """Each task's hash (and history) in one round trip; the archive for expired ones."""
         pipe = self.state.redis.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.hgetall(keys.task_key(task_id))
-            pipe.lrange(keys.task_history_key(task_id), 0, -1)
+            if with_history:
+                pipe.lrange(keys.task_history_key(task_id), 0, -1)
         replies = pipe.execute()
+        step = 2 if with_history else 1
         found: list[tuple[dict[str, str], list[dict[str, Any]]] | None] = []
         for i, task_id in enumerate(task_ids):
-            record, history = replies[2 * i], replies[2 * i + 1]
+            record = replies[step * i]
             if record:
+                history = replies[step * i + 1] if with_history else []
                 found.append((record, [json.loads(h) for h in history]))
             else:
-                found.append(self.state.users.archived_task(task_id))
+                archived = self.state.users.archived_task(task_id)
+                if archived is not None and not with_history:
+                    archived = (archived[0], [])
+                found.append(archived)
         return found
 
     def _visible_many(
-        self, identity: Identity, task_ids: list[str], context: grpc.ServicerContext
+        self,
+        identity: Identity,
+        task_ids: list[str],
+        context: grpc.ServicerContext,
+        with_history: bool = True,
     ) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
         visible = []
-        for task_id, found in zip(task_ids, self._records(task_ids), strict=True):
+        found_all = self._records(task_ids, with_history)
+        for task_id, found in zip(task_ids, found_all, strict=True):
             # Someone else's task is reported as missing, so ids of others cannot be probed.
             if (
                 not task_id
@@ -220,8 +231,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
         finished = self.state.finished
         seen = finished.generation
-        self._visible_many(identity, ids, context)
-        pending = set(self._unfinished(ids))
+        pending = set(self._unfinished(ids, identity, context))
         last_full_read = time.monotonic()
         while pending:
             remaining = deadline - time.monotonic()
@@ -237,16 +247,29 @@ class TaskService(pb_grpc.TaskServiceServicer):
             else:
                 check = pending & changed
             if check:
-                pending -= check - set(self._unfinished(list(check)))
-        found = self._visible_many(identity, ids, context)
+                pending -= check - set(self._unfinished(list(check), identity, context))
+        # Without histories: a waiter wants outcomes; `GetTask` has the whole story.
+        found = self._visible_many(identity, ids, context, with_history=False)
         return pb.TaskList(tasks=[task_message(*f) for f in found])
 
-    def _unfinished(self, task_ids: list[str]) -> list[str]:
+    def _unfinished(
+        self, task_ids: list[str], identity: Identity, context: grpc.ServicerContext
+    ) -> list[str]:
+        """The tasks not finished yet; aborts NOT_FOUND for one the caller may not see."""
         pipe = self.state.redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hget(keys.task_key(task_id), "status")
-        statuses = pipe.execute()
-        return [t for t, s in zip(task_ids, statuses, strict=True) if s and not is_terminal(s)]
+            pipe.hmget(keys.task_key(task_id), ("status", "owner"))
+        unfinished = []
+        for task_id, (status, owner) in zip(task_ids, pipe.execute(), strict=True):
+            if status is None:
+                # Expired from Redis: finished long ago, if the archive has it and it is ours.
+                self._visible(identity, task_id, context)
+                continue
+            if owner != identity.subject and not identity.is_admin:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+            if not is_terminal(status):
+                unfinished.append(task_id)
+        return unfinished
 
     def StreamLog(
         self, request: pb.LogRequest, context: grpc.ServicerContext
