@@ -99,6 +99,8 @@ LEASE_SCAN_LIMIT = 200
 LEASE_BATCH_MAX = 256
 #: Function tasks a worker may lease ahead per slot, to wait in its pool's queue.
 FUNCTION_PREFETCH_PER_SLOT = 4
+#: ... but only while its function calls take less than this on average, in seconds.
+PREFETCH_MAX_CALL_SECONDS = 0.05
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
 #: Seconds between reaper passes (expired leases, lost workers, schedulability).

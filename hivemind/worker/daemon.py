@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -101,6 +102,9 @@ class Worker:
         # Function tasks leased ahead, waiting for a slot: one lease and one report round trip
         # then serve many small tasks (the idea of Celery's prefetch multiplier).
         self.prefetch = self.capacity * keys.FUNCTION_PREFETCH_PER_SLOT
+        # Prefetch only while function tasks are short: long ones held here would wait while
+        # another worker idles. Starts pessimistic; learns from each finished call.
+        self._mean_call_seconds = math.inf
         self._waiting: deque[tuple[RunningTask, pb.LeasedTask]] = deque()
         self.stop_leasing = threading.Event()
         self.stopped = threading.Event()
@@ -259,7 +263,8 @@ class Worker:
 
     def _room(self) -> int:
         """Tasks the next lease may bring: free slots plus free prefetch places."""
-        return self.capacity - self._busy + self.prefetch - len(self._waiting)
+        prefetch = self.prefetch if self._mean_call_seconds < keys.PREFETCH_MAX_CALL_SECONDS else 0
+        return max(0, self.capacity - self._busy + prefetch - len(self._waiting))
 
     def _lost_connection(self, exc: NodePoolError, backoff: Backoff) -> None:
         log.warning("node pool unreachable (%s); retrying in %.1f s", exc, backoff.delay)
@@ -347,6 +352,13 @@ class Worker:
             future.add_done_callback(lambda f, t=task: self._function_done(t, f.result()))
 
     def _function_done(self, task: RunningTask, outcome: FunctionOutcome) -> None:
+        if outcome.duration >= 0:
+            previous = self._mean_call_seconds
+            self._mean_call_seconds = (
+                outcome.duration
+                if previous == math.inf
+                else 0.8 * previous + 0.2 * outcome.duration
+            )
         # The pool keeps a function's checkpoint dir here; the attempt is over.
         shutil.rmtree(self.work_root / task.task_id, ignore_errors=True)
         self._finish(task, outcome.status, outcome.result_json, outcome.error_message, None)
