@@ -2,7 +2,7 @@
 
 Run from the repository root (``pip install -e '.[bench]'`` first)::
 
-    python -m bench.throughput                      # everything, a few minutes on 2 cores
+    python -m bench.throughput                      # everything, about 5 minutes on 2 cores
     python -m bench.throughput --only hivemind,rq --tasks 2000
     python -m bench.throughput --skip-missing       # leave out peers that are not installed
 
@@ -17,15 +17,17 @@ Dramatiq with 2 processes x 8 threads) it measures, on an otherwise idle machine
 Then a fresh HiveMind node pool gets 1,000 simulated workers heartbeating once a second,
 pinned to one core, to see whether it keeps up and how much memory it holds.
 
-CPU steal (``/proc/stat``) is recorded for every phase; a phase above ``--max-steal`` per cent
-is flagged NOISY and should not be compared. See bench/README.md for what each figure means
-and the figures measured so far.
+For every phase it records the CPU stolen by the hypervisor (``/proc/stat``) and the CPU used
+by processes outside the run; a phase above ``--max-steal`` or ``--max-other`` per cent is
+flagged NOISY and should not be compared (``--wait-quiet`` waits for a quiet machine before
+each phase). See bench/README.md for what each figure means and the figures measured so far.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -176,6 +178,30 @@ def phase(name: str, limits: NoiseLimits, log: Callable[[str], None]) -> Iterato
             f"other processes {stats.other_percent:.0f} %, "
             f"cpu busy {stats.busy_percent:.0f} %{flag}"
         )
+
+
+def wait_quiet(limits: NoiseLimits, timeout: float, log: Callable[[str], None]) -> None:
+    """Wait (at most ``timeout`` seconds) for a 2-second window in which steal and other
+    processes stay within ``limits``; on a shared machine this keeps phases comparable."""
+    if timeout <= 0:
+        return
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        with phase("quiet?", limits, lambda _line: None) as stats:
+            time.sleep(2.0)
+        if not stats.noisy:
+            if waited:
+                log("  the machine is quiet again")
+            return
+        if time.monotonic() >= deadline:
+            log(f"  still not quiet after {timeout:.0f} s (steal {stats.steal_percent:.1f} %, "
+                f"other processes {stats.other_percent:.0f} %); going on")
+            return
+        if not waited:
+            log(f"  waiting for the machine to be quiet (steal {stats.steal_percent:.1f} %, "
+                f"other processes {stats.other_percent:.0f} %) ...")
+            waited = True
 
 
 def cpu_model() -> str:
@@ -719,6 +745,7 @@ def run_system(system: System, args: argparse.Namespace,
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        wait_quiet(args.limits, args.wait_quiet, log)
         for _ in range(args.warmup):
             system.one()
         with phase(f"{system.name} latency", args.limits, log) as stats:
@@ -728,6 +755,7 @@ def run_system(system: System, args: argparse.Namespace,
                 result.latency_ms.append((time.perf_counter() - started) * 1000)
         result.latency_phase = stats
         time.sleep(1.0)  # let background work settle before the batch
+        wait_quiet(args.limits, args.wait_quiet, log)
         with phase(f"{system.name} batch", args.limits, log) as stats:
             result.batch = system.batch(args.tasks, args.batch_timeout)
         result.batch_phase = stats
@@ -758,8 +786,8 @@ def run_system(system: System, args: argparse.Namespace,
 class ShardReport:
     #: (due time relative to the start, latency in seconds) of each answered heartbeat.
     answered: list[tuple[float, float]] = field(default_factory=list)
-    #: (due time relative to the start, status code name) of each failed heartbeat.
-    failed: list[tuple[float, str]] = field(default_factory=list)
+    #: (due time relative to the start, status code, seconds until it failed) of each failure.
+    failed: list[tuple[float, str, float]] = field(default_factory=list)
     #: Seconds each send left after its due time (how far the generator fell behind).
     lags: list[float] = field(default_factory=list)
 
@@ -811,7 +839,7 @@ def heartbeat_shard(
                 details = error.details() if hasattr(error, "details") else str(error)
                 if details and details != code:
                     code = f"{code} ({details})"
-                report.failed.append((due, code))
+                report.failed.append((due, code, latency))
         done.release()
 
     conn.send("ready")
@@ -853,6 +881,8 @@ class HeartbeatResult:
     p99_ms: float = math.nan
     max_ms: float = math.nan
     generator_lag_p99_ms: float = math.nan
+    #: Median time from sending a heartbeat that failed until it failed.
+    failed_after_p50_ms: float = math.nan
     nodepool_cpu_percent: float = math.nan
     generator_cpu_percent: float = math.nan
     redis_cpu_percent: float = math.nan
@@ -914,6 +944,7 @@ def run_heartbeat(workdir: Path, redis_server: Child, redis_port: int, args: arg
         log(f"  registered {count} workers in {result.register_seconds:.1f} s; node pool RSS "
             f"{result.rss_registered_mb:.0f} MB (idle before: {result.rss_idle_mb:.0f} MB)")
 
+        wait_quiet(args.limits, args.wait_quiet, log)
         context = multiprocessing.get_context("spawn")
         nshards = max(1, args.heartbeat_processes)
         rounds = math.ceil(warmup + seconds)
@@ -1004,7 +1035,10 @@ def _summarise_heartbeats(result: HeartbeatResult, reports: list[ShardReport], w
     """Statistics over the heartbeats due after the warm-up."""
     window = [(due - warmup, latency) for r in reports for due, latency in r.answered
               if due >= warmup]
-    errors = Counter(code for r in reports for due, code in r.failed if due >= warmup)
+    errors = Counter(code for r in reports for due, code, _ in r.failed if due >= warmup)
+    failed_after = [latency * 1000 for r in reports for due, _, latency in r.failed
+                    if due >= warmup]
+    result.failed_after_p50_ms = percentile(failed_after, 0.50)
     latencies = [latency * 1000 for _, latency in window]
     result.sent = len(window) + sum(errors.values())
     result.answered = len(window)
@@ -1054,12 +1088,16 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _noise(stats: PhaseStats | None) -> list[str]:
-    """The steal and other-processes cells of a phase, NOISY marking the offending one."""
+def _noise(stats: PhaseStats | None, limits: NoiseLimits) -> list[str]:
+    """The steal and other-processes cells of a phase, NOISY marking the one over its limit."""
     if stats is None:
         return ["-", "-"]
-    return [f"{stats.steal_percent:.1f}", f"{stats.other_percent:.0f}"
-            + (" NOISY" if stats.noisy else "")]
+    steal, other = f"{stats.steal_percent:.1f}", f"{stats.other_percent:.0f}"
+    if stats.steal_percent > limits.max_steal:
+        steal += " NOISY"
+    if stats.other_percent > limits.max_other:
+        other += " NOISY"
+    return [steal, other]
 
 
 def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
@@ -1079,7 +1117,7 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
                 _fmt(b.total_seconds, 2) if b else "-",
                 _fmt(b.submit_seconds, 2) if b else "-",
                 f"{b.succeeded}/{b.submitted}" if b else "-",
-                *_noise(r.batch_phase),
+                *_noise(r.batch_phase, args.limits),
                 _ratio(r.throughput, ref_tp),
             ])
         out += ["", f"Batch throughput: {args.tasks:,} no-op tasks submitted at once, "
@@ -1093,7 +1131,7 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
             rows.append([
                 r.system, _fmt(r.p50, 2), _fmt(r.p99, 2),
                 _fmt(statistics.fmean(r.latency_ms), 2) if r.latency_ms else "-",
-                str(len(r.latency_ms)), *_noise(r.latency_phase),
+                str(len(r.latency_ms)), *_noise(r.latency_phase, args.limits),
                 _ratio(r.p50, ref50), _ratio(r.p99, ref99),
             ])
         out += ["", "Latency: one task at a time on an idle cluster, submit -> result seen "
@@ -1121,12 +1159,13 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
             out.append(f"  FAILED: {h.error}")
         errors = ", ".join(f"{k} {v}" for k, v in sorted(h.errors.items())) or "none"
         rss_ok = "PASS" if h.rss_peak_mb <= 150.0 else "FAIL"
-        steal, other = _noise(h.phase)
         out += [
             f"  offered       {_fmt(h.offered_per_s)} heartbeats/s ({h.sent} sent)",
             f"  achieved      {_fmt(h.achieved_per_s)} heartbeats/s (worst full second "
             f"{_fmt(h.worst_second_per_s, 0)}); answered {h.answered}",
-            f"  errors        {errors}",
+            f"  errors        {errors}" + (
+                f" (median {_fmt(h.failed_after_p50_ms, 0)} ms after sending)"
+                if h.errors else ""),
             f"  RPC latency   p50 {_fmt(h.p50_ms, 2)} ms, p99 {_fmt(h.p99_ms, 2)} ms, "
             f"max {_fmt(h.max_ms, 2)} ms",
             f"  generator     send lag p99 {_fmt(h.generator_lag_p99_ms, 2)} ms "
@@ -1140,7 +1179,10 @@ def render(results: list[SystemResult], heartbeat: HeartbeatResult | None,
             f"                target <= 150 MB: {rss_ok}",
             f"  registration  {_fmt(h.register_seconds, 1)} s for {h.workers} workers; "
             f"online afterwards: {h.online_after}",
-            f"  noise         steal {steal} %, other processes {other} %",
+            "  noise         " + (
+                f"steal {h.phase.steal_percent:.1f} %, other processes "
+                f"{h.phase.other_percent:.0f} %" + (" NOISY" if h.phase.noisy else "")
+                if h.phase else "-"),
             "  keeps up      " + ("YES" if h.keeps_up else "NO") +
             " (= no errors, every heartbeat answered, achieved >= 98 % of offered, p99 < 1 s)",
         ]
@@ -1196,6 +1238,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-other", type=float, default=10.0,
                         help="percentage of the machine used by processes outside the run "
                         "above which a phase is flagged NOISY")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each phase, wait up to SECONDS for a 2-second window "
+                        "within --max-steal and --max-other (for shared machines)")
     parser.add_argument("--json", type=Path, help="also write the raw results to this file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs) after the run")
@@ -1253,8 +1298,10 @@ def hivemind_revision() -> str:
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown (not a git checkout)"
-    changed = git("status", "--porcelain", "--", "hivemind")
-    return f"commit {commit}" + (" + uncommitted changes in hivemind/" if changed else "")
+    if not git("status", "--porcelain", "--", "hivemind"):
+        return f"commit {commit}"
+    digest = hashlib.sha256(git("diff", "HEAD", "--", "hivemind").encode()).hexdigest()[:12]
+    return f"commit {commit} + uncommitted changes in hivemind/ (diff sha256 {digest})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from hivemind.client import Client
 from hivemind.credentials import load_token
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, RedisServer, free_port
 
 
 @dataclass
@@ -54,6 +59,15 @@ class Cluster:
         data = json.loads((self.home / "run" / f"{service}.pid").read_text())
         return int(data["pid"])
 
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def terminal_events(self, task_id: str) -> list[str]:
+        """The terminal events in a task's history: exactly one for a task that ended."""
+        history = self.redis().lrange(f"task:{task_id}:history", 0, -1)
+        events = [json.loads(e)["event"] for e in history]
+        return [e for e in events if e in ("succeeded", "failed", "timeout", "cancelled")]
+
     def up(self, workers: int = 2) -> subprocess.CompletedProcess[str]:
         return self.cli("up", "--workers", str(workers), timeout=180)
 
@@ -80,3 +94,22 @@ def make_cluster(root: Path, redis_url: str, **settings: str) -> Cluster:
     )
     env.update({f"HIVEMIND_{k.upper()}": v for k, v in settings.items()})
     return Cluster(home=home, env=env, address=f"localhost:{port}", redis_url=redis_url)
+
+
+# Databases 1-4 are left to other tests; each disruptive test gets one of its own.
+_databases = itertools.cycle(range(6, 16))
+
+
+@contextmanager
+def started_cluster(
+    redis_server: RedisServer, root: Path, workers: int = 2, **settings: str
+) -> Iterator[Cluster]:
+    """A cluster of its own on a fresh Redis database, stopped afterwards."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_databases)}"
+    redis.Redis.from_url(url).flushdb()
+    cluster = make_cluster(root, url, **settings)
+    cluster.up(workers=workers)
+    try:
+        yield cluster
+    finally:
+        cluster.down()

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from hivemind.client import bundle_spec, function_spec, result_value
-from tests.cluster import Cluster, make_cluster
+from tests.cluster import Cluster, make_cluster, started_cluster
 from tests.helpers import RedisServer, wait_until
 
 pytestmark = pytest.mark.slow
@@ -221,26 +221,8 @@ def test_hostile_bundles_are_refused_and_write_nothing_outside(
 # -- disruptive tests get a cluster each -----------------------------------------------------
 @pytest.fixture
 def own_cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
-    db = 6 + (abs(hash(str(tmp_path))) % 8)
-    client = redis_server.client()
-    client.execute_command("SELECT", db)
-    c = make_cluster(tmp_path, redis_server.url.rsplit("/", 1)[0] + f"/{db}")
-    import redis as redis_lib
-
-    redis_lib.Redis.from_url(c.redis_url).flushdb()
-    c.up(workers=2)
-    try:
-        yield c
-    finally:
-        c.down()
-
-
-def terminal_events(c: Cluster, task_id: str) -> list[str]:
-    import redis as redis_lib
-
-    r = redis_lib.Redis.from_url(c.redis_url, decode_responses=True)
-    events = [json.loads(e)["event"] for e in r.lrange(f"task:{task_id}:history", 0, -1)]
-    return [e for e in events if e in ("succeeded", "failed", "timeout", "cancelled")]
+    with started_cluster(redis_server, tmp_path) as cluster:
+        yield cluster
 
 
 def test_worker_killed_costs_time_and_nothing_else(own_cluster: Cluster) -> None:
@@ -267,7 +249,7 @@ def test_worker_killed_costs_time_and_nothing_else(own_cluster: Cluster) -> None
     by_id = {t.id: t for t in tasks}
     assert held and all(by_id[t].attempt > 1 for t in held)
     for task_id in ids:
-        assert terminal_events(c, task_id) == ["succeeded"]
+        assert c.terminal_events(task_id) == ["succeeded"]
 
 
 def test_node_pool_killed_and_restarted_loses_nothing(own_cluster: Cluster) -> None:
@@ -290,6 +272,6 @@ def test_node_pool_killed_and_restarted_loses_nothing(own_cluster: Cluster) -> N
         (t.id, t.status, t.error_message) for t in tasks
     ]
     for task_id in ids:
-        assert terminal_events(c, task_id) == ["succeeded"]
+        assert c.terminal_events(task_id) == ["succeeded"]
     conn = sqlite3.connect(c.home / "node_pool" / "users.db")
     assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1

@@ -9,6 +9,7 @@ the warm process pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -69,6 +70,7 @@ class RunningTask:
     kind: int
     cancel: threading.Event = field(default_factory=threading.Event)
     executing: bool = False  # holds one of the MAX_CONCURRENT_TASKS slots
+    handed_back: bool = False  # stopped by a shutdown: released, not reported
 
 
 class Backoff:
@@ -174,6 +176,7 @@ class Worker:
             time.sleep(0.1)
         leftover = self._snapshot()
         for task in leftover:
+            task.handed_back = True
             task.cancel.set()
             self.pool.cancel(task.task_id)
         self._drain_reports(5.0)
@@ -201,10 +204,14 @@ class Worker:
     def kill_now(self) -> None:
         """Second SIGTERM: stop every task process and exit; the leases expire and requeue."""
         for task in self._snapshot():
+            task.handed_back = True  # report nothing: the tasks must run again elsewhere
             task.cancel.set()
-        self.pool.shutdown(wait=False)
-        # The runner threads poll every 100 ms: give them time to kill their process groups.
-        time.sleep(0.5)
+        # Task processes (and pool processes) lead process groups of their own: kill each
+        # whole group now rather than trusting the runner threads to get there first.
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(OSError):
+                if os.getpgid(child.pid) == child.pid:
+                    os.killpg(child.pid, signal.SIGKILL)
         os._exit(1)
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -422,6 +429,8 @@ class Worker:
                 if not self.stop_leasing.is_set():
                     self._dispatch_waiting()
             self._slots.notify_all()
+        if task.handed_back:
+            return  # the node pool gets it back through ReleaseTasks instead
         if task.cancel.is_set() and status != "succeeded":
             status, error = "cancelled", error or "cancelled"
         has_archive = False

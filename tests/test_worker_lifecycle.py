@@ -1,0 +1,123 @@
+"""A worker's life over real processes: checkpoints carried over, graceful and hard stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hivemind.client import bundle_spec, function_spec
+from tests.cluster import Cluster, started_cluster
+from tests.helpers import RedisServer, wait_until
+
+pytestmark = pytest.mark.slow
+
+# Attempt 1 saves a checkpoint and then hangs; a later attempt finds it and finishes.
+RESUMABLE = """
+import time
+from pathlib import Path
+from hivemind.task import attempt, checkpoint_dir, report_progress
+
+state = checkpoint_dir() / "state.txt"
+if state.exists():
+    Path("output").mkdir(exist_ok=True)
+    Path("output/resumed.txt").write_text(f"{state.read_text()} -> resumed in attempt {attempt()}")
+else:
+    state.write_text(f"saved by attempt {attempt()}")
+    report_progress(0.5, "checkpoint saved")
+    time.sleep(600)
+"""
+
+
+def upload_bundle(cluster: Cluster, tmp_path: Path, source: str) -> str:
+    path = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("main.py", source)
+    with cluster.client() as c:
+        return c.upload_bundle(path)
+
+
+def holder_pid(cluster: Cluster, task_id: str) -> int:
+    with cluster.client() as c:
+        worker = c.get(task_id).worker
+    return cluster.pid(f"worker-{worker}")
+
+
+def test_checkpoint_of_attempt_one_reaches_attempt_two(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with started_cluster(redis_server, tmp_path) as cluster:
+        bundle_id = upload_bundle(cluster, tmp_path, RESUMABLE)
+        with cluster.client() as c:
+            [tid] = c.submit([bundle_spec(bundle_id, retries=2)])
+            r = cluster.redis()
+            assert wait_until(lambda: r.hget(f"task:{tid}", "has_checkpoint") == "1", 30)
+            os.kill(holder_pid(cluster, tid), signal.SIGKILL)
+            [task] = c.wait([tid], 60)
+            assert task.status == "SUCCEEDED", task.error_message
+            assert task.attempt == 2
+            out = c.fetch_result(tid, tmp_path / "out")
+        assert (out / "resumed.txt").read_text() == "saved by attempt 1 -> resumed in attempt 2"
+
+
+def test_first_sigterm_hands_unfinished_tasks_back(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with started_cluster(redis_server, tmp_path, shutdown_grace="1") as cluster:
+        with cluster.client() as c:
+            # No retries: handing a task back must not use one up.
+            ids = c.submit(
+                [function_spec("hivemind.examples:sleep", [4], retries=0) for _ in range(2)]
+            )
+            assert wait_until(lambda: all(t.status == "RUNNING" for t in c.wait(ids, 0)), 30)
+            victim = c.get(ids[0]).worker
+            held = [t.id for t in c.wait(ids, 0) if t.worker == victim]
+            process = psutil.Process(cluster.pid(f"worker-{victim}"))
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)  # it leaves by itself after the grace period
+            tasks = c.wait(ids, 60)
+        assert [t.status for t in tasks] == ["SUCCEEDED", "SUCCEEDED"]
+        r = cluster.redis()
+        for task_id in held:
+            history = r.lrange(f"task:{task_id}:history", 0, -1)
+            assert any('"released"' in h for h in history)
+            assert cluster.terminal_events(task_id) == ["succeeded"]
+
+
+def test_second_sigterm_exits_at_once_and_kills_task_processes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    marker = f"hivemind-hard-stop-{os.getpid()}"
+    source = (
+        "import subprocess, time\n"
+        f"subprocess.Popen(['bash', '-c', 'exec -a {marker} sleep 300'])\n"
+        "time.sleep(300)\n"
+    )
+    with started_cluster(redis_server, tmp_path, shutdown_grace="60") as cluster:
+        bundle_id = upload_bundle(cluster, tmp_path, source)
+        with cluster.client() as c:
+            [tid] = c.submit([bundle_spec(bundle_id, retries=1)])
+
+            def marker_alive() -> bool:
+                return any(
+                    marker in " ".join(p.info["cmdline"] or [])
+                    for p in psutil.process_iter(["cmdline"])
+                )
+
+            assert wait_until(marker_alive, 30)
+            process = psutil.Process(holder_pid(cluster, tid))
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
+            assert time.monotonic() - started < 5
+            assert wait_until(lambda: not marker_alive(), 10)
+            # Its lease expires and the task runs again elsewhere.
+            assert wait_until(lambda: c.get(tid).attempt == 2, 30)
+            c.cancel(tid)
