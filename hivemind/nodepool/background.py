@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from hivemind import keys
-from hivemind.nodepool.core import NodePoolState, caps_from_record
+from hivemind.nodepool.core import NodePoolState
 from hivemind.taskstore import WorkerCaps
 
 log = logging.getLogger("hivemind.nodepool")
@@ -82,20 +82,29 @@ class Housekeeper:
             self.state.finished.notify([task_id for task_id, _, _ in reaped])
 
     def mark_lost_workers(self) -> dict[str, WorkerCaps]:
-        """Mark workers whose heartbeat stopped; returns the capabilities of the live ones."""
+        """Mark workers whose heartbeat stopped; returns the capabilities of the live ones.
+
+        Reads only the ``worker_nodes`` summaries (one command, whatever the worker count):
+        every heartbeat refreshes them with the status, heartbeat time and resources.
+        """
         r = self.state.redis
         now = time.time()
         lost_after = keys.WORKER_LOST_AFTER_INTERVALS * self.state.settings.heartbeat_interval
-        node_ids = r.hkeys(keys.WORKER_NODES)
-        pipe = r.pipeline(transaction=False)
-        for node_id in node_ids:
-            pipe.hgetall(keys.worker_key(node_id))
         live: dict[str, WorkerCaps] = {}
-        for node_id, record in zip(node_ids, pipe.execute(), strict=True):
-            age = now - float(record.get("last_heartbeat") or 0)
-            status = record.get("status")
+        for node_id, text in r.hgetall(keys.WORKER_NODES).items():
+            try:
+                summary = json.loads(text)
+            except ValueError:
+                summary = {}
+            age = now - float(summary.get("last_heartbeat") or 0)
+            status = summary.get("status")
             if status == "online" and age <= lost_after:
-                live[node_id] = caps_from_record(record)
+                live[node_id] = WorkerCaps(
+                    cpu=int(summary.get("cpu") or 0),
+                    memory_mb=int(summary.get("memory_mb") or 0),
+                    gpu=int(summary.get("gpu") or 0),
+                    labels=tuple(summary.get("labels") or ()),
+                )
             elif status == "online":
                 log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
                 self._set_worker_status(node_id, "lost")
