@@ -529,6 +529,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     configure_logging(home.worker_log, settings.log_level)
     task_logger = logging.getLogger("hivemind.task_execution")
     task_logger.addHandler(rotating_handler(home.task_execution_log))
+    # Task lines go to task_execution.log only, not again to worker.log and the console.
+    task_logger.propagate = False
     worker = Worker(settings, options)
     signals = {"count": 0}
     shutdown_requested = threading.Event()
