@@ -97,10 +97,11 @@ PRIORITY_STRIDE = 2**40
 LEASE_SCAN_LIMIT = 200
 #: Most tasks one lease call hands out.
 LEASE_BATCH_MAX = 256
-#: Function tasks a worker may lease ahead per slot, to wait in its pool's queue.
-FUNCTION_PREFETCH_PER_SLOT = 4
-#: ... but only while its function calls take less than this on average, in seconds.
-PREFETCH_MAX_CALL_SECONDS = 0.05
+#: A worker leases function tasks ahead, to wait in its pool's queue, up to this much expected
+#: work per slot (by the mean duration of its recent calls), in seconds ...
+PREFETCH_WORK_SECONDS = 0.5
+#: ... and never more than this many per slot.
+FUNCTION_PREFETCH_MAX_PER_SLOT = 64
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
 #: Seconds between reaper passes (expired leases, lost workers, schedulability).

@@ -103,9 +103,8 @@ class Worker:
         self._slots = threading.Condition()
         # Function tasks leased ahead, waiting for a slot: one lease and one report round trip
         # then serve many small tasks (the idea of Celery's prefetch multiplier).
-        self.prefetch = self.capacity * keys.FUNCTION_PREFETCH_PER_SLOT
-        # Prefetch only while function tasks are short: long ones held here would wait while
-        # another worker idles. Starts pessimistic; learns from each finished call.
+        # Prefetch only about PREFETCH_WORK_SECONDS of work: long tasks held here would wait
+        # while another worker idles. Starts at none; learns from each finished call.
         self._mean_call_seconds = math.inf
         self._waiting: deque[tuple[RunningTask, pb.LeasedTask]] = deque()
         self.stop_leasing = threading.Event()
@@ -270,8 +269,15 @@ class Worker:
 
     def _room(self) -> int:
         """Tasks the next lease may bring: free slots plus free prefetch places."""
-        prefetch = self.prefetch if self._mean_call_seconds < keys.PREFETCH_MAX_CALL_SECONDS else 0
-        return max(0, self.capacity - self._busy + prefetch - len(self._waiting))
+        return max(0, self.capacity - self._busy + self.prefetch() - len(self._waiting))
+
+    def prefetch(self) -> int:
+        """Function tasks to hold ahead of the free slots."""
+        per_slot = min(
+            keys.FUNCTION_PREFETCH_MAX_PER_SLOT,
+            int(keys.PREFETCH_WORK_SECONDS / max(self._mean_call_seconds, 1e-6)),
+        )
+        return per_slot * self.capacity
 
     def _lost_connection(self, exc: NodePoolError, backoff: Backoff) -> None:
         log.warning("node pool unreachable (%s); retrying in %.1f s", exc, backoff.delay)
