@@ -113,6 +113,8 @@ WORKER_FORGET_AFTER = 24 * 3600
 #: Failed logins allowed per user and window before login is refused.
 LOGIN_FAILURES_MAX = 5
 LOGIN_FAILURE_WINDOW = 300
+#: Verified tokens a node pool remembers, so a worker's token is checked once (cleared when full).
+VERIFIED_TOKENS_MAX = 20_000
 #: Bytes per gRPC message when streaming bundles, results, checkpoints and logs.
 CHUNK_SIZE = 1024 * 1024
 #: Log chunks kept per task in Redis (the whole log is archived to disk when it ends).

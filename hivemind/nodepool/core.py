@@ -90,6 +90,7 @@ class NodePoolState:
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
+    _verified: dict[str, Identity] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
@@ -126,10 +127,16 @@ class NodePoolState:
                     token = ""
         if not token:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token; log in first")
-        try:
-            identity = self.signer.verify(token)
-        except AuthError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        identity = self._verified.get(token)
+        if identity is None or identity.expires_at < time.time():
+            try:
+                identity = self.signer.verify(token)
+            except AuthError as exc:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            # Workers send the same token on every call: verify it once, not on each.
+            if len(self._verified) >= keys.VERIFIED_TOKENS_MAX:
+                self._verified.clear()
+            self._verified[token] = identity
         if identity.kind == "user":
             try:
                 user = self.users.get(identity.subject)

@@ -231,7 +231,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
         finished = self.state.finished
         seen = finished.generation
-        pending = set(self._unfinished(ids, identity, context))
+        # Histories are left out: a waiter wants outcomes; `GetTask` has the whole story.
+        records = dict(zip(ids, self._visible_many(identity, ids, context, False), strict=True))
+        pending = {i for i, (r, _) in records.items() if not is_terminal(r.get("status", ""))}
         last_full_read = time.monotonic()
         while pending:
             remaining = deadline - time.monotonic()
@@ -243,33 +245,16 @@ class TaskService(pb_grpc.TaskServiceServicer):
             # Re-read only what may have ended; everything once a second, for changes made
             # by other processes (a restored backup, the doctor's fixes).
             if changed is None or time.monotonic() - last_full_read >= 1.0:
-                check, last_full_read = pending, time.monotonic()
+                check, last_full_read = list(pending), time.monotonic()
             else:
-                check = pending & changed
+                check = list(pending & changed)
             if check:
-                pending -= check - set(self._unfinished(list(check), identity, context))
-        # Without histories: a waiter wants outcomes; `GetTask` has the whole story.
-        found = self._visible_many(identity, ids, context, with_history=False)
-        return pb.TaskList(tasks=[task_message(*f) for f in found])
-
-    def _unfinished(
-        self, task_ids: list[str], identity: Identity, context: grpc.ServicerContext
-    ) -> list[str]:
-        """The tasks not finished yet; aborts NOT_FOUND for one the caller may not see."""
-        pipe = self.state.redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hmget(keys.task_key(task_id), ("status", "owner"))
-        unfinished = []
-        for task_id, (status, owner) in zip(task_ids, pipe.execute(), strict=True):
-            if status is None:
-                # Expired from Redis: finished long ago, if the archive has it and it is ours.
-                self._visible(identity, task_id, context)
-                continue
-            if owner != identity.subject and not identity.is_admin:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
-            if not is_terminal(status):
-                unfinished.append(task_id)
-        return unfinished
+                fresh = self._visible_many(identity, check, context, False)
+                for task_id, found in zip(check, fresh, strict=True):
+                    records[task_id] = found
+                    if is_terminal(found[0].get("status", "")):
+                        pending.discard(task_id)
+        return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
 
     def StreamLog(
         self, request: pb.LogRequest, context: grpc.ServicerContext
