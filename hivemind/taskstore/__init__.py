@@ -1,0 +1,312 @@
+"""Every task state change, each one atomic: a Lua script run inside Redis.
+
+A task moves QUEUED -> RUNNING -> one terminal state (SUCCEEDED, FAILED, CANCELLED, TIMEOUT),
+and back to QUEUED only when its worker is lost (lease expired) or hands it back. Each lease
+increments ``attempt``; every write from a worker names the attempt it belongs to, and a
+write whose attempt is no longer current is refused. That fence is what gives each task
+exactly one terminal result, however late a lost worker's answer arrives.
+
+Nothing outside this package writes ``status``, ``attempt`` or the queue keys; the scripts
+themselves are in :mod:`hivemind.taskstore.scripts`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from hivemind import keys
+from hivemind.states import TaskState
+from hivemind.taskstore import scripts
+
+
+@dataclass(frozen=True)
+class WorkerCaps:
+    """What a worker advertises; tasks are matched against it."""
+
+    cpu: int
+    memory_mb: int
+    gpu: int
+    labels: tuple[str, ...]
+
+
+#: The task hash fields a lease hands to the worker.
+LEASE_FIELDS = (
+    "spec",
+    "owner",
+    "has_checkpoint",
+    "name",
+    "kind",
+    "timeout",
+    "retries",
+    "priority",
+    "req_cpu",
+    "req_memory_mb",
+    "req_gpu",
+    "req_labels",
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: str
+    attempt: int
+    record: dict[str, str]  # the LEASE_FIELDS of the task hash
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.record.get("spec") or "{}")
+
+    @property
+    def owner(self) -> str:
+        return self.record.get("owner", "")
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.record.get("has_checkpoint") == "1"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A worker's final word on one attempt."""
+
+    task_id: str
+    attempt: int
+    worker: str
+    status: TaskState
+    result_json: str = ""
+    error_message: str = ""
+    has_result_archive: bool = False
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A validated task ready to be queued."""
+
+    owner: str
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    timeout: float
+    retries: int
+    priority: int
+    req_cpu: int = 0
+    req_memory_mb: int = 0
+    req_gpu: int = 0
+    req_labels: tuple[str, ...] = ()
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.req_cpu or self.req_memory_mb or self.req_gpu or self.req_labels)
+
+
+_LEASE_FIELDS_JSON = json.dumps(LEASE_FIELDS)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _now() -> tuple[str, int]:
+    now = time.time()
+    return f"{now:.6f}", int(now * 1000)
+
+
+class TaskStore:
+    """The task state machine over one Redis connection pool."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._submit = client.register_script(scripts.load(scripts.SUBMIT))
+        self._lease = client.register_script(scripts.load(scripts.LEASE))
+        self._heartbeat = client.register_script(scripts.load(scripts.HEARTBEAT))
+        self._progress = client.register_script(scripts.load(scripts.PROGRESS))
+        self._append_log = client.register_script(scripts.load(scripts.APPEND_LOG))
+        self._mark_data = client.register_script(scripts.load(scripts.MARK_DATA))
+        self._complete = client.register_script(scripts.load(scripts.COMPLETE))
+        self._release = client.register_script(scripts.load(scripts.RELEASE))
+        self._reap = client.register_script(scripts.load(scripts.REAP))
+        self._cancel = client.register_script(scripts.load(scripts.CANCEL))
+        self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
+
+    # -- users' side -----------------------------------------------------------------------
+    def submit(self, tasks: Sequence[NewTask]) -> list[str]:
+        ids = [new_task_id() for _ in tasks]
+        records = []
+        for task_id, task in zip(ids, tasks, strict=True):
+            priority = max(-keys.PRIORITY_MAX, min(keys.PRIORITY_MAX, task.priority))
+            records.append(
+                {
+                    "id": task_id,
+                    "owner": task.owner,
+                    "name": task.name,
+                    "kind": task.kind,
+                    "spec": json.dumps(task.spec, separators=(",", ":")),
+                    "timeout": repr(float(task.timeout)),
+                    "retries": task.retries,
+                    "priority": priority,
+                    "constrained": int(task.constrained),
+                    "req_cpu": task.req_cpu,
+                    "req_memory_mb": task.req_memory_mb,
+                    "req_gpu": task.req_gpu,
+                    "req_labels": ",".join(task.req_labels),
+                }
+            )
+        now, now_ms = _now()
+        # One script call per slice keeps any single call short for other clients.
+        for start in range(0, len(records), 1000):
+            chunk = json.dumps(records[start : start + 1000], separators=(",", ":"))
+            self._submit(args=[now, now_ms, chunk])
+        return ids
+
+    def cancel(self, task_id: str) -> tuple[bool, str]:
+        """(True, new status) or (False, why not)."""
+        now, _ = _now()
+        ok, detail = self._cancel(args=[task_id, now])
+        return bool(ok), _text(detail)
+
+    # -- workers' side ---------------------------------------------------------------------
+    def lease(
+        self,
+        worker: str,
+        caps: WorkerCaps,
+        max_tasks: int,
+        lease_seconds: float,
+        max_bundles: int | None = None,
+    ) -> list[Lease]:
+        """Up to ``max_tasks`` tasks that fit ``caps``, of which at most ``max_bundles``
+        are bundles (default: all of them may be)."""
+        now, now_ms = _now()
+        rows = self._lease(
+            args=[
+                worker,
+                now,
+                now_ms,
+                int(lease_seconds * 1000),
+                max(0, min(max_tasks, keys.LEASE_BATCH_MAX)),
+                caps.cpu,
+                caps.memory_mb,
+                caps.gpu,
+                ",".join(caps.labels),
+                keys.LEASE_SCAN_LIMIT,
+                _LEASE_FIELDS_JSON,
+                max_tasks if max_bundles is None else max_bundles,
+            ]
+        )
+        return [
+            Lease(
+                task_id=_text(r[0]),
+                attempt=int(r[1]),
+                record={k: _text(v) for k, v in zip(LEASE_FIELDS, r[2:], strict=True)},
+            )
+            for r in rows
+        ]
+
+    def heartbeat(
+        self,
+        worker: str,
+        fields: dict[str, Any],
+        summary: dict[str, Any],
+        running: Iterable[str],
+        lease_seconds: float,
+    ) -> list[str]:
+        """Record the heartbeat, renew the leases of ``running``; returns tasks to stop."""
+        now, now_ms = _now()
+        args = [
+            worker,
+            now,
+            now_ms,
+            int(lease_seconds * 1000),
+            json.dumps(fields),
+            json.dumps(summary),
+            *running,
+        ]
+        return [_text(x) for x in self._heartbeat(args=args)]
+
+    def report_progress(
+        self,
+        task_id: str,
+        attempt: int,
+        worker: str,
+        fraction: float,
+        message: str,
+        lease_seconds: float,
+    ) -> str:
+        """'' when accepted, else why the attempt is fenced off."""
+        now, now_ms = _now()
+        fraction = max(0.0, min(1.0, fraction))
+        return _text(
+            self._progress(
+                args=[
+                    task_id,
+                    attempt,
+                    worker,
+                    now,
+                    now_ms,
+                    int(lease_seconds * 1000),
+                    repr(fraction),
+                    message[:500],
+                ]
+            )
+        )
+
+    def append_log(self, task_id: str, attempt: int, worker: str, text: str) -> str:
+        now, _ = _now()
+        return _text(
+            self._append_log(args=[task_id, attempt, worker, now, text, keys.TASK_LOG_MAX_CHUNKS])
+        )
+
+    def mark_data(self, task_id: str, attempt: int, worker: str, kind: str) -> str:
+        field = {"result": "has_result_archive", "checkpoint": "has_checkpoint"}[kind]
+        return _text(self._mark_data(args=[task_id, attempt, worker, field]))
+
+    def complete(self, outcomes: Sequence[Outcome]) -> list[str]:
+        """One reply per outcome: '' when it became the task's terminal result."""
+        if not outcomes:
+            return []
+        now, _ = _now()
+        payload = [
+            {
+                "id": o.task_id,
+                "attempt": o.attempt,
+                "worker": o.worker,
+                "status": TaskState(o.status).value,
+                "result_json": o.result_json,
+                "error_message": o.error_message[:4000],
+                "archive": o.has_result_archive,
+            }
+            for o in outcomes
+        ]
+        if any(not TaskState(o.status).terminal for o in outcomes):
+            raise ValueError("an outcome must be a terminal state")
+        return [_text(x) for x in self._complete(args=[now, json.dumps(payload)])]
+
+    def release(self, refs: Sequence[tuple[str, int, str]]) -> list[str]:
+        """Hand (task_id, attempt, worker) back to the queue without using up a retry."""
+        if not refs:
+            return []
+        now, _ = _now()
+        payload = [{"id": t, "attempt": a, "worker": w} for t, a, w in refs]
+        return [_text(x) for x in self._release(args=[now, json.dumps(payload)])]
+
+    # -- the reaper's side -----------------------------------------------------------------
+    def reap_expired(self, limit: int = 500) -> list[tuple[str, str, str]]:
+        """(task_id, 'requeued'|'failed'|'cancelled', worker) for each expired lease."""
+        now, now_ms = _now()
+        rows = self._reap(args=[now, now_ms, limit])
+        return [(_text(r[0]), _text(r[1]), _text(r[2])) for r in rows]
+
+    def mark_unschedulable(self, task_id: str, reason: str) -> bool:
+        return bool(self._mark_unschedulable(args=[task_id, reason]))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
