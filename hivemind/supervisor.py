@@ -76,8 +76,25 @@ def read_pidfile(path: Path) -> PidRecord | None:
 
 
 #: Children spawned by this process, kept so they are reaped (not left as zombies) and
-#: so their exit is seen at once.
+#: so their exit is seen at once. Pids wrap (pid_max is often 32768), so an entry counts
+#: only for the pid record whose start time it was written with.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_CHILD_STARTED: dict[int, float] = {}
+
+
+def _own_child(pid: int, started_at: float) -> subprocess.Popen[bytes] | None:
+    """Our Popen for ``pid`` if it is the process that started at ``started_at``."""
+    child = _CHILDREN.get(pid)
+    if child is not None and _CHILD_STARTED.get(pid) != started_at:
+        # A child of ours that is long gone; this pid now names another process.
+        _forget_child(pid)
+        return None
+    return child
+
+
+def _forget_child(pid: int) -> None:
+    _CHILDREN.pop(pid, None)
+    _CHILD_STARTED.pop(pid, None)
 
 
 def _same_program(actual: Sequence[str], recorded: Sequence[str]) -> bool:
@@ -90,9 +107,9 @@ def _same_program(actual: Sequence[str], recorded: Sequence[str]) -> bool:
 
 def _inspect(record: PidRecord) -> tuple[psutil.Process | None, str]:
     """The live process ``record`` describes, or None and why it is not there any more."""
-    child = _CHILDREN.get(record.pid)
+    child = _own_child(record.pid, record.started_at)
     if child is not None and child.poll() is not None:
-        del _CHILDREN[record.pid]
+        _forget_child(record.pid)
         return None, f"pid {record.pid} exited with code {child.returncode}"
     try:
         proc = psutil.Process(record.pid)
@@ -213,9 +230,10 @@ def _spawn(spec: ServiceSpec) -> _Launch:
             )
         except OSError as exc:
             raise StackError(f"cannot start {spec.name}: {spec.argv[0]}: {exc.strerror}") from None
-    _CHILDREN[proc.pid] = proc
     # Popen returns after the exec, so this is the start time of the service itself.
     started_at = psutil.Process(proc.pid).create_time()
+    _CHILDREN[proc.pid] = proc
+    _CHILD_STARTED[proc.pid] = started_at
     write_pidfile(spec.pidfile, PidRecord(spec.name, proc.pid, tuple(spec.argv), started_at))
     return _Launch(spec, proc.pid, proc, offset)
 
@@ -248,7 +266,7 @@ def _await_health(launch: _Launch, timeout: float) -> None:
     while True:
         code = launch.proc.poll() if launch.proc is not None else None
         if code is not None:
-            _CHILDREN.pop(launch.pid, None)
+            _forget_child(launch.pid)
             spec.pidfile.unlink(missing_ok=True)
             raise StackError(
                 f"{spec.name} {_exit_text(code)} while starting; last lines of {spec.log}:\n"
@@ -317,11 +335,11 @@ def start_service(
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    child = _CHILDREN.get(proc.pid)
+    child = _own_child(proc.pid, proc.create_time())
     try:
         if child is not None:
             child.wait(timeout)
-            del _CHILDREN[proc.pid]
+            _forget_child(proc.pid)
         else:
             proc.wait(timeout)
     except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
