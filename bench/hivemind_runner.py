@@ -1,0 +1,145 @@
+"""HiveMind as a benchmarked system: a local stack started with the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.processes import ROOT, base_environment, free_ports
+from bench.system import SAMPLE_TIMEOUT, BatchOutcome, _outcome
+
+HIVEMIND_DB = 1
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMEOUT"})
+
+
+class HiveMindStack:
+    """A local stack started with the CLI (`hivemind up`) in a temporary home."""
+
+    def __init__(
+        self, workdir: Path, redis_port: int, db: int, workers: int, concurrency: int
+    ) -> None:
+        self.home = workdir / "home"
+        self.xdg = workdir / "xdg"
+        self.workers = workers
+        self.grpc_port, self.master_port = free_ports(2)
+        self.address = f"localhost:{self.grpc_port}"
+        self.log = workdir / "cli.log"
+        self.env = base_environment()
+        self.env.update(
+            HIVEMIND_HOME=str(self.home),
+            HIVEMIND_REDIS_URL=f"redis://127.0.0.1:{redis_port}/{db}",
+            HIVEMIND_GRPC_HOST="127.0.0.1",
+            HIVEMIND_GRPC_PORT=str(self.grpc_port),
+            HIVEMIND_MASTER_HOST="127.0.0.1",
+            HIVEMIND_MASTER_PORT=str(self.master_port),
+            HIVEMIND_MAX_CONCURRENT_TASKS=str(concurrency),
+            XDG_CONFIG_HOME=str(self.xdg),
+        )
+
+    def _cli(self, *args: str, timeout: float) -> None:
+        with self.log.open("ab") as out:
+            code = subprocess.run(
+                [sys.executable, "-m", "hivemind", *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            ).returncode
+        if code != 0:
+            raise RuntimeError(f"`hivemind {' '.join(args)}` exited {code}; see {self.log}")
+
+    def up(self) -> None:
+        self._cli("up", "--workers", str(self.workers), timeout=180)
+
+    def down(self) -> None:
+        self._cli("down", timeout=180)
+
+    def token(self) -> str:
+        from hivemind.credentials import load_token
+
+        saved = os.environ.get("XDG_CONFIG_HOME")
+        os.environ["XDG_CONFIG_HOME"] = str(self.xdg)
+        try:
+            return load_token(self.address)
+        finally:
+            if saved is None:
+                os.environ.pop("XDG_CONFIG_HOME", None)
+            else:
+                os.environ["XDG_CONFIG_HOME"] = saved
+
+    def nodepool_pid(self) -> int:
+        return int(json.loads((self.home / "run" / "nodepool.pid").read_text())["pid"])
+
+    def settings(self) -> Any:
+        from hivemind.config import load_settings
+
+        return load_settings(
+            environ={k: v for k, v in self.env.items() if k.startswith("HIVEMIND_")}
+        )
+
+
+class HiveMind:
+    name = "hivemind"
+
+    def __init__(self, workdir: Path, redis_port: int, concurrency: int) -> None:
+        self.stack = HiveMindStack(workdir, redis_port, HIVEMIND_DB, 2, concurrency)
+        self.setup = f"2 workers x {concurrency} slots (MAX_CONCURRENT_TASKS={concurrency})"
+        self.client: Any = None
+        self.started = False
+
+    def start(self) -> None:
+        from hivemind.client import Client
+
+        self.started = True
+        self.stack.up()
+        self.client = Client(self.stack.address, self.stack.token())
+
+    def _spec(self) -> Any:
+        from hivemind.client import function_spec
+
+        return function_spec("hivemind.examples:noop")
+
+    def one(self) -> None:
+        [task_id] = self.client.submit([self._spec()])
+        [task] = self.client.wait([task_id], SAMPLE_TIMEOUT)
+        if task.status != "SUCCEEDED":
+            raise RuntimeError(f"task {task_id} ended {task.status}: {task.error_message}")
+
+    def batch(self, count: int, timeout: float) -> BatchOutcome:
+        specs = [self._spec() for _ in range(count)]
+        started = time.perf_counter()
+        deadline = started + timeout
+        ids = self.client.submit(specs)
+        submitted_at = time.perf_counter()
+        succeeded = other = 0
+        for start in range(0, len(ids), 1000):
+            part = ids[start : start + 1000]
+            tasks: list[Any] = []
+            while time.perf_counter() < deadline:
+                wait = max(1.0, min(60.0, deadline - time.perf_counter()))
+                tasks = self.client.wait(part, wait)
+                if all(t.status in TERMINAL for t in tasks):
+                    break
+            succeeded += sum(t.status == "SUCCEEDED" for t in tasks)
+            other += sum(t.status in TERMINAL and t.status != "SUCCEEDED" for t in tasks)
+        finished_at = time.perf_counter()
+        return _outcome(len(ids), succeeded, started, submitted_at, finished_at, deadline, other)
+
+    def nodepool_rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.stack.nodepool_pid()).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.started:
+            self.stack.down()
