@@ -22,7 +22,8 @@ from hivemind.credentials import load_token
 from hivemind.errors import HivemindError
 
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error stays one line, however narrow the terminal.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
