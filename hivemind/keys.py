@@ -31,6 +31,7 @@ HiveMind's own keys:
 ``tasks:constrained``          set     QUEUED tasks with requirements, checked for
                                        schedulability by the reaper
 ``tasks:archive_pending``      set     finished tasks not yet archived to SQLite
+``deadlines``                  zset    RUNNING task id -> start + timeout + grace (unix ms)
 ``login_failures:<username>``  string  failed logins in the current window (expires)
 =============================  ======  =====================================================
 """
@@ -46,6 +47,7 @@ LEASES = "leases"
 TASKS_ALL = "tasks:all"
 TASKS_CONSTRAINED = "tasks:constrained"
 TASKS_ARCHIVE_PENDING = "tasks:archive_pending"
+DEADLINES = "deadlines"
 
 # Prefixes, for the Lua scripts that build keys from ids.
 WORKER_PREFIX = "worker:"
@@ -104,6 +106,9 @@ PREFETCH_WORK_SECONDS = 0.5
 FUNCTION_PREFETCH_MAX_PER_SLOT = 64
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
+#: Seconds past its timeout after which the node pool itself marks a RUNNING task TIMEOUT
+#: (its worker should have stopped it and reported long before).
+TIMEOUT_GRACE = 30.0
 #: Seconds between reaper passes (expired leases, lost workers, schedulability).
 REAPER_INTERVAL = 1.0
 #: A worker with no heartbeat for this many intervals is marked ``lost``.

@@ -148,3 +148,31 @@ def test_release_requeues_without_using_a_retry(store: TaskStore) -> None:
     assert status(store, tid) == "QUEUED"
     [lease] = store.lease("w2", SMALL, 1, 30)
     assert lease.attempt == 2
+
+
+def test_node_pool_times_out_a_task_whose_worker_never_reports(store: TaskStore) -> None:
+    [tid] = store.submit([task()])
+    store.lease("w-hung", SMALL, 1, 30)
+    deadline = store.redis.zscore(keys.DEADLINES, tid)
+    started = float(store.redis.hget(f"task:{tid}", "start_time"))
+    # timeout 10 s plus TIMEOUT_GRACE after the lease
+    assert deadline == pytest.approx((started + 10 + keys.TIMEOUT_GRACE) * 1000, abs=50)
+    assert store.reap_timeouts() == []
+    store.redis.zadd(keys.DEADLINES, {tid: 0})  # time passes
+    assert store.reap_timeouts() == [(tid, "w-hung")]
+    record = store.redis.hgetall(f"task:{tid}")
+    assert record["status"] == "TIMEOUT"
+    assert "worker w-hung did not stop it" in record["error_message"]
+    [late] = store.complete([Outcome(tid, 1, "w-hung", TaskState.SUCCEEDED, "1")])
+    assert late == "task is TIMEOUT"
+
+
+def test_deadline_goes_with_the_attempt(store: TaskStore) -> None:
+    [tid] = store.submit([task(retries=1)])
+    store.lease("w1", SMALL, 1, 30)
+    store.redis.zadd(keys.LEASES, {tid: 0})
+    store.reap_expired()  # requeued: no deadline while it waits
+    assert store.redis.zscore(keys.DEADLINES, tid) is None
+    store.lease("w2", SMALL, 1, 30)
+    store.complete([Outcome(tid, 2, "w2", TaskState.SUCCEEDED, "1")])
+    assert store.redis.zscore(keys.DEADLINES, tid) is None

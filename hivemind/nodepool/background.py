@@ -77,6 +77,9 @@ class Housekeeper:
         reaped = self.state.tasks.reap_expired()
         for task_id, action, worker in reaped:
             log.warning("task %s %s: lease expired on worker %s", task_id, action, worker)
+        for task_id, worker in self.state.tasks.reap_timeouts():
+            log.warning("task %s TIMEOUT: worker %s kept it past its timeout", task_id, worker)
+            reaped.append((task_id, "timeout", worker))
         if reaped:
             self.state.queued.notify()
             self.state.finished.notify([task_id for task_id, _, _ in reaped])

@@ -133,6 +133,7 @@ class TaskStore:
         self._release = client.register_script(scripts.load(scripts.RELEASE))
         self._reap = client.register_script(scripts.load(scripts.REAP))
         self._cancel = client.register_script(scripts.load(scripts.CANCEL))
+        self._reap_timeouts = client.register_script(scripts.load(scripts.REAP_TIMEOUTS))
         self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
 
     # -- users' side -----------------------------------------------------------------------
@@ -197,6 +198,7 @@ class TaskStore:
                 keys.LEASE_SCAN_LIMIT,
                 _LEASE_FIELDS_JSON,
                 max_tasks if max_bundles is None else max_bundles,
+                int(keys.TIMEOUT_GRACE * 1000),
             ]
         )
         return [
@@ -301,6 +303,13 @@ class TaskStore:
         now, now_ms = _now()
         rows = self._reap(args=[now, now_ms, limit])
         return [(_text(r[0]), _text(r[1]), _text(r[2])) for r in rows]
+
+    def reap_timeouts(self, limit: int = 500) -> list[tuple[str, str]]:
+        """(task_id, worker) for each RUNNING task marked TIMEOUT because no result came
+        within TIMEOUT_GRACE of its timeout."""
+        now, now_ms = _now()
+        rows = self._reap_timeouts(args=[now, now_ms, limit, f"{keys.TIMEOUT_GRACE:g}"])
+        return [(_text(r[0]), _text(r[1])) for r in rows]
 
     def mark_unschedulable(self, task_id: str, reason: str) -> bool:
         return bool(self._mark_unschedulable(args=[task_id, reason]))

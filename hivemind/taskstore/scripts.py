@@ -20,6 +20,7 @@ end
 local function rank_of(score) return math.floor(score / STRIDE) end
 local function enqueue(id)
   local tk = tkey(id)
+  redis.call('ZREM', '{keys.DEADLINES}', id)
   local f = redis.call('HMGET', tk, 'owner', 'priority', 'seq', 'constrained')
   local owner, rank = f[1], PRIORITY_MAX - (tonumber(f[2]) or 0)
   redis.call('ZADD', '{keys.QUEUE_OWNER_PREFIX}' .. owner, fmt(rank * STRIDE + tonumber(f[3])), id)
@@ -50,6 +51,7 @@ local function finish(id, status, now, worker, attempt, detail)
   local tk = tkey(id)
   redis.call('HSET', tk, 'status', status, 'finished_at', now, 'last_update', now)
   redis.call('ZREM', '{keys.LEASES}', id)
+  redis.call('ZREM', '{keys.DEADLINES}', id)
   if worker and worker ~= '' then
     redis.call('SREM', '{keys.WORKER_PREFIX}' .. worker .. ':tasks', id)
   end
@@ -92,8 +94,10 @@ return 1
 
 LEASE = """
 -- ARGV: worker, now, now_ms, lease_ms, max_tasks, cpu, memory_mb, gpu, labels (comma list),
---       scan_limit, JSON list of the task fields to return with each lease, max_bundles
+--       scan_limit, JSON list of the task fields to return with each lease, max_bundles,
+--       timeout grace (ms)
 local worker, now, now_ms, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local timeout_grace_ms = tonumber(ARGV[13])
 local max_tasks, scan_limit = tonumber(ARGV[5]), tonumber(ARGV[10])
 local w_cpu, w_mem, w_gpu = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local w_labels = {}
@@ -126,6 +130,10 @@ local function take(id, owner)
              'last_update', now, 'progress', '0', 'progress_message', '',
              'unschedulable_reason', '')
   redis.call('ZADD', '%(leases)s', fmt(now_ms + lease_ms), id)
+  -- The worker enforces the timeout; this deadline catches a worker that hangs but still
+  -- heartbeats.
+  local timeout_ms = (tonumber(redis.call('HGET', tk, 'timeout')) or 0) * 1000
+  redis.call('ZADD', '%(deadlines)s', fmt(now_ms + timeout_ms + timeout_grace_ms), id)
   redis.call('SADD', '%(worker_prefix)s' .. worker .. ':tasks', id)
   history(id, attempt, 'leased', worker, now, '')
   -- Round-robin: the owner just served goes behind the others of its priority.
@@ -311,6 +319,25 @@ end
 return out
 """
 
+REAP_TIMEOUTS = """
+-- ARGV: now, now_ms, limit, grace (s). TIMEOUT for RUNNING tasks far past their deadline.
+local now = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', '%(deadlines)s', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', '%(deadlines)s', id)
+  local f = redis.call('HMGET', tkey(id), 'status', 'worker', 'attempt', 'timeout')
+  if f[1] == 'RUNNING' then
+    local msg = 'no result ' .. ARGV[4] .. ' s after its ' .. f[4] .. ' s timeout; worker '
+      .. f[2] .. ' did not stop it'
+    redis.call('HSET', tkey(id), 'error_message', msg)
+    finish(id, 'TIMEOUT', now, f[2], f[3], msg)
+    out[#out + 1] = {id, f[2]}
+  end
+end
+return out
+"""
+
 CANCEL = """
 -- ARGV: id, now. QUEUED: cancelled at once. RUNNING: flagged; the worker stops it.
 local id, now = ARGV[1], ARGV[2]
@@ -351,6 +378,7 @@ _NAMES = {
     "rr": keys.QUEUE_RR,
     "worker_nodes": keys.WORKER_NODES,
     "constrained": keys.TASKS_CONSTRAINED,
+    "deadlines": keys.DEADLINES,
 }
 
 
