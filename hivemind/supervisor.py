@@ -348,6 +348,8 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 
 def _kill(proc: psutil.Process) -> None:
+    if not proc.is_running():  # gone: its pid may already name another process
+        return
     with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
         # The service leads its own session: kill what it spawned too, not only itself.
         if os.getpgid(proc.pid) == proc.pid:

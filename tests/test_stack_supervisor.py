@@ -121,7 +121,9 @@ def test_services_start_in_parallel_and_stop_together(run_dir: Path) -> None:
     started = start_services(specs, timeout=5)
     assert [s.name for s in started] == ["one", "two", "three"]
     results = stop_services([spec.pidfile for spec in specs], timeout=5)
-    assert [r.outcome for r in results] == ["stopped"] * 3
+    assert [r.outcome for r in results] == ["stopped"] * 3, [
+        (r.name, r.outcome, r.detail) for r in results
+    ]
     assert not any(alive(s.pid) for s in started)
     assert not any(spec.pidfile.exists() for spec in specs)
 

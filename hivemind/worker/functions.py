@@ -542,7 +542,9 @@ class FunctionPool:
 
 
 def _kill_process(process: BaseProcess) -> None:
-    if process.pid is None:
+    # An exit code means it was already reaped: its pid (the group id) may now belong to an
+    # unrelated process, which a killpg would hit. Until reaped, the pid cannot be reused.
+    if process.pid is None or process.exitcode is not None:
         return
     try:
         # The process leads its own group (it called setsid), which may hold its children.
