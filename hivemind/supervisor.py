@@ -46,6 +46,23 @@ class PidRecord:
     cmdline: tuple[str, ...]
     #: The process's own start time (psutil ``create_time``), seconds since the epoch.
     started_at: float
+    #: Its start in clock ticks since boot (/proc/PID/stat), immune to wall-clock steps;
+    #: None where /proc is not there.
+    start_ticks: int | None = None
+
+
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in ticks since boot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def write_pidfile(path: Path, record: PidRecord) -> None:
@@ -53,6 +70,7 @@ def write_pidfile(path: Path, record: PidRecord) -> None:
         "pid": record.pid,
         "cmdline": list(record.cmdline),
         "started_at": record.started_at,
+        "start_ticks": record.start_ticks,
         "name": record.name,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +88,7 @@ def read_pidfile(path: Path) -> PidRecord | None:
             pid=int(data["pid"]),
             cmdline=tuple(str(arg) for arg in data["cmdline"]),
             started_at=float(data["started_at"]),
+            start_ticks=None if data.get("start_ticks") is None else int(data["start_ticks"]),
         )
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -113,9 +132,17 @@ def _inspect(record: PidRecord) -> tuple[psutil.Process | None, str]:
         return None, f"pid {record.pid} exited with code {child.returncode}"
     try:
         proc = psutil.Process(record.pid)
+        if child is not None:
+            # Our own unreaped child: its pid cannot have been reused, so no need to compare
+            # command lines (which a process may rewrite).
+            return proc, ""
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None, f"pid {record.pid} has exited"
-        same_start = abs(proc.create_time() - record.started_at) <= _START_TIME_SLACK
+        ticks = start_ticks(record.pid) if record.start_ticks is not None else None
+        if ticks is not None:
+            same_start = ticks == record.start_ticks
+        else:
+            same_start = abs(proc.create_time() - record.started_at) <= _START_TIME_SLACK
         if not (same_start and _same_program(proc.cmdline(), record.cmdline)):
             return None, f"pid {record.pid} now belongs to another program ({proc.name()})"
     except psutil.NoSuchProcess:
@@ -234,7 +261,8 @@ def _spawn(spec: ServiceSpec) -> _Launch:
     started_at = psutil.Process(proc.pid).create_time()
     _CHILDREN[proc.pid] = proc
     _CHILD_STARTED[proc.pid] = started_at
-    write_pidfile(spec.pidfile, PidRecord(spec.name, proc.pid, tuple(spec.argv), started_at))
+    record = PidRecord(spec.name, proc.pid, tuple(spec.argv), started_at, start_ticks(proc.pid))
+    write_pidfile(spec.pidfile, record)
     return _Launch(spec, proc.pid, proc, offset)
 
 

@@ -25,6 +25,7 @@ from hivemind.supervisor import (
     service_state,
     start_service,
     start_services,
+    start_ticks,
     stop_services,
 )
 from tests.helpers import wait_until
@@ -99,7 +100,8 @@ def test_start_writes_a_pid_file_and_a_second_start_is_a_no_op(run_dir: Path) ->
     first = start_service(spec, timeout=5, on_event=events.append)
     assert first.started
     record = json.loads(spec.pidfile.read_text())
-    assert set(record) == {"pid", "cmdline", "started_at", "name"}
+    assert set(record) == {"pid", "cmdline", "started_at", "start_ticks", "name"}
+    assert record["start_ticks"] == start_ticks(record["pid"])
     assert record["pid"] == first.pid
     assert record["cmdline"] == SLEEPER
     assert record["name"] == "alpha"
