@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -211,7 +210,3 @@ def bundle_spec(bundle_id: str, **options: Any) -> pb.TaskSpec:
 
 def result_value(task: pb.Task) -> Any:
     return json.loads(task.result_json) if task.result_json else None
-
-
-def is_zip(path: Path) -> bool:
-    return path.is_file() and zipfile.is_zipfile(path)

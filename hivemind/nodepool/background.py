@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from hivemind import keys
-from hivemind.nodepool.core import NodePoolState
+from hivemind.nodepool.core import NodePoolState, caps_from_summary
 from hivemind.taskstore import WorkerCaps
 
 log = logging.getLogger("hivemind.nodepool")
@@ -102,12 +102,7 @@ class Housekeeper:
             age = now - float(summary.get("last_heartbeat") or 0)
             status = summary.get("status")
             if status == "online" and age <= lost_after:
-                live[node_id] = WorkerCaps(
-                    cpu=int(summary.get("cpu") or 0),
-                    memory_mb=int(summary.get("memory_mb") or 0),
-                    gpu=int(summary.get("gpu") or 0),
-                    labels=tuple(summary.get("labels") or ()),
-                )
+                live[node_id] = caps_from_summary(summary)
             elif status == "online":
                 log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
                 self._set_worker_status(node_id, "lost")

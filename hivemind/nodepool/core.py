@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import redis
@@ -156,15 +157,17 @@ class NodePoolState:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs an admin")
         return identity
 
-    def require_worker(self, context: grpc.ServicerContext, node_id: str) -> Identity:
+    def require_worker(self, context: grpc.ServicerContext, *node_ids: str) -> Identity:
+        """A worker token whose worker is every one of ``node_ids`` (it acts only as itself)."""
         identity = self.identify(context)
         if not identity.is_worker:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs a worker token")
-        if identity.subject != node_id:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this token belongs to worker {identity.subject!r}, not {node_id!r}",
-            )
+        for node_id in node_ids:
+            if identity.subject != node_id:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this token belongs to worker {identity.subject!r}, not {node_id!r}",
+                )
         return identity
 
     # -- worker capabilities -----------------------------------------------------------------
@@ -191,5 +194,28 @@ def caps_from_record(record: dict[str, str]) -> WorkerCaps:
     )
 
 
-def now() -> float:
-    return time.time()
+def worker_summary(
+    caps: WorkerCaps, status: str, running: int, **extra: object
+) -> dict[str, object]:
+    """The JSON a worker has in ``worker_nodes``: what the housekeeper and `redis-cli` read."""
+    return {
+        "status": status,
+        "last_heartbeat": round(time.time(), 3),
+        "cpu": caps.cpu,
+        "memory_mb": caps.memory_mb,
+        "gpu": caps.gpu,
+        "labels": list(caps.labels),
+        "running": running,
+        **extra,
+    }
+
+
+def caps_from_summary(summary: dict[str, Any]) -> WorkerCaps:
+    """The reverse of :func:`worker_summary`, for what matching needs."""
+    labels = summary.get("labels")
+    return WorkerCaps(
+        cpu=int(summary.get("cpu") or 0),
+        memory_mb=int(summary.get("memory_mb") or 0),
+        gpu=int(summary.get("gpu") or 0),
+        labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
+    )

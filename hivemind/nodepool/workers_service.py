@@ -10,12 +10,12 @@ import grpc
 
 from hivemind import keys
 from hivemind.nodepool.blobs import DataTooLarge
-from hivemind.nodepool.core import NodePoolState, caps_from_record
+from hivemind.nodepool.core import NodePoolState, caps_from_record, worker_summary
 from hivemind.nodepool.views import task_spec, worker_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState
-from hivemind.taskstore import Outcome
+from hivemind.taskstore import Outcome, WorkerCaps
 
 OUTCOMES = {
     pb.SUCCEEDED: TaskState.SUCCEEDED,
@@ -43,24 +43,24 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     ) -> pb.RegisterReply:
         self.state.require_worker(context, request.node_id)
         res = request.resources
+        caps = WorkerCaps(res.cpu, res.memory_mb, res.gpu, tuple(sorted(set(res.labels))))
         fields = {
-            "cpu": res.cpu,
-            "memory_mb": res.memory_mb,
-            "gpu": res.gpu,
-            "labels": ",".join(sorted(set(res.labels))),
+            "cpu": caps.cpu,
+            "memory_mb": caps.memory_mb,
+            "gpu": caps.gpu,
+            "labels": ",".join(caps.labels),
             "capacity": res.capacity,
             "hostname": res.hostname,
             "address": res.address or (context.peer() or ""),
             "version": res.version,
             "registered_at": f"{time.time():.3f}",
         }
-        self.state.remember_caps(
-            request.node_id, caps_from_record({k: str(v) for k, v in fields.items()})
-        )
+        self.state.remember_caps(request.node_id, caps)
+        running = len(request.running_task_ids)
         cancel = self.state.tasks.heartbeat(
             request.node_id,
             fields,
-            self._summary(fields, "online", len(request.running_task_ids)),
+            worker_summary(caps, "online", running, hostname=res.hostname),
             request.running_task_ids,
             self.state.lease_seconds,
         )
@@ -81,16 +81,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
         metrics = _metrics(request.metrics)
         fields = {"metrics": json.dumps(metrics), "running": len(request.running_task_ids)}
-        summary = {
-            "status": "online",
-            "last_heartbeat": round(time.time(), 3),
-            "cpu": caps.cpu,
-            "memory_mb": caps.memory_mb,
-            "gpu": caps.gpu,
-            "labels": list(caps.labels),
-            "running": len(request.running_task_ids),
-            **metrics,
-        }
+        summary = worker_summary(caps, "online", len(request.running_task_ids), **metrics)
         cancel = self.state.tasks.heartbeat(
             request.node_id, fields, summary, request.running_task_ids, self.state.lease_seconds
         )
@@ -105,7 +96,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         pipe.hset(
             keys.WORKER_NODES,
             request.node_id,
-            json.dumps(self._summary(record, "offline", 0)),
+            json.dumps(worker_summary(caps_from_record(record), "offline", 0)),
         )
         pipe.execute()
         return pb.Empty()
@@ -123,19 +114,6 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             for i, node_id in enumerate(node_ids)
         ]
         return pb.WorkerList(workers=workers)
-
-    @staticmethod
-    def _summary(fields: dict[str, object], status: str, running: int) -> dict[str, object]:
-        return {
-            "status": status,
-            "last_heartbeat": round(time.time(), 3),
-            "cpu": fields.get("cpu"),
-            "memory_mb": fields.get("memory_mb"),
-            "gpu": fields.get("gpu"),
-            "labels": [x for x in str(fields.get("labels") or "").split(",") if x],
-            "hostname": fields.get("hostname"),
-            "running": running,
-        }
 
 
 class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
@@ -179,14 +157,11 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         ]
         return pb.LeaseReply(tasks=tasks)
 
-    def _fenced(self, ref: pb.AttemptRef, context: grpc.ServicerContext) -> None:
-        self.state.require_worker(context, ref.node_id)
-
     def ReportProgress(
         self, request: pb.ProgressRequest, context: grpc.ServicerContext
     ) -> pb.FenceReply:
         ref = request.ref
-        self._fenced(ref, context)
+        self.state.require_worker(context, ref.node_id)
         why = self.state.tasks.report_progress(
             ref.task_id,
             ref.attempt,
@@ -201,7 +176,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self, request: pb.LogAppendRequest, context: grpc.ServicerContext
     ) -> pb.FenceReply:
         ref = request.ref
-        self._fenced(ref, context)
+        self.state.require_worker(context, ref.node_id)
         why = self.state.tasks.append_log(ref.task_id, ref.attempt, ref.node_id, request.text)
         if not why:
             self.state.logs.notify()
@@ -210,9 +185,9 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def CompleteTasks(
         self, request: pb.CompleteRequest, context: grpc.ServicerContext
     ) -> pb.CompleteReply:
+        self.state.require_worker(context, *{r.ref.node_id for r in request.results})
         outcomes = []
         for result in request.results:
-            self._fenced(result.ref, context)
             if result.outcome not in OUTCOMES:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be terminal")
             if len(result.result_json) > self.state.settings.max_task_data_size:
@@ -253,7 +228,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         if first is None or not first.ref.task_id or first.kind not in ("result", "checkpoint"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first chunk names ref and kind")
         ref = first.ref
-        self._fenced(ref, context)
+        self.state.require_worker(context, ref.node_id)
 
         def chunks() -> Iterator[bytes]:
             yield first.data
@@ -278,7 +253,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def FetchBundle(
         self, request: pb.AttemptRef, context: grpc.ServicerContext
     ) -> Iterator[pb.DataChunk]:
-        self._fenced(request, context)
+        self.state.require_worker(context, request.node_id)
         record = self.state.redis.hmget(keys.task_key(request.task_id), ["worker", "spec"])
         if record[0] != request.node_id:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "this task is not leased to you")
@@ -291,7 +266,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def FetchCheckpoint(
         self, request: pb.AttemptRef, context: grpc.ServicerContext
     ) -> Iterator[pb.DataChunk]:
-        self._fenced(request, context)
+        self.state.require_worker(context, request.node_id)
         if self.state.redis.hget(keys.task_key(request.task_id), "worker") != request.node_id:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "this task is not leased to you")
         if not self.state.blobs.exists("checkpoints", request.task_id):
@@ -302,8 +277,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def ReleaseTasks(
         self, request: pb.ReleaseRequest, context: grpc.ServicerContext
     ) -> pb.CompleteReply:
-        for ref in request.refs:
-            self._fenced(ref, context)
+        self.state.require_worker(context, *{ref.node_id for ref in request.refs})
         replies = self.state.tasks.release(
             [(ref.task_id, ref.attempt, ref.node_id) for ref in request.refs]
         )
