@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hivemind import __version__
+from hivemind.cli import backup as backup_commands
 from hivemind.cli import tasks as task_commands
 from hivemind.cli.common import (
     OPTIONS,
@@ -41,6 +42,7 @@ db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 task_commands.register(app)
+backup_commands.register(app)
 
 
 @app.callback()

@@ -1,0 +1,1 @@
+"""Backup, verification and restore of a HiveMind cluster (and, later, recovery playbooks)."""
