@@ -51,6 +51,8 @@ SECRET_KEY_NAME = "node_pool/secret.key"
 COPIED_TREES = ("data", "master/config", "worker/config")
 #: data/tmp holds uploads still arriving: never part of a consistent state.
 SKIPPED_TREES = ("data/tmp",)
+#: The marker `backup verify` leaves beside an archive (recovery.verify writes it).
+VERIFIED_MARKER_SUFFIX = ".verified"
 
 
 class BackupError(HivemindError):
@@ -246,4 +248,5 @@ def apply_retention(folder: Path, keep: int, just_made: Path) -> list[Path]:
     doomed = archives[: max(0, len(archives) - (keep - 1))]
     for path in doomed:
         path.unlink(missing_ok=True)
+        path.with_name(path.name + VERIFIED_MARKER_SUFFIX).unlink(missing_ok=True)
     return doomed

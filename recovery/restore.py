@@ -181,6 +181,7 @@ def _swap_in(
             try:
                 swap.undo()
                 redis_dump.replace_state(client, previous)
+                shutil.rmtree(aside)  # everything is back where it was; nothing to keep
             except Exception as undo_exc:
                 raise RestoreError(
                     f"restore failed ({exc}) and putting the previous state back failed too "

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
@@ -30,6 +31,7 @@ from recovery.archive import (
     Progress,
     extract_verified,
 )
+from recovery.backup import VERIFIED_MARKER_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,17 @@ class Check:
     detail: str
 
 
+#: Written next to an archive after verifying it; `hivemind doctor`'s backup.recent reads it.
+MARKER_SUFFIX = VERIFIED_MARKER_SUFFIX
+
+
 @dataclass
 class VerifyReport:
     archive: Path
     manifest: Manifest
     checks: list[Check] = field(default_factory=list)
+    #: The marker file written beside the archive; None when its folder is read-only.
+    marker: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -182,19 +190,37 @@ def verify_extracted(report: VerifyReport, root: Path) -> list[redis_dump.KeyEnt
     return entries
 
 
+def write_marker(archive: Path, ok: bool) -> Path | None:
+    """``ARCHIVE.verified``: when it was verified and whether it passed."""
+    marker = archive.with_name(archive.name + MARKER_SUFFIX)
+    body = {"verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": ok}
+    try:
+        marker.write_text(json.dumps(body) + "\n", encoding="utf-8")
+    except OSError:
+        return None  # a read-only folder: the verdict is still printed
+    return marker
+
+
 def verify_archive(path: Path, progress: Progress | None = None) -> VerifyReport:
     """Checksums, integrity, then a trial restore into scratch SQLite and Redis.
 
     Raises :class:`ArchiveError` when the archive cannot be read at all (damaged, altered,
-    newer schema); otherwise returns every check, passed or not.
+    newer schema), after marking it failed; otherwise returns every check, passed or not,
+    and marks the archive verified (or failed) with :func:`write_marker`.
     """
     with tempfile.TemporaryDirectory(prefix="hivemind-verify-") as tmp:
         root = Path(tmp) / "archive"
         root.mkdir()
-        manifest = extract_verified(path, root, progress)
-        check_schema(manifest, path)
+        try:
+            manifest = extract_verified(path, root, progress)
+            check_schema(manifest, path)
+        except ArchiveError:
+            if path.is_file():
+                write_marker(path, ok=False)
+            raise
         report = VerifyReport(path, manifest)
         report.add("archive.checksums", True, f"{len(manifest.files)} files match the manifest")
         entries = verify_extracted(report, root)
         trial_redis(report, root, entries)
+    report.marker = write_marker(path, report.ok)
     return report

@@ -21,7 +21,7 @@ from hivemind.userdb import UserStore
 from recovery import redis_dump
 from recovery.archive import ArchiveError, Manifest, read_manifest, write_archive
 from recovery.backup import create_backup, list_archives
-from recovery.restore import restore_backup
+from recovery.restore import RestoreError, restore_backup
 from recovery.verify import verify_archive
 from tests.helpers import REPO_ROOT, RedisServer
 
@@ -114,6 +114,8 @@ def test_backup_then_restore_into_a_fresh_home(
 
     report = verify_archive(result.archive)
     assert report.ok, report.problems
+    marker = json.loads(result.archive.with_name(result.archive.name + ".verified").read_text())
+    assert marker["ok"] is True and marker["verified_at"]
 
     target = fresh_target(tmp_path, redis_server, settings)
     restored = restore_backup(target, result.archive)
@@ -158,11 +160,38 @@ def test_damaged_archive_is_refused_by_verify_and_restore(
     flip_one_byte(archive)
     with pytest.raises(ArchiveError, match="damaged"):
         verify_archive(archive)
+    marker = json.loads(archive.with_name(archive.name + ".verified").read_text())
+    assert marker["ok"] is False
     target = fresh_target(tmp_path, redis_server, settings)
     before = home_state(target)
     with pytest.raises(ArchiveError):
         restore_backup(target, archive)
     assert home_state(target) == before
+
+
+def test_a_failed_restore_puts_the_previous_state_back(
+    settings: Settings, tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(settings)
+    archive = create_backup(settings).archive
+    target = fresh_target(tmp_path, redis_server, settings)
+    store = UserStore(layout(target.home).users_db)
+    store.create_user("carol", "carol-password")
+    store.close()
+    TaskStore(redis.Redis.from_url(target.redis_url)).submit([function_task("carol", 1)])
+    before = home_state(target)
+
+    def broken(self: TaskStore, task_ids: list[str]) -> list[str]:
+        raise RuntimeError("disk on fire")
+
+    # Fault injection: the last step of the swap fails, after files and Redis were replaced.
+    monkeypatch.setattr(TaskStore, "requeue_restored", broken)
+    with pytest.raises(RestoreError, match="previous state was put back: disk on fire"):
+        restore_backup(target, archive)
+    assert home_state(target) == before
+    store = UserStore(layout(target.home).users_db)
+    assert store.authenticate("carol", "carol-password") is not None
+    store.close()
 
 
 def test_altered_file_is_caught_by_its_checksum(settings: Settings, tmp_path: Path) -> None:
