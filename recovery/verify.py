@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from hivemind import keys
+from hivemind.config import Settings
 from hivemind.redis_server import start_redis
 from hivemind.supervisor import stop_pid
 from hivemind.userdb import SCHEMA_VERSION
@@ -146,6 +147,7 @@ def trial_redis(report: VerifyReport, root: Path, entries: list[redis_dump.KeyEn
             back = redis_dump.snapshot(client)
         finally:
             client.close()
+        doctor_checks(report, root, started.url)
     finally:
         stop_pid(scratch / "redis.pid")
     counts = redis_dump.count(back)
@@ -188,6 +190,35 @@ def verify_extracted(report: VerifyReport, root: Path) -> list[redis_dump.KeyEnt
         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
     )
     return entries
+
+
+#: The doctor's categories that judge a restored state: the database, Redis, and the data that
+#: ties them to the files.
+DOCTOR_CATEGORIES = ("sqlite", "redis", "data")
+
+
+def doctor_checks(report: VerifyReport, home: Path, redis_url: str) -> None:
+    """Run the doctor's data checks against the scratch copies, when the doctor is installed.
+
+    Only ``fail`` counts against the archive: ``warn`` is advice about a live host, and
+    ``error`` or ``skip`` means the doctor could not look (said so in the detail).
+    """
+    try:
+        import doctor
+
+        categories = {spec.category for spec in doctor.all_checks()}
+    except ImportError as exc:
+        # Not installed, or from another HiveMind version than this one.
+        report.add("doctor", True, f"doctor not usable ({exc}); the checks above stand in")
+        return
+    present = sorted(categories & set(DOCTOR_CATEGORIES))
+    if not present:
+        report.add("doctor", True, "the doctor has no sqlite/redis/data checks to run")
+        return
+    scratch = Settings(home=home, redis_url=redis_url)
+    for result in doctor.run_doctor(scratch, only=present).results:
+        status = result.finding.status.value
+        report.add(f"doctor.{result.id}", status != "fail", f"{status}: {result.finding.summary}")
 
 
 def write_marker(archive: Path, ok: bool) -> Path | None:
