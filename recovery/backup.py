@@ -168,6 +168,8 @@ def create_backup(
     if keep is not None and keep < 1:
         raise UsageError(f"--keep must be at least 1 (the new backup is always kept), got {keep}")
     home = layout(settings.home)
+    if not home.users_db.exists():
+        raise BackupError(f"{home.users_db} does not exist; is this the node pool's HIVEMIND_HOME?")
     folder = (out_dir or home.backups).expanduser().absolute()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def create_backup(
         raise BackupError(f"cannot create {folder}: {exc.strerror}") from None
     if not os.access(folder, os.W_OK):
         raise BackupError(f"cannot write to {folder}")
-    db_version = schema_version(home.users_db) if home.users_db.exists() else 0
+    db_version = schema_version(home.users_db)
     if db_version > SCHEMA_VERSION:
         raise BackupError(
             f"{home.users_db} has schema {db_version}, newer than this HiveMind "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -114,11 +115,16 @@ def restore_backup(
 ) -> RestoreReport:
     """Verify ``archive`` and, unless ``dry_run``, make it this host's state."""
     emit = on_event or (lambda _line: None)
-    home = layout(settings.home).ensure()
+    home = layout(settings.home)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    # Inside HIVEMIND_HOME, so the swap is a rename on one filesystem.
-    work = home.root / f".restore-{stamp}"
-    work.mkdir(mode=0o700)
+    if dry_run:
+        # A dry run leaves no trace in HIVEMIND_HOME, not even a folder's mode.
+        work = Path(tempfile.mkdtemp(prefix="hivemind-restore-"))
+    else:
+        # Inside HIVEMIND_HOME, so the swap is a rename on one filesystem.
+        home.root.mkdir(parents=True, exist_ok=True)
+        work = home.root / f".restore-{stamp}"
+        work.mkdir(mode=0o700)
     try:
         staged = work / "archive"
         staged.mkdir()
@@ -174,6 +180,7 @@ def _swap_in(
         swap = _Swap(home, staged, aside)
         try:
             swap.apply()
+            layout(home).ensure()  # folders the archive lacked, and 0700 on the private ones
             migrate(home / "node_pool" / "users.db")  # an older backup's schema moves forward
             redis_dump.replace_state(client, entries)
             return TaskStore(client).requeue_restored(redis_dump.count(entries).running)

@@ -112,7 +112,7 @@ def _consistency(root: Path, entries: list[redis_dump.KeyEntry]) -> list[str]:
     """What a restored cluster would trip over: the first few problems, as sentences."""
     records = redis_dump.task_records(entries)
     problems: list[str] = []
-    queue = next((e.value for e in entries if e.key == keys.TASK_QUEUE), [])
+    queue: list[str] = next((e.value for e in entries if e.key == keys.TASK_QUEUE), [])
     for task_id in queue:
         if records.get(task_id, {}).get("status") != "QUEUED":
             problems.append(f"task_queue holds {task_id}, which is not a QUEUED task")

@@ -23,7 +23,7 @@ from recovery.archive import ArchiveError, Manifest, read_manifest, write_archiv
 from recovery.backup import create_backup, list_archives
 from recovery.restore import RestoreError, restore_backup
 from recovery.verify import verify_archive
-from tests.helpers import REPO_ROOT, RedisServer
+from tests.helpers import REPO_ROOT, RedisServer, free_port
 
 CAPS = WorkerCaps(cpu=4, memory_mb=4096, gpu=0, labels=())
 
@@ -79,12 +79,14 @@ def fresh_target(tmp_path: Path, redis_server: RedisServer, settings: Settings) 
 
 
 def home_state(settings: Settings) -> dict[str, str]:
-    """Every file's hash under HIVEMIND_HOME, and HiveMind's Redis keys."""
+    """Every path under HIVEMIND_HOME with its mode (and hash for a file), and Redis's keys."""
     root = layout(settings.home).root
     state = {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        )
+        + f" {p.stat().st_mode:o}"
         for p in sorted(root.rglob("*"))
-        if p.is_file()
     }
     client = redis.Redis.from_url(settings.redis_url)
     try:
@@ -299,5 +301,11 @@ def test_cli_backup_verify_and_bad_input(settings: Settings, tmp_path: Path) -> 
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     unconfirmed = cli(settings, "restore", str(archive))
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    no_redis = cli(settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"), "backup")
+    assert no_redis.returncode == 1 and "Traceback" not in no_redis.stderr
+    assert no_redis.stderr.startswith("error: cannot read the Redis state")
+    empty_home = settings.replace(home=tmp_path / "empty-home")
+    no_db = cli(empty_home, "backup")
+    assert no_db.returncode == 1 and "users.db does not exist" in no_db.stderr
     bad_keep = cli(settings, "backup", "--keep", "0")
     assert bad_keep.returncode == 2 and "--keep must be at least 1" in bad_keep.stderr
