@@ -8,6 +8,7 @@ one the remote computed.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -64,12 +65,16 @@ def backup_over_ssh(
     local_dir.mkdir(parents=True, exist_ok=True)
     dest = local_dir / name
     partial = local_dir / f".{name}.partial"
-    runner.get(remote_archive, partial)
-    if sha256_file(partial) != remote_sha:
+    # Created 0600 before the copy fills it: the archive holds password hashes and secrets.
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:
+        runner.get(remote_archive, partial)
+        if sha256_file(partial) != remote_sha:
+            raise RemoteError(runner.host, f"{name} arrived damaged (SHA-256 differs); try again")
+        partial.rename(dest)
+    except BaseException:
         partial.unlink(missing_ok=True)
-        raise RemoteError(runner.host, f"{name} arrived damaged (SHA-256 differs); try again")
-    partial.chmod(0o600)
-    partial.rename(dest)
+        raise
     removed = apply_retention(local_dir, keep, dest) if keep else []
     return RemoteBackupResult(
         runner.host, remote_archive, BackupResult(dest, manifest, remote_sha, removed)

@@ -79,8 +79,8 @@ def test_backup_under_load_restores_into_a_running_fresh_stack(
 
         def load() -> None:
             with a.client() as c:
-                while not stop.wait(0.02):
-                    specs = [function_spec("hivemind.examples:sleep", [0.01]) for _ in range(3)]
+                while not stop.wait(0.05):
+                    specs = [function_spec("hivemind.examples:sleep", [0.01]) for _ in range(2)]
                     submitted.extend(c.submit(specs))
 
         loader = threading.Thread(target=load)
@@ -92,7 +92,6 @@ def test_backup_under_load_restores_into_a_running_fresh_stack(
             stop.set()
             loader.join()
         reply = json.loads(made.stdout)
-        print(f"submitted {len(submitted)} tasks under load")
         archive = Path(reply["archive"])
         password = (a.home / "node_pool" / "admin.password").read_text().strip()
         entries, records = dumped_tasks(archive)
@@ -172,6 +171,7 @@ def test_backup_over_ssh_matches_a_local_backup(
         assert result["error"] is None
         archive = Path(result["archive"])
         assert archive.parent == fetched_dir and archive.is_file()
+        assert archive.stat().st_mode & 0o777 == 0o600
         assert result["remote_archive"] != str(archive)
         assert result["manifest"]["counts"] == local["manifest"]["counts"]
         assert a.cli("backup", "verify", str(archive)).returncode == 0

@@ -18,7 +18,10 @@ from rich.table import Table
 from hivemind.cli.common import command, console, fail, print_json, settings
 
 backup_app = typer.Typer(
-    help="Back up this host's cluster state (or a remote host's), and verify archives.",
+    help=(
+        "Write hivemind-backup-YYYYMMDD-HHMMSS.tar.gz (users.db, Redis, data, config) of this "
+        "host or, with --host, of a remote one; `backup verify FILE` proves an archive restores."
+    ),
     invoke_without_command=True,
 )
 
