@@ -98,7 +98,7 @@ class Context:
             except (redis.RedisError, OSError) as exc:
                 client.close()
                 raise Unavailable(
-                    f"Redis at {redact_url(self.settings.redis_url)} does not answer: {exc} "
+                    f"Redis at {redact_url(self.settings.redis_url)} does not answer "
                     "(see ports.redis)"
                 ) from exc
             return client

@@ -69,9 +69,11 @@ def plan_fixes(report: Report, context: Context) -> list[Action]:
         if result.status not in (Status.WARN, Status.FAIL) or result.id not in known:
             continue
         try:
-            actions += known[result.id](context, result.finding)
+            planned = known[result.id](context, result.finding)
         except Exception as exc:  # planning reads the system too; it must not end the run
-            actions.append(_unplannable(result, exc))
+            planned = [_unplannable(result, exc)]
+        # Several findings may call for the same action (one `hivemind up` starts them all).
+        actions += [a for a in planned if a.command not in {b.command for b in actions}]
     return actions
 
 

@@ -29,6 +29,9 @@ def systemd_unit(service: str) -> str | None:
 
 def start_command(service: str) -> str:
     unit = systemd_unit(service)
+    if unit and service == "redis":
+        # `hivemind up` starts its own Redis when none answers; the distro's unit is an option.
+        return f"hivemind up (or: sudo systemctl start {unit})"
     return f"sudo systemctl start {unit}" if unit else "hivemind up"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 import urllib.error
@@ -9,13 +10,15 @@ import urllib.request
 
 import redis
 
-from doctor.context import Context
+from doctor.cluster import live_workers
+from doctor.context import Context, Unavailable
+from doctor.fixes import Action, fixer
 from doctor.model import Finding
 from doctor.probes.sockets import ListeningSocket, listeners_on, parse_proc_net_tcp
 from doctor.registry import check
-from doctor.services import start_command
+from doctor.services import start_command, systemd_unit
+from hivemind import stack
 from hivemind.config import redact_url
-from hivemind.stack import grpc_serving, master_installed
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -47,7 +50,7 @@ def nodepool_port(ctx: Context) -> Finding:
         took = connect_ms(host, port, ctx.probe_timeout)
     except OSError as exc:
         return Finding.fail(f"nothing accepts connections at {address}", fix, error=str(exc))
-    if not grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout):
+    if not stack.grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout):
         return Finding.fail(
             f"{address} accepts TCP but its gRPC health is not SERVING",
             f"look at node_pool/logs/nodepool.log, then {fix}",
@@ -63,7 +66,7 @@ def nodepool_port(ctx: Context) -> Finding:
     fixable=True,
 )
 def master_port(ctx: Context) -> Finding:
-    if not master_installed():
+    if not stack.master_installed():
         return Finding.skip("the master (hivemind.master) is not installed on this host")
     host, port = ctx.settings.master_host, ctx.settings.master_port
     target = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
@@ -144,18 +147,23 @@ def listening_sockets(ctx: Context) -> list[ListeningSocket]:
 
 
 def _remote_workers(ctx: Context) -> list[str]:
-    """Live workers that report a non-loopback host, from worker_nodes (none without Redis)."""
-    from doctor.checks.cluster import worker_rows
-
+    """Live workers connected from another address (none known without Redis)."""
     try:
-        rows = worker_rows(ctx)
-    except Exception:
+        rows = live_workers(ctx)
+    except Unavailable:
         return []
     return [
         row.node_id
         for row in rows
-        if row.address and split_address(row.address)[0] not in LOOPBACK_NAMES
+        if row.address and not _is_loopback(split_address(row.address)[0])
     ]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
 
 
 @check(
@@ -194,3 +202,51 @@ def listen_address(ctx: Context) -> Finding:
             f"nothing listens on port {settings.grpc_port} here (see ports.nodepool)", **evidence
         )
     return Finding.ok(f"node pool listens on {', '.join(bound['nodepool'])}", **evidence)
+
+
+def _start_service(ctx: Context, check_id: str, service: str) -> list[Action]:
+    unit = systemd_unit(service) if service != "redis" else None
+    if unit:
+        argv = ["systemctl", "start", unit]
+
+        def apply() -> str:
+            done = ctx.run(argv, timeout=60)
+            if done.exit_code:
+                raise RuntimeError(done.stderr.strip() or f"systemctl exited {done.exit_code}")
+            return f"started {unit}"
+
+        return [Action(check_id, f"start {unit}", " ".join(argv), apply, touches=_PORT_CHECKS)]
+
+    def start_stack() -> str:
+        status = stack.up(ctx.settings, workers=0)
+        states = ", ".join(f"{s.name}: {s.detail}" for s in status.services if s.enabled)
+        return f"hivemind up: {states}"
+
+    # One action for every missing service: `up` starts whatever does not answer.
+    return [
+        Action(
+            "ports",
+            "start the services that do not answer (Redis, node pool, master)",
+            "hivemind up --workers 0",
+            start_stack,
+            touches=(*_PORT_CHECKS, "process.services"),
+        )
+    ]
+
+
+_PORT_CHECKS = ("ports.nodepool", "ports.master", "ports.redis")
+
+
+@fixer("ports.nodepool")
+def start_nodepool(ctx: Context, _finding: Finding) -> list[Action]:
+    return _start_service(ctx, "ports.nodepool", "nodepool")
+
+
+@fixer("ports.master")
+def start_master(ctx: Context, _finding: Finding) -> list[Action]:
+    return _start_service(ctx, "ports.master", "master")
+
+
+@fixer("ports.redis")
+def start_redis(ctx: Context, _finding: Finding) -> list[Action]:
+    return _start_service(ctx, "ports.redis", "redis")
