@@ -159,4 +159,64 @@ def list_checks(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     console.print(table)
 
 
-__all__ = ["doctor_app", "print_json"]
+@doctor_app.command("explain")
+@command
+def explain_task(
+    task_id: str,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Why TASK_ID is not running, or why it failed: its attempts, the cause, its log."""
+    from doctor.explain import explain, history_rows
+
+    explanation = explain(settings(), task_id)
+    if as_json:
+        print_json(explanation.to_dict())
+        return
+    record = explanation.record
+    console.print(
+        f"[bold]{escape(task_id)}[/] {escape(record.get('name', ''))}: "
+        f"[bold]{escape(explanation.status)}[/] (owner {escape(record.get('owner', '?'))}, "
+        f"attempt {escape(record.get('attempt', '0'))}, from {explanation.source})"
+    )
+    rows = history_rows(explanation)
+    if rows:
+        table = Table(title="history")
+        for column in ("at", "attempt", "event", "worker", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(row[c]) for c in ("at", "attempt", "event", "worker", "detail")))
+        console.print(table)
+    console.print("[bold]why[/]")
+    for number, cause in enumerate(explanation.causes, 1):
+        console.print(f"  {number}. {escape(cause)}", highlight=False)
+    if explanation.log_tail:
+        console.print(f"[bold]last {len(explanation.log_tail)} log line(s)[/]")
+        for line in explanation.log_tail:
+            console.print(f"  [dim]{escape(line)}[/]", highlight=False)
+    else:
+        console.print("[dim]no log lines[/]")
+
+
+@doctor_app.command("bundle")
+@command
+def support_bundle(
+    output: str = typer.Option(".", "-o", "--output", help="The file, or a folder to put it in."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+) -> None:
+    """Write a tar.gz for a support request: findings, redacted config, logs, Redis INFO."""
+    from pathlib import Path
+
+    from doctor import run_doctor
+    from doctor.bundle import make_bundle
+    from hivemind.cli.common import OPTIONS
+
+    current = settings()
+    report = run_doctor(current, timeout=timeout)
+    bundle = make_bundle(current, report, Path(output), config=OPTIONS.config)
+    console.print(f"wrote {bundle.path} ({len(bundle.members)} files)")
+    if bundle.redacted:
+        console.print("redacted:")
+        for what, count in sorted(bundle.redacted.items()):
+            console.print(f"  {escape(what)} ({count}×)", highlight=False)
+    else:
+        console.print("redacted: nothing secret was found in the collected files")
