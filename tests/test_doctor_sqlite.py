@@ -123,6 +123,20 @@ def test_a_fresh_users_db_with_an_admin_is_healthy(settings: Settings) -> None:
     assert statuses(settings) == {check: Status.OK for check in SQLITE_CHECKS}
     users = finding(settings, "sqlite.users")
     assert users.evidence == {"users": 2, "admins": 1, "enabled_admins": 1}
+    # No WAL files were left behind for a later node pool (running as another user) to trip on.
+    assert sorted(p.name for p in users_db(settings).parent.glob("users.db*")) == ["users.db"]
+
+
+def test_reads_what_a_running_node_pool_has_only_in_its_wal(settings: Settings) -> None:
+    make_db(settings, ("alice", "admin"))
+    writer = UserStore(users_db(settings))  # holds the database open, as the node pool does
+    try:
+        writer.create_user("bob", "password1")
+        assert Path(f"{users_db(settings)}-wal").exists()
+        assert finding(settings, "sqlite.users").evidence["users"] == 2
+        assert finding(settings, "sqlite.integrity").status is Status.OK
+    finally:
+        writer.close()
 
 
 def test_world_writable_db_warns_and_chmod_fix_rechecks_clean(settings: Settings) -> None:

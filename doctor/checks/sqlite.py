@@ -35,8 +35,15 @@ ADMIN_ROLE = "admin"
 
 
 def open_readonly(path: Path, timeout: float) -> sqlite3.Connection:
-    """A read-only connection that can neither create ``path`` nor write to it."""
-    uri = f"file:{quote(str(path))}?mode=ro"
+    """A read-only connection that can neither create ``path`` nor write to it.
+
+    Even a ``mode=ro`` reader of a WAL database creates the -wal and -shm files when they are
+    missing, owned by whoever runs the doctor (root, say), which then locks the node pool out.
+    They are missing only when no process has the database open, so nothing is in a WAL
+    then: the file is read as ``immutable``, which creates nothing.
+    """
+    live_wal = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+    uri = f"file:{quote(str(path))}?mode=ro" + ("" if live_wal else "&immutable=1")
     conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     return conn
@@ -122,7 +129,6 @@ def _missing(ctx: Context) -> Finding:
     title="users.db exists, is SQLite 3, and has safe owner and mode",
     guide="5 數據問題 / 數據庫連接失敗: ls -la, file node_pool/users.db",
     fixable=True,
-    host_probe=True,
 )
 def users_db_file(ctx: Context) -> Finding:
     path = ctx.home.users_db
