@@ -30,6 +30,8 @@ TOUCHED = (
     "dir",
     "latency-monitor-threshold",
     "slowlog-log-slower-than",
+    "bind",
+    "protected-mode",
 )
 
 
@@ -86,6 +88,8 @@ def test_exposure_of_captured_configs() -> None:
     assert not probe.exposure(explicit, {"redis_version": "6.2.14"}).protected_mode_guards
     assert probe.exposure(explicit, {"redis_version": "7.2.4"}).protected_mode_guards
     assert probe.exposure({"bind": "* -::*"}, {"redis_version": "7.2.4"}).wildcard
+    socket_only = probe.exposure({"bind": "0.0.0.0", "port": "0"}, info)
+    assert not socket_only.beyond_loopback and not socket_only.wildcard
 
 
 def test_persistence_of_captured_states() -> None:
@@ -216,6 +220,18 @@ def test_loopback_redis_without_password_is_not_exposed(
     status, summary, evidence = verdict(settings, "redis.config_exposure")
     assert status is Status.OK, summary
     assert evidence["bind"] == "127.0.0.1" and evidence["requirepass"] == "empty"
+
+
+def test_redis_open_to_the_network_without_password_fails(
+    settings: Settings, live: redis.Redis
+) -> None:
+    # Briefly what the guide's "bind 0.0.0.0 / protected-mode no" does (restored by `live`).
+    live.config_set("bind", "0.0.0.0")
+    live.config_set("protected-mode", "no")
+    status, summary, evidence = verdict(settings, "redis.config_exposure")
+    assert status is Status.FAIL
+    assert "no password" in summary
+    assert evidence["bind"] == "0.0.0.0" and evidence["protected-mode"] == "no"
 
 
 def test_slow_command_warns_and_names_it(settings: Settings, live: redis.Redis) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import sqlite_utils
 
 from doctor.context import Context, Unavailable
@@ -71,12 +72,10 @@ def service_user(ctx: Context) -> ServiceUser:
     pid = running_pid(ctx.home.run / "nodepool.pid")
     if pid is not None:
         try:
-            import psutil
-
             process = psutil.Process(pid)
             uids, gids = process.uids(), process.gids()
             return ServiceUser(uids.effective, (gids.effective, gids.real), f"node pool pid {pid}")
-        except Exception:  # gone or unreadable in between: fall back to ourselves
+        except psutil.Error:  # gone or unreadable in between: fall back to ourselves
             pass
     return ServiceUser(os.geteuid(), (*os.getgroups(), os.getegid()), "this process")
 

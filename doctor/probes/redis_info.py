@@ -57,15 +57,17 @@ class Exposure:
     protected_mode: bool
     has_password: bool
     redis_major: int
+    #: False with ``port 0``: a unix socket only, out of the network's reach.
+    tcp: bool = True
 
     @property
     def wildcard(self) -> bool:
         """Listens on every interface (no bind at all, ``0.0.0.0``, ``*`` or ``::``)."""
-        return not self.binds or any(_is_wildcard(b) for b in self.binds)
+        return self.tcp and (not self.binds or any(_is_wildcard(b) for b in self.binds))
 
     @property
     def beyond_loopback(self) -> bool:
-        return self.wildcard or any(not _is_loopback(b) for b in self.binds)
+        return self.wildcard or (self.tcp and any(not _is_loopback(b) for b in self.binds))
 
     @property
     def protected_mode_guards(self) -> bool:
@@ -87,6 +89,7 @@ def exposure(config: Mapping[str, Any], info: Mapping[str, Any]) -> Exposure:
         protected_mode=str(config.get("protected-mode", "yes")).lower() == "yes",
         has_password=bool(config.get("requirepass")),
         redis_major=major_version(info),
+        tcp=as_int(config.get("port"), 6379) != 0,
     )
 
 
