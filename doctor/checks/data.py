@@ -124,12 +124,15 @@ def consistency(ctx: Context) -> Finding:
     db_path = ctx.home.users_db
     if not db_path.exists():
         raise Unavailable(f"{db_path} does not exist (see sqlite.file)")
-    blobs = blob_files(ctx.home.data, ctx.now())
+    # Redis first, then the disk, then SQLite: a target is written before anything refers to
+    # it (a result file before its task completes, a user before their tasks), and a task
+    # exists before any blob named after it, so this order never catches a half-made link.
     try:
         live, total_live = live_tasks(client)
         queue_owners = client.zrange(keys.QUEUE_OWNERS, 0, -1)
     except (redis.RedisError, OSError) as exc:
         raise Unavailable(f"Redis stopped answering: {exc}") from exc
+    blobs = blob_files(ctx.home.data, ctx.now())
     blob_ids = {owner for b in blobs if b.kind != "bundles" and (owner := blob_owner(b))}
     try:
         conn = open_readonly(db_path, ctx.probe_timeout)

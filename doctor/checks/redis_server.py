@@ -12,7 +12,7 @@ import redis
 
 from doctor.context import Context, Unavailable
 from doctor.fixes import Action, fixer
-from doctor.model import Finding
+from doctor.model import Finding, Status
 from doctor.probes import redis_info as probe
 from doctor.registry import check
 
@@ -127,7 +127,7 @@ def persistence(ctx: Context) -> Finding:
 
 @fixer("redis.persistence")
 def enable_aof(ctx: Context, finding: Finding) -> list[Action]:
-    if finding.evidence.get("appendonly") != "no" or finding.evidence.get("save") != "(none)":
+    if finding.status is not Status.WARN:
         return []  # a failed save needs a human: its cause is on the disk, not in Redis
 
     def apply() -> str:
