@@ -171,7 +171,7 @@ def test_a_result_of_an_unknown_task_fails_but_an_archived_one_is_fine(
     task_id = submit(stack)
     finish_with_result(stack, task_id)
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    record = client.hgetall(keys.task_key(task_id))
+    record = {str(k): str(v) for k, v in client.hgetall(keys.task_key(task_id)).items()}
     # Past retention: only the SQLite archive holds the task; its result is still its own.
     store = UserStore(layout(stack.home).users_db)
     store.archive_tasks([(record, [])])

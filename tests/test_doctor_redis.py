@@ -55,7 +55,7 @@ def live(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
     finally:
         for name, value in saved.items():
-            client.config_set(name, value)
+            client.config_set(name, str(value))
         client.slowlog_reset()
         client.close()
 

@@ -211,7 +211,7 @@ def test_pending_migration_warns_until_migrated(
     path = make_db(settings, ("alice", "admin"))
 
     def add_quota_column(db: sqlite_utils.Database) -> None:
-        db["users"].add_column("quota", int)
+        db.table("users").add_column("quota", int)
 
     # This HiveMind is one schema ahead of the file, as after an upgrade.
     monkeypatch.setattr(userdb, "MIGRATIONS", [*userdb.MIGRATIONS, add_quota_column])

@@ -33,7 +33,7 @@ _FIELDS = ("id", "owner", "status", "kind", "has_result_archive", "attempt", "ha
 def live_tasks(client: redis.Redis) -> tuple[list[TaskRef], int]:
     """The newest live task records (and how many tasks:all lists in all)."""
     total = int(client.zcard(keys.TASKS_ALL))
-    ids = client.zrevrange(keys.TASKS_ALL, 0, LIVE_TASK_LIMIT - 1)
+    ids = [str(i) for i in client.zrevrange(keys.TASKS_ALL, 0, LIVE_TASK_LIMIT - 1)]
     pipe = client.pipeline(transaction=False)
     for task_id in ids:
         pipe.hmget(keys.task_key(task_id), _FIELDS)
@@ -129,7 +129,7 @@ def consistency(ctx: Context) -> Finding:
     # exists before any blob named after it, so this order never catches a half-made link.
     try:
         live, total_live = live_tasks(client)
-        queue_owners = client.zrange(keys.QUEUE_OWNERS, 0, -1)
+        queue_owners = [str(owner) for owner in client.zrange(keys.QUEUE_OWNERS, 0, -1)]
     except (redis.RedisError, OSError) as exc:
         raise Unavailable(f"Redis stopped answering: {exc}") from exc
     blobs = blob_files(ctx.home.data, ctx.now())

@@ -83,14 +83,14 @@ def secret_sources(ctx: Context) -> list[SecretSource]:
     key_file = ctx.home.secret_key_file
     if key_file.is_file():
         try:
-            value, mode = key_file.read_bytes().strip(), key_file.stat().st_mode
+            key, key_mode = key_file.read_bytes().strip(), key_file.stat().st_mode
         except OSError as exc:
             # Without it we cannot tell a missing secret from a hidden one: say so, not "fail".
             raise Unavailable(
                 f"cannot read {key_file}: {exc.strerror or exc} (run the doctor as the user "
                 "the node pool runs as)"
             ) from exc
-        sources.append(SecretSource(str(key_file), value, mode))
+        sources.append(SecretSource(str(key_file), key, key_mode))
     return sources
 
 

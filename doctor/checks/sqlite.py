@@ -143,7 +143,9 @@ def users_db_file(ctx: Context) -> Finding:
         "mode": probe.describe_mode(info.st_mode),
     }
     if not stat.S_ISREG(info.st_mode):
-        return Finding.fail(f"{path} is not a regular file", **evidence)
+        return Finding.fail(
+            f"{path} is not a regular file", f"put the real users.db back at {path}", **evidence
+        )
     if header is None:
         return Finding.fail(
             f"{path} is not an SQLite 3 database (its first bytes are not the SQLite header)",

@@ -140,12 +140,12 @@ def find_dangling(
     bundles_used = {task.bundle_id for task in records if task.bundle_id}
     bundles_used.update(bundles_used_elsewhere)
     for blob in blobs:
-        owner = blob_owner(blob)
-        if owner is None:
+        named_after = blob_owner(blob)
+        if named_after is None:
             continue  # not a name the node pool writes (a temp file, an operator's copy)
         if blob.kind == "bundles":
-            if owner not in bundles_used and blob.age_s > bundle_grace_s:
+            if named_after not in bundles_used and blob.age_s > bundle_grace_s:
                 found.unreferenced_bundles.append(blob.ref)
-        elif owner not in known_tasks:
+        elif named_after not in known_tasks:
             found.orphan_blobs.append(blob.ref)
     return found
