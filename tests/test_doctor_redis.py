@@ -137,9 +137,11 @@ def test_percentile_is_nearest_rank() -> None:
 
 # -- verdicts on the real Redis ----------------------------------------------------------------
 def test_allkeys_policy_fails_and_fix_sets_noeviction(
-    settings: Settings, live: redis.Redis
+    settings: Settings, live: redis.Redis, redis_server: RedisServer
 ) -> None:
     live.config_set("maxmemory-policy", "allkeys-lru")
+    conf = redis_server.data_dir / "redis.conf"
+    conf_before = conf.read_bytes()
     report = run_doctor(settings, only=["redis.eviction_policy"])
     result = report.result("redis.eviction_policy")
     assert result.status is Status.FAIL
@@ -153,6 +155,7 @@ def test_allkeys_policy_fails_and_fix_sets_noeviction(
     run = apply_fixes(report, actions, context)
 
     assert live.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    assert conf.read_bytes() == conf_before  # live only: no CONFIG REWRITE of redis.conf
     assert run.before["redis.eviction_policy"].status is Status.FAIL
     assert run.after["redis.eviction_policy"].status is Status.OK
     logged = [json.loads(line) for line in actions_log(context).read_text().splitlines()]

@@ -105,10 +105,14 @@ def test_two_different_secrets_on_one_host_warn(settings: Settings) -> None:
     assert_secret_not_shown(result, STRONG)
 
 
-def test_a_world_readable_users_db_warns(settings: Settings) -> None:
+def test_world_readable_users_db_and_admin_password_warn(settings: Settings) -> None:
     start_node_pool_state(settings)
     users_db = layout(settings.home).users_db
     os.chmod(users_db, 0o644)
+    password = layout(settings.home).node_pool / "admin.password"
+    password.write_text("not-the-real-one\n")
+    os.chmod(password, 0o644)
     result = secrets_finding(settings)
     assert result.status is Status.WARN
-    assert str(users_db) in result.evidence["world_readable"]
+    assert result.evidence["world_readable"] == [str(users_db), str(password)]
+    assert result.fix == f"chmod o-rwx {users_db} {password}"

@@ -59,9 +59,11 @@ def config_files(ctx: Context) -> list[Path]:
 
 
 def private_files(ctx: Context) -> list[Path]:
-    """Files that hold credentials: configs, worker tokens, master config, users.db."""
+    """Files that hold credentials: configs, users.db, the first admin's password (written by
+    `hivemind up`), worker tokens and the master's config."""
     home = ctx.home
     files = list(config_files(ctx)) + related_files(home.users_db)
+    files += [p for p in (home.node_pool / "admin.password",) if p.is_file()]
     for folder in (home.worker_config, home.master_config):
         if folder.is_dir():
             files += sorted(p for p in folder.iterdir() if p.is_file())
