@@ -21,7 +21,7 @@ import sqlite_utils
 
 from doctor.context import Context, Unavailable
 from doctor.fixes import Action, fixer
-from doctor.model import Finding
+from doctor.model import Finding, Status
 from doctor.probes import sqlite_file as probe
 from doctor.registry import check
 from hivemind import userdb
@@ -135,11 +135,10 @@ def users_db_file(ctx: Context) -> Finding:
         return _missing(ctx)
     info = path.stat()
     header = probe.parse_header(_read_header(path))
-    owner = ServiceUser(info.st_uid, (), "file")
     evidence: dict[str, object] = {
         "path": str(path),
         "size": info.st_size,
-        "owner": f"{owner.name}:{_group_name(info.st_gid)}",
+        "owner": f"{_user_name(info.st_uid)}:{_group_name(info.st_gid)}",
         "mode": probe.describe_mode(info.st_mode),
     }
     if not stat.S_ISREG(info.st_mode):
@@ -182,6 +181,8 @@ def users_db_file(ctx: Context) -> Finding:
 def tighten_mode(ctx: Context, finding: Finding) -> list[Action]:
     """chmod users.db (and its WAL files) to owner rw, group as it was, world nothing; only
     when the file is a regular file we may chmod (ours, or we are root)."""
+    if finding.status is not Status.WARN:
+        return []  # missing or not SQLite: permission bits are not the problem
     path = ctx.home.users_db
     actions = []
     for target in related_files(path):
@@ -193,7 +194,7 @@ def tighten_mode(ctx: Context, finding: Finding) -> list[Action]:
             continue
 
         def apply(target: Path = target, new_mode: int = new_mode) -> str:
-            os.chmod(target, new_mode, follow_symlinks=False)
+            os.chmod(target, new_mode)  # lstat above: a regular file, not a symlink
             return f"{target} is now {probe.describe_mode(target.stat().st_mode)}"
 
         actions.append(
