@@ -204,3 +204,20 @@ def test_without_redis_or_users_db_it_skips(stack: Settings) -> None:
     layout(stack.home).users_db.unlink()
     result = run_doctor(stack, only=["data.consistency"]).result("data.consistency")
     assert result.status is Status.SKIP and "sqlite.file" in result.finding.summary
+
+
+def test_an_old_bundle_of_an_archived_task_is_still_in_use(stack: Settings) -> None:
+    bundle_id = upload_bundle(stack)
+    task_id = submit(stack, bundle_id=bundle_id)
+    finish_with_result(stack, task_id)
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    record = {str(k): str(v) for k, v in client.hgetall(keys.task_key(task_id)).items()}
+    store = UserStore(layout(stack.home).users_db)
+    store.archive_tasks([(record, [])])
+    store.close()
+    client.delete(keys.task_key(task_id))  # past retention: only the archive names the bundle
+    two_hours_ago = time.time() - 7200
+    os.utime(blobs(stack).path("bundles", bundle_id), (two_hours_ago, two_hours_ago))
+    result = consistency(stack)
+    assert result.status is Status.OK, result.summary
+    assert result.evidence["live_tasks_checked"] == 0

@@ -106,7 +106,7 @@ def world_readable(path: Path) -> bool:
 @check(
     "security.secrets",
     title="The token-signing secret is set, strong, shared and private",
-    guide="1 連接問題 / Redis 連接失敗: 用戶認證失敗 (implied)",
+    guide="(implied by 用戶認證失敗: 1 Redis 連接失敗; 5 數據庫連接失敗)",
 )
 def secrets_check(ctx: Context) -> Finding:
     sources = secret_sources(ctx)
