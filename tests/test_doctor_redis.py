@@ -18,7 +18,7 @@ from doctor.fixes import actions_log, apply_fixes, plan_fixes
 from doctor.model import Status
 from doctor.probes import redis_info as probe
 from hivemind.config import Settings
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, free_port, wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "doctor"
 #: Every CONFIG parameter a test here changes; restored after each test (the server is shared).
@@ -57,6 +57,11 @@ def live(redis_server: RedisServer) -> Iterator[redis.Redis]:
         for name, value in saved.items():
             client.config_set(name, str(value))
         client.slowlog_reset()
+        client.execute_command("LATENCY", "RESET")
+        if client.info("persistence")["rdb_last_bgsave_status"] != "ok":
+            # A failed save stays in INFO until one succeeds; later tests must not see it.
+            client.bgsave()
+            wait_until(lambda: client.info("persistence")["rdb_last_bgsave_status"] == "ok")
         client.close()
 
 
@@ -254,7 +259,6 @@ def test_latency_monitor_events_are_shown(settings: Settings, live: redis.Redis)
     assert status is Status.WARN
     assert evidence["latency_monitor_threshold_ms"] == 5
     assert "latency_doctor" in evidence and evidence["latency_events"]
-    live.execute_command("LATENCY", "RESET")
 
 
 def test_quiet_redis_has_good_latency(settings: Settings, live: redis.Redis) -> None:
