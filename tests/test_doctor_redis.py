@@ -262,8 +262,18 @@ def test_latency_monitor_events_are_shown(settings: Settings, live: redis.Redis)
 
 
 def test_quiet_redis_has_good_latency(settings: Settings, live: redis.Redis) -> None:
-    # PING times on a shared, loaded test host can spike; a quiet Redis passes within 3 tries.
-    for _ in range(3):
+    # An earlier test's background save or AOF rewrite forks and stalls Redis: let it end.
+    assert wait_until(
+        lambda: (
+            not any(
+                int(live.info("persistence")[flag])
+                for flag in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress")
+            )
+        ),
+        timeout=10,
+    )
+    # PING times on a shared, loaded test host can spike; a quiet Redis passes within 5 tries.
+    for _ in range(5):
         status, summary, evidence = verdict(settings, "redis.latency")
         if status is Status.OK:
             break
