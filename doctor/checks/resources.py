@@ -175,6 +175,14 @@ def hivemind_processes(ctx: Context, rows: list[ProcessRow]) -> tuple[set[int], 
     return budgeted | descendants(rows, redis_pids), budgeted
 
 
+def _short(command: str) -> str:
+    """``/usr/bin/python3 -m hivemind nodepool`` -> ``python3 -m hivemind``: enough to tell."""
+    words = command.split()
+    if not words:
+        return "?"
+    return " ".join([words[0].rsplit("/", 1)[-1], *words[1:3]])[:48]
+
+
 def _process_row(row: ProcessRow, ours: set[int]) -> dict[str, Any]:
     return {
         "pid": row.pid,
@@ -211,7 +219,7 @@ def top_processes(ctx: Context) -> Finding:
             "TASK_MEMORY_LIMIT_MB if it needs more, or lower MAX_CONCURRENT_TASKS",
             **evidence,
         )
-    largest = ", ".join(f"{row['command'][:40]} ({row['rss_human']})" for row in top[:3])
+    largest = ", ".join(f"{_short(row['command'])} ({row['rss_human']})" for row in top[:3])
     return Finding.ok(f"largest: {largest}", **evidence)
 
 
