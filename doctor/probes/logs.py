@@ -34,8 +34,10 @@ class LogRecord:
     more: list[str] = field(default_factory=list)
 
     @property
-    def text(self) -> str:
-        return "\n".join([self.line, *self.more])
+    def telling_text(self) -> str:
+        """The line and, for a traceback, its last line (the exception): the source lines in
+        between quote code (``timeout=timeout``), not what went wrong."""
+        return "\n".join([self.line, *self.more[-1:]])
 
 
 def _stamp(line: str) -> tuple[float, str] | None:
@@ -75,7 +77,7 @@ def trouble_pattern(record: LogRecord) -> str | None:
     """The first of :data:`PATTERNS` the record matches; None for quiet levels."""
     if record.level in QUIET_LEVELS:
         return None
-    text = record.text
+    text = record.telling_text
     return next((name for name in PATTERNS if _PATTERN_RES[name].search(text)), None)
 
 
