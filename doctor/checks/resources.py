@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from doctor.context import Context, Unavailable
 from doctor.daemons import NODEPOOL, REDIS, running_daemons
@@ -321,8 +323,12 @@ def _existing(path: Path) -> Path:
     return Path("/")
 
 
-def _redis_dir(ctx: Context) -> Path:
-    """Redis's own data dir when it tells (CONFIG GET dir), else the one `hivemind up` uses."""
+def _redis_dir(ctx: Context) -> Path | None:
+    """Redis's own data dir when it tells (CONFIG GET dir), else the one `hivemind up` uses;
+    None for a Redis on another host, whose disk this host cannot see."""
+    host = urlsplit(ctx.settings.redis_url).hostname or "localhost"
+    if host not in ("localhost", "127.0.0.1", "::1", socket.gethostname()):
+        return None
     try:
         folder = ctx.redis_config().get("dir")
     except Unavailable:
@@ -331,11 +337,11 @@ def _redis_dir(ctx: Context) -> Path:
 
 
 def watched_folders(ctx: Context) -> dict[str, Path]:
-    return {
-        "data": ctx.home.data,
-        "logs": log_folders(ctx.home)[0],
-        "redis": _redis_dir(ctx),
-    }
+    folders = {"data": ctx.home.data, "logs": log_folders(ctx.home)[0]}
+    redis_dir = _redis_dir(ctx)
+    if redis_dir is not None:
+        folders["redis"] = redis_dir
+    return folders
 
 
 def disk_verdict(space: FilesystemSpace) -> str:
