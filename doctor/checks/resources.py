@@ -36,6 +36,7 @@ from doctor.probes.oom import OomKill, boot_time, parse_oom_kills
 from doctor.probes.processes import PS_ARGV, ProcessRow, descendants, parse_ps, top_by_rss
 from doctor.registry import check
 from doctor.services import systemd_unit
+from hivemind.supervisor import read_pidfile
 
 GIB = 1024**3
 MIB = 1024**2
@@ -261,8 +262,6 @@ def _kill_row(kill: OomKill, ctx: Context, pidfile_pids: set[int]) -> dict[str, 
 
 def _pidfile_pids(ctx: Context) -> set[int]:
     """Pids the pid files name, live or not: a daemon the OOM killer took leaves its file."""
-    from hivemind.supervisor import read_pidfile
-
     folder = ctx.home.run
     records = [read_pidfile(p) for p in folder.glob("*.pid")] if folder.is_dir() else []
     return {record.pid for record in records if record is not None}
