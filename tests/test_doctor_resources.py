@@ -382,3 +382,19 @@ def test_a_node_pool_with_a_low_soft_limit_warns(settings: Settings, children: l
     assert "node pool's" in finding.summary and "1024" in finding.summary
     rows = {row["process"]: row for row in finding.evidence["processes"]}
     assert rows["nodepool"]["soft"] == 1024 and rows["doctor"]["pid"] == os.getpid()
+
+
+def test_a_node_pool_without_our_pid_file_is_found_by_its_command(
+    settings: Settings, children: list
+) -> None:
+    # As a systemd unit runs it: no pid file in $HIVEMIND_HOME/run, `… -m hivemind nodepool`.
+    code = HOLD_FILES.format(soft=2048, count=3)
+    nodepool = subprocess.Popen(
+        [sys.executable, "-c", code, "-m", "hivemind", "nodepool"], stdout=subprocess.PIPE
+    )
+    children.append(nodepool)
+    assert nodepool.stdout is not None and nodepool.stdout.readline() == b"ready\n"
+    finding = check_on_host(settings, "resources.fd_limit")
+    rows = [row for row in finding.evidence["processes"] if row["pid"] == nodepool.pid]
+    assert rows and rows[0]["process"] == "nodepool" and rows[0]["soft"] == 2048
+    assert finding.status is Status.WARN and "node pool's" in finding.summary

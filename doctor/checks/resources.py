@@ -477,6 +477,18 @@ def _fd_row(
     return {"process": name, "pid": pid, "soft": limit.soft, "hard": limit.hard}, used, share
 
 
+_NODEPOOL_COMMAND = re.compile(r"(-m hivemind|[\s/]hivemind|^hivemind)\s+nodepool\b")
+
+
+def unmanaged_nodepools(ctx: Context) -> list[int]:
+    """Node pools without a pid file of ours (a systemd unit runs them): found by command."""
+    try:
+        listing = ctx.run(PS_ARGV)
+    except Unavailable:
+        return []
+    return [row.pid for row in parse_ps(listing.stdout) if _NODEPOOL_COMMAND.search(row.command)]
+
+
 def nofile_fix() -> str:
     unit = systemd_unit("nodepool")
     if unit:
@@ -500,7 +512,10 @@ def nofile_fix() -> str:
 )
 def fd_limit(ctx: Context) -> Finding:
     processes: list[tuple[str, int | str]] = [("doctor", os.getpid())]
-    processes += sorted(running_daemons(ctx).items())
+    daemons = running_daemons(ctx)
+    processes += sorted(daemons.items())
+    if NODEPOOL not in daemons:
+        processes += [(NODEPOOL, pid) for pid in unmanaged_nodepools(ctx)]
     rows = []
     for name, pid in processes:
         try:

@@ -1,4 +1,5 @@
-"""The process table from ``ps -eo pid=,ppid=,rss=,args=`` (what ``ps aux --sort=-%mem`` sorts)."""
+"""The process table from ``ps -ww -eo pid=,ppid=,rss=,args=`` (what ``ps aux --sort=-%mem``
+sorts)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 KIB = 1024
-PS_ARGV = ("ps", "-eo", "pid=,ppid=,rss=,args=")
+#: -ww: full command lines; without it ps cuts them at the terminal's width ($COLUMNS).
+PS_ARGV = ("ps", "-ww", "-eo", "pid=,ppid=,rss=,args=")
 
 
 @dataclass(frozen=True)
