@@ -140,8 +140,10 @@ def running_nodepool(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """A live process with the node pool's pid file, as `hivemind up` leaves it."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     info = psutil.Process(proc.pid)
+    # The argv we ran, as the supervisor records it: /proc/PID/cmdline can read empty for a
+    # moment right after exec.
     record = PidRecord(
-        "node pool", proc.pid, tuple(info.cmdline()), info.create_time(), start_ticks(proc.pid)
+        "node pool", proc.pid, tuple(proc.args), info.create_time(), start_ticks(proc.pid)
     )
     write_pidfile(layout(settings.home).run / "nodepool.pid", record)
     yield proc

@@ -52,9 +52,9 @@ def spawn(code: str) -> subprocess.Popen[bytes]:
 def register_daemon(settings: Settings, name: str, proc: subprocess.Popen[bytes]) -> None:
     """Write the pid file `hivemind up` would have written for ``proc``."""
     info = psutil.Process(proc.pid)
-    record = PidRecord(
-        name, proc.pid, tuple(info.cmdline()), info.create_time(), start_ticks(proc.pid)
-    )
+    # The argv we ran, as the supervisor records it: /proc/PID/cmdline can read empty for a
+    # moment right after exec.
+    record = PidRecord(name, proc.pid, tuple(proc.args), info.create_time(), start_ticks(proc.pid))
     write_pidfile(layout(settings.home).run / f"{name}.pid", record)
 
 
