@@ -142,7 +142,6 @@ def _why(row: dict[str, Any]) -> str:
     "deps.python",
     title="Python and required packages",
     guide="3 任務執行失敗: 檢查依賴項",
-    host_probe=True,
 )
 def python_packages(ctx: Context) -> Finding:
     requirements, requires_python = declared_requirements(DISTRIBUTION)

@@ -53,7 +53,6 @@ def _rotated_count(path: Path) -> int:
     "logs.present",
     title="Log files present and written",
     guide="快速診斷: 日誌檢查; 日誌分析: 重要日誌文件",
-    host_probe=True,
 )
 def logs_present(ctx: Context) -> Finding:
     daemons = running_daemons(ctx)
@@ -146,7 +145,6 @@ def errors_finding(groups: list[ErrorGroup], peaks: dict[str, int], read: list[s
     "logs.errors",
     title="Recent errors in the logs",
     guide="日誌分析: 常見錯誤模式 (grep error / timeout / memory)",
-    host_probe=True,
 )
 def logs_errors(ctx: Context) -> Finding:
     since = ctx.now() - ERROR_WINDOW_SECONDS

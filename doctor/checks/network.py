@@ -264,7 +264,6 @@ def vpn_finding(interfaces: list[WireguardInterface], configured: list[str], now
     "network.vpn",
     title="WireGuard VPN",
     guide="4 節點間通訊失敗: 使用 VPN (WireGuard)",
-    host_probe=True,
 )
 def vpn(ctx: Context) -> Finding:
     configured = configured_interfaces()

@@ -200,7 +200,6 @@ def _process_row(row: ProcessRow, ours: set[int]) -> dict[str, Any]:
     "resources.top_processes",
     title="Largest processes",
     guide="2 記憶體使用過高: ps aux --sort=-%mem",
-    host_probe=True,
 )
 def top_processes(ctx: Context) -> Finding:
     output = ctx.run(PS_ARGV)
@@ -508,7 +507,6 @@ def nofile_fix() -> str:
     "resources.fd_limit",
     title="Open-files limit",
     guide="效能調優建議 3 系統優化: nofile 65536",
-    host_probe=True,
 )
 def fd_limit(ctx: Context) -> Finding:
     processes: list[tuple[str, int | str]] = [("doctor", os.getpid())]
