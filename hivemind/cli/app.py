@@ -26,6 +26,7 @@ from hivemind.cli.common import (
     styled,
     when,
 )
+from hivemind.cli.doctor import doctor_app
 from hivemind.credentials import forget_token, save_token
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ user_app = typer.Typer(
 db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+app.add_typer(doctor_app, name="doctor")
 task_commands.register(app)
 backup_commands.register(app)
 
