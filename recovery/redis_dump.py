@@ -197,6 +197,38 @@ def count(entries: list[KeyEntry]) -> RedisCounts:
     return RedisCounts(len(entries), sum(statuses.values()), workers, dict(statuses), running)
 
 
+def workers_offline(entries: list[KeyEntry]) -> list[KeyEntry]:
+    """``entries`` with every worker marked ``offline``.
+
+    A restored worker record is history: that process does not hold the restored cluster's
+    leases. Left ``online``, it would pass for a live worker until the reaper noticed its old
+    heartbeat; a worker that is really alive says ``online`` again at its next heartbeat.
+    """
+    out = []
+    for e in entries:
+        if e.key == keys.WORKER_NODES and e.type == "hash":
+            value = {node: _with_status(summary) for node, summary in e.value.items()}
+            e = KeyEntry(e.key, e.type, e.ttl_ms, value)
+        elif _is_worker_hash(e) and "status" in e.value:
+            e = KeyEntry(e.key, e.type, e.ttl_ms, {**e.value, "status": "offline"})
+        out.append(e)
+    return out
+
+
+def _is_worker_hash(e: KeyEntry) -> bool:
+    return e.type == "hash" and e.key.startswith(keys.WORKER_PREFIX) and e.key.count(":") == 1
+
+
+def _with_status(summary: str) -> str:
+    try:
+        data = json.loads(summary)
+    except ValueError:
+        return summary
+    if not isinstance(data, dict):
+        return summary
+    return json.dumps({**data, "status": "offline"})
+
+
 def task_records(entries: list[KeyEntry]) -> dict[str, dict[str, str]]:
     """task id -> its hash, for every task in the dump."""
     return {

@@ -7,7 +7,8 @@ stopped, and the swap is all or nothing:
 * files (users.db, secret.key, data/, master/config/, worker/config/) are renamed aside into
   ``backups/before-restore-<time>/`` and the archive's renamed into place;
 * Redis's HiveMind keys are saved to the same folder and replaced in one MULTI/EXEC;
-* tasks that were RUNNING in the backup go back to the queue (their workers are gone).
+* tasks that were RUNNING in the backup go back to the queue, and the backup's workers are
+  marked offline (those processes hold nothing in the restored cluster).
 
 If any step fails, what was moved aside is put back and Redis gets its old keys back. The
 folder with the previous state stays after a successful restore, for a change of mind.
@@ -57,6 +58,10 @@ class RestoreReport:
     services: list[str] = field(default_factory=list)
     #: Where the state before the restore was kept.
     previous_state: Path | None = None
+    #: The doctor's counts by status after the services came back (None: not run).
+    doctor: dict[str, int] | None = None
+    #: Ids of the doctor's checks that failed or errored after the restore.
+    doctor_problems: list[str] = field(default_factory=list)
 
 
 def _running_services(settings: Settings) -> tuple[list[str], int]:
@@ -161,9 +166,23 @@ def restore_backup(
 
             ensure_admin(settings)  # the restored secret signs a new CLI token
             stack.up(settings, workers=workers, on_event=emit)
+            _run_doctor(settings, result)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_doctor(settings: Settings, result: RestoreReport) -> None:
+    """A full doctor run on the restarted stack, when the doctor is installed."""
+    try:
+        from doctor import run_doctor
+    except ImportError:
+        return
+    report = run_doctor(settings)
+    result.doctor = report.counts()
+    result.doctor_problems = [
+        r.id for r in report.results if r.finding.status.value in ("fail", "error")
+    ]
 
 
 def _swap_in(
@@ -182,7 +201,7 @@ def _swap_in(
             swap.apply()
             layout(home).ensure()  # folders the archive lacked, and 0700 on the private ones
             migrate(home / "node_pool" / "users.db")  # an older backup's schema moves forward
-            redis_dump.replace_state(client, entries)
+            redis_dump.replace_state(client, redis_dump.workers_offline(entries))
             return TaskStore(client).requeue_restored(redis_dump.count(entries).running)
         except BaseException as exc:
             try:

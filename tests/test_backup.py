@@ -139,6 +139,9 @@ def test_backup_then_restore_into_a_fresh_home(
     assert client.hget(f"task:{made['done'][0]}", "status") == "SUCCEEDED"
     assert client.llen("task_queue") == 5
     assert client.zcard("leases") == 0 and client.scard("worker:w1:tasks") == 0
+    # The backup's worker is history: offline until it heartbeats again.
+    assert client.hget("worker:w1", "status") == "offline"
+    assert json.loads(client.hget("worker_nodes", "w1"))["status"] == "offline"  # type: ignore[arg-type]
     # The restored queue works: a worker leases every queued task.
     leased = TaskStore(client).lease("w2", CAPS, 10, 30)
     assert len(leased) == 5

@@ -104,6 +104,9 @@ def test_backup_under_load_restores_into_a_running_fresh_stack(
         assert reply["manifest"]["counts"]["tasks_in_redis"] == len(records)
         verified = a.cli("backup", "verify", str(archive))
         assert "restorable" in verified.stdout
+        # The doctor sees a recent, verified backup.
+        doctor = json.loads(a.cli("doctor", "--only", "backup.recent", "--json").stdout)
+        assert doctor["checks"][0]["status"] == "ok", doctor
 
     with started_cluster(redis_server, tmp_path / "b", workers=1) as b:
         restored = b.cli("restore", str(archive), "--yes", "--json", timeout=240)
@@ -111,6 +114,9 @@ def test_backup_under_load_restores_into_a_running_fresh_stack(
         assert sorted(report["requeued"]) == running
         assert report["counts"]["tasks"] == reply["manifest"]["counts"]["tasks"]
         assert any(s.startswith("worker") for s in report["services"])
+        # The doctor ran on the restarted stack and found nothing failing.
+        assert report["doctor"] is not None
+        assert report["doctor_problems"] == [], report
         status = json.loads(b.cli("status", "--json", check=False).stdout)
         assert status["healthy"], status
         # The backup's admin and password, not the one this stack was created with.

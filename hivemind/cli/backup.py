@@ -246,6 +246,8 @@ def register(app: typer.Typer) -> None:
                     "requeued": report.requeued,
                     "services": report.services,
                     "previous_state": str(report.previous_state or ""),
+                    "doctor": report.doctor,
+                    "doctor_problems": report.doctor_problems,
                     "checks": [asdict(c) for c in report.verify.checks],
                 }
             )
@@ -259,6 +261,10 @@ def register(app: typer.Typer) -> None:
         if report.services:
             action = "would stop and restart" if dry_run else "stopped and restarted"
             console.print(f"{action}: {', '.join(report.services)}")
+        if report.doctor is not None:
+            summary = ", ".join(f"{n} {status}" for status, n in report.doctor.items())
+            problems = f" (see {', '.join(report.doctor_problems)})" * bool(report.doctor_problems)
+            console.print(f"doctor after the restart: {summary}{problems}")
         if report.previous_state:
             console.print(f"the previous state is kept in {escape(str(report.previous_state))}")
         if dry_run:
