@@ -165,7 +165,13 @@ def restore_backup(
             from hivemind.bootstrap import ensure_admin
 
             ensure_admin(settings)  # the restored secret signs a new CLI token
-            stack.up(settings, workers=workers, on_event=emit)
+            try:
+                stack.up(settings, workers=workers, on_event=emit)
+            except HivemindError as exc:
+                raise RestoreError(
+                    f"the backup was restored (previous state in {aside}), but the services "
+                    f"did not start again: {exc}; see `hivemind status`"
+                ) from None
             _run_doctor(settings, result)
         return result
     finally:
