@@ -158,6 +158,18 @@ def nodepool(
 
 @app.command()
 @command
+def master(
+    host: str = typer.Option(None, help="Override MASTER_HOST."),
+    port: int = typer.Option(None, help="Override MASTER_PORT."),
+) -> None:
+    """Run the web console and REST API in the foreground (for systemd: hivemind-master)."""
+    from hivemind.master.server import serve
+
+    raise typer.Exit(serve(settings(master_host=host, master_port=port)))
+
+
+@app.command()
+@command
 def worker(
     node_id: str = typer.Option(None, "--node-id", help="This worker's id (default: hostname)."),
     allow: list[str] = typer.Option([], "--allow", help="A module whose functions may run."),
