@@ -108,7 +108,7 @@ def fetch_tasks(
     limit: int,
 ) -> list[Any]:
     everyone = (all_users or bool(owner)) and caller.is_admin
-    if (all_users or owner) and not caller.is_admin and owner not in ("", caller.username):
+    if not caller.is_admin and (all_users or owner not in ("", caller.username)):
         raise ApiError(403, "only an admin lists other users' tasks")
     # Name and owner filters apply to what the node pool returns: ask for more to fill the page.
     fetch = min(1000, limit * 5) if (name or owner) else limit
