@@ -152,6 +152,15 @@ def _inspect(record: PidRecord) -> tuple[psutil.Process | None, str]:
     return proc, ""
 
 
+def inspect_pidfile(pidfile: Path) -> tuple[PidRecord | None, psutil.Process | None, str]:
+    """The record in ``pidfile``, its live process (None when stale) and why it is stale."""
+    record = read_pidfile(pidfile)
+    if record is None:
+        return None, None, "unreadable pid file" if pidfile.exists() else "no pid file"
+    proc, why = _inspect(record)
+    return record, proc, why
+
+
 def running_pid(pidfile: Path) -> int | None:
     """The pid of the live process ``pidfile`` names, else None."""
     record = read_pidfile(pidfile)

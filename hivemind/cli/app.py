@@ -25,6 +25,7 @@ from hivemind.cli.common import (
     styled,
     when,
 )
+from hivemind.cli.doctor import doctor_app
 from hivemind.credentials import forget_token, save_token
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ user_app = typer.Typer(
 db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+app.add_typer(doctor_app, name="doctor")
 task_commands.register(app)
 
 

@@ -132,6 +132,7 @@ class TaskStore:
         self._complete = client.register_script(scripts.load(scripts.COMPLETE))
         self._release = client.register_script(scripts.load(scripts.RELEASE))
         self._reap = client.register_script(scripts.load(scripts.REAP))
+        self._repair_queue_entry = client.register_script(scripts.load(scripts.REPAIR_QUEUE_ENTRY))
         self._cancel = client.register_script(scripts.load(scripts.CANCEL))
         self._reap_timeouts = client.register_script(scripts.load(scripts.REAP_TIMEOUTS))
         self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
@@ -289,13 +290,27 @@ class TaskStore:
             raise ValueError("an outcome must be a terminal state")
         return [_text(x) for x in self._complete(args=[now, json.dumps(payload)])]
 
-    def release(self, refs: Sequence[tuple[str, int, str]]) -> list[str]:
-        """Hand (task_id, attempt, worker) back to the queue without using up a retry."""
+    def release(
+        self,
+        refs: Sequence[tuple[str, int, str]],
+        event: str = "released",
+        detail: str = "handed back by a stopping worker",
+    ) -> list[str]:
+        """Hand (task_id, attempt, worker) back to the queue without using up a retry.
+
+        The attempt fences the worker: whatever it still sends for that attempt is refused.
+        Returns, per task, '' or why it was left alone (it is no longer that attempt)."""
         if not refs:
             return []
         now, _ = _now()
         payload = [{"id": t, "attempt": a, "worker": w} for t, a, w in refs]
-        return [_text(x) for x in self._release(args=[now, json.dumps(payload)])]
+        return [_text(x) for x in self._release(args=[now, json.dumps(payload), event, detail])]
+
+    def repair_queue_entry(self, task_id: str) -> str:
+        """'dropped' (a queue entry without a task), 'requeued' (a QUEUED task in no queue)
+        or '' (nothing wrong)."""
+        now, _ = _now()
+        return _text(self._repair_queue_entry(args=[task_id, now]))
 
     # -- the reaper's side -----------------------------------------------------------------
     def reap_expired(self, limit: int = 500) -> list[tuple[str, str, str]]:

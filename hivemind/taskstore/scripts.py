@@ -260,8 +260,9 @@ return replies
 """
 
 RELEASE = """
--- ARGV: now, JSON list of {id, attempt, worker}: a stopping worker hands tasks back.
-local now = ARGV[1]
+-- ARGV: now, JSON list of {id, attempt, worker}, event, detail: a stopping worker hands tasks
+-- back, or an operator (`hivemind doctor --fix`) requeues a stuck one.
+local now, event, detail = ARGV[1], ARGV[3], ARGV[4]
 local replies = {}
 for _, r in ipairs(cjson.decode(ARGV[2])) do
   local why = fence(r.id, r.attempt, r.worker)
@@ -275,13 +276,42 @@ for _, r in ipairs(cjson.decode(ARGV[2])) do
       finish(r.id, 'CANCELLED', now, r.worker, r.attempt, 'cancelled')
     else
       redis.call('HSET', tk, 'status', 'QUEUED', 'worker', '', 'last_update', now)
-      history(r.id, r.attempt, 'released', r.worker, now, 'handed back by a stopping worker')
+      history(r.id, r.attempt, event, r.worker, now, detail)
       enqueue(r.id)
     end
     replies[#replies + 1] = ''
   end
 end
 return replies
+"""
+
+REPAIR_QUEUE_ENTRY = """
+-- ARGV: id, now. Mend one task's queue entries (what `hivemind doctor --fix` does for
+-- tasks.orphaned): an entry with no task record is dropped; a QUEUED task in no owner queue
+-- is queued again. Returns 'dropped', 'requeued' or '' when nothing was wrong.
+local id, now = ARGV[1], ARGV[2]
+local tk = tkey(id)
+local f = redis.call('HMGET', tk, 'status', 'owner')
+if not f[1] then
+  redis.call('LREM', '%(task_queue)s', 0, id)
+  redis.call('SREM', '%(constrained)s', id)
+  for _, owner in ipairs(redis.call('ZRANGE', '%(owners)s', 0, -1)) do
+    if redis.call('ZREM', '%(owner_queue)s' .. owner, id) == 1
+       and redis.call('ZCARD', '%(owner_queue)s' .. owner) == 0 then
+      redis.call('ZREM', '%(owners)s', owner)
+    end
+  end
+  return 'dropped'
+end
+if f[1] == 'QUEUED' and not redis.call('ZSCORE', '%(owner_queue)s' .. f[2], id) then
+  redis.call('LREM', '%(task_queue)s', 0, id)
+  redis.call('HSET', tk, 'last_update', now)
+  history(id, redis.call('HGET', tk, 'attempt'), 'requeued', '', now,
+          'in no queue; queued again by hivemind doctor --fix')
+  enqueue(id)
+  return 'requeued'
+end
+return ''
 """
 
 REAP = """
@@ -384,6 +414,7 @@ _NAMES = {
     "worker_nodes": keys.WORKER_NODES,
     "constrained": keys.TASKS_CONSTRAINED,
     "deadlines": keys.DEADLINES,
+    "task_queue": keys.TASK_QUEUE,
 }
 
 

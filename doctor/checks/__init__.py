@@ -1,0 +1,1 @@
+"""The checks, one module per category; :func:`doctor.registry.all_checks` imports them all."""

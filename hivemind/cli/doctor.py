@@ -1,0 +1,162 @@
+"""`hivemind doctor`: renders what the :mod:`doctor` library finds."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hivemind.cli.common import command, console, fail, print_json, settings
+
+doctor_app = typer.Typer(
+    help="Run every check of the troubleshooting guide; say what is wrong and how to fix it.",
+    invoke_without_command=True,
+)
+
+STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim", "error": "magenta"}
+
+
+class OutputFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Ids or categories from repeated and/or comma-separated options."""
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
+def render_report(report: object) -> None:
+    from doctor.model import Report, Status
+    from doctor.report import SYMBOLS, by_category, evidence_text, summary_line
+
+    assert isinstance(report, Report)
+    table = Table(title=f"hivemind doctor: {escape(report.host)}", show_lines=False, expand=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("finding", overflow="fold")
+    for category, results in by_category(report.results).items():
+        table.add_section()
+        table.add_row("", f"[bold]{category}[/]", "")
+        for result in results:
+            style = STATUS_STYLE[result.status.value]
+            finding = escape(result.finding.summary)
+            if result.status in (Status.WARN, Status.FAIL, Status.ERROR):
+                finding += f"\n[dim]evidence: {escape(evidence_text(result))}[/]"
+                if result.finding.fix:
+                    finding += f"\n[bold]fix:[/] {escape(result.finding.fix)}"
+            table.add_row(
+                f"[{style}]{SYMBOLS[result.status]} {result.status.value}[/]", result.id, finding
+            )
+    console.print(table)
+    console.print(summary_line(report), highlight=False)
+
+
+@doctor_app.callback()
+@command
+def doctor(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table|json|markdown"),
+    only: list[str] = typer.Option(None, "--only", help="Check ids or categories to run."),
+    skip: list[str] = typer.Option(None, "--skip", help="Check ids or categories to leave out."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
+) -> None:
+    """Run the checks (all of them unless --only/--skip say otherwise)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from doctor import run_doctor
+
+    if timeout <= 0:
+        fail("--timeout must be positive", 2)
+    report = run_doctor(settings(), _names(only), _names(skip), timeout=timeout)
+    fmt = OutputFormat.json if as_json else output
+    if fmt is OutputFormat.json:
+        print_json(report.to_dict())
+    elif fmt is OutputFormat.markdown:
+        from doctor.report import to_markdown
+
+        sys.stdout.write(to_markdown(report))
+    else:
+        render_report(report)
+    if fix:
+        report = _fix(report, timeout, yes)
+    raise typer.Exit(1 if report.failed(strict=strict) else 0)
+
+
+def _fix(report: object, timeout: float, yes: bool) -> object:
+    from doctor import Context
+    from doctor.fixes import apply_fixes, plan_fixes
+
+    context = Context(settings(), timeout=timeout)
+    actions = plan_fixes(report, context)  # type: ignore[arg-type]
+    if not actions:
+        console.print("--fix: nothing to fix automatically")
+        return report
+    console.print(f"[bold]--fix[/]: {len(actions)} action(s)")
+    for action in actions:
+        console.print(f"  • {escape(action.description)}\n    [dim]$ {escape(action.command)}[/]")
+
+    def confirm(action: object) -> bool:
+        return yes or typer.confirm(f"apply: {getattr(action, 'description', '')}?", default=True)
+
+    if not yes and not sys.stdin.isatty():
+        fail("--fix needs --yes when there is no terminal to ask on", 2)
+    run = apply_fixes(report, actions, context, confirm)  # type: ignore[arg-type]
+    for outcome in run.outcomes:
+        mark = "[green]done[/]" if outcome.applied else "[red]not done[/]"
+        console.print(f"  {mark} {escape(outcome.message)}")
+    console.print("[bold]re-check[/]")
+    for check_id, after in run.after.items():
+        before = run.before.get(check_id)
+        was = before.status.value if before else "-"
+        now = after.status.value
+        console.print(
+            f"  {check_id}: {was} → [{STATUS_STYLE[now]}]{now}[/]  {escape(after.finding.summary)}"
+        )
+    from dataclasses import replace
+
+    merged = [run.after.get(r.id, r) for r in report.results]  # type: ignore[attr-defined]
+    return replace(report, results=merged)  # type: ignore[type-var]
+
+
+@doctor_app.command("list")
+@command
+def list_checks(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Print every check's id, title and guide section."""
+    from doctor import all_checks
+
+    specs = all_checks()
+    if as_json:
+        rows = [
+            {
+                "id": s.id,
+                "category": s.category,
+                "title": s.title,
+                "guide": s.guide,
+                "fixable": s.fixable,
+            }
+            for s in specs
+        ]
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(title=f"{len(specs)} doctor checks")
+    table.add_column("id", no_wrap=True)
+    table.add_column("title")
+    table.add_column("guide section")
+    table.add_column("auto-fix")
+    for spec in specs:
+        fixable = "yes" if spec.fixable else ""
+        table.add_row(spec.id, escape(spec.title), escape(spec.guide), fixable)
+    console.print(table)
+
+
+__all__ = ["doctor_app", "print_json"]
