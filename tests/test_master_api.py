@@ -226,3 +226,41 @@ def test_healthz_says_when_the_node_pool_is_down(settings: Settings) -> None:
     assert reply.status_code == 200 and reply.json()["nodepool"].startswith("unreachable")
     api = TestClient(app).post("/api/auth/login", json={"username": "a", "password": "b"})
     assert api.status_code == 503 and "cannot reach the node pool" in api.json()["error"]
+
+
+def test_doctor_for_admins_has_the_cli_schema(console: Console) -> None:
+    admin = console.api("root", admin=True)
+    reply = admin.get("/api/doctor", params={"only": ["ports"]})
+    assert reply.status_code == 200, reply.text
+    report = reply.json()
+    assert report["schema"] == 1 and set(report["summary"]) == {
+        "ok",
+        "warn",
+        "fail",
+        "skip",
+        "error",
+    }
+    ids = {c["id"] for c in report["checks"]}
+    assert "ports.nodepool" in ids and "ports.redis" in ids
+    for check in report["checks"]:
+        assert {"id", "category", "title", "status", "summary", "evidence", "fix", "guide"} <= set(
+            check
+        )
+    unknown = admin.get("/api/doctor", params={"only": "no.such.check"})
+    assert unknown.status_code == 400 and "no.such.check" in unknown.json()["error"]
+
+
+def test_doctor_page_shows_the_same_ids_and_hints(console: Console) -> None:
+    from tests.master_support import password_of, sign_in
+
+    console.add_user("root", admin=True)
+    http = console.http()
+    sign_in(http, "root", password_of("root"))
+    page = http.get("/doctor")
+    assert page.status_code == 200
+    report = console.api("root", admin=True).get("/api/doctor").json()
+    for check in report["checks"]:
+        assert check["id"] in page.text
+    failing = [c for c in report["checks"] if c["status"] in ("warn", "fail") and c["fix"]]
+    if failing:  # a test home has no master and no workers: some checks warn, with fixes
+        assert "Fix" in page.text

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hivemind.config import Settings
+from hivemind.errors import UsageError
 from hivemind.master.gateway import ApiError
 
 #: Each check's own timeout; a page should not hang on a dead host.
@@ -22,7 +23,7 @@ def run_doctor_report(
         raise ApiError(503, "doctor not installed: this master has no doctor package") from None
     try:
         report = run_doctor(settings, only=tuple(only), skip=tuple(skip), timeout=CHECK_TIMEOUT)
-    except ValueError as exc:  # an unknown id or category in only/skip
+    except UsageError as exc:  # an unknown id or category in only/skip
         raise ApiError(400, str(exc)) from None
     result: dict[str, Any] = report.to_dict()
     return result
