@@ -7,9 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import grpc
 
 from hivemind.auth import AuthError, TokenSigner, load_secret
-from hivemind.client import Client
+from hivemind.client import Client, rpc_error
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 
@@ -84,6 +87,38 @@ class Gateway:
             yield self.client(token)
         except NodePoolError as exc:
             raise api_error(exc, is_admin=is_admin) from None
+
+    def parallel(
+        self, token: str, *calls: tuple[str, str, Any], is_admin: bool = False
+    ) -> list[Any]:
+        """Several unary calls at once (``(service, method, request)`` each), for pages that
+        need more than one answer: the page waits for the slowest, not for their sum."""
+        client = self.client(token)
+        stubs = {"tasks": client.tasks, "workers": client.workers_stub, "users": client.users}
+        metadata = [("authorization", f"Bearer {token}")]
+        try:
+            pending = [
+                getattr(stubs[service], method).future(
+                    request, metadata=metadata, timeout=client.timeout
+                )
+                for service, method, request in calls
+            ]
+            return [future.result() for future in pending]
+        except grpc.RpcError as exc:
+            raise api_error(rpc_error(exc, self.address), is_admin=is_admin) from None
+
+    def nodepool_health(self) -> str:
+        """ "ok", or why the node pool's gRPC health check does not say SERVING."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.client("").channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+        except grpc.RpcError as exc:
+            return f"unreachable: {rpc_error(exc, self.address)}"
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"not serving: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        return "ok"
 
     def login(self, username: str, password: str) -> tuple[str, float, str]:
         """(token, expires_at, role) for a username and password."""

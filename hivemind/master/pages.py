@@ -30,12 +30,25 @@ from hivemind.master.views import (
     user_view,
     worker_view,
 )
+from hivemind.proto import hivemind_pb2 as pb
 
 router = APIRouter(include_in_schema=False)
 #: Paths whose errors are pages rather than JSON.
 PAGE_PREFIXES = ("/login", "/logout", "/tasks", "/submit", "/workers", "/doctor", "/users")
 TaskId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 Username = Path(min_length=1, max_length=64)
+
+
+#: Workers the dashboard lists; the workers page has them all.
+DASHBOARD_WORKERS = 20
+
+
+def needing_attention(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lost or offline workers first, then the stalest heartbeats, then the busiest."""
+    return sorted(
+        workers,
+        key=lambda w: (w["status"] == "online", -(w["heartbeat_age"] or 0) // 5, -w["load"]),
+    )
 
 
 class SignInRequired(Exception):
@@ -165,18 +178,23 @@ def logout(request: Request, caller: Caller = Depends(form_caller)) -> Response:
 # -- dashboard, tasks, workers --------------------------------------------------------------------
 @router.get("/")
 def dashboard(request: Request, caller: Caller = Depends(page_caller)) -> Response:
-    with gateway_of(request).calling(caller.token, is_admin=caller.is_admin) as client:
-        stats, found, recent = client.stats(), client.workers(), client.list(limit=10)
+    stats, found, recent = gateway_of(request).parallel(
+        caller.token,
+        ("tasks", "GetStats", pb.Empty()),
+        ("workers", "ListWorkers", pb.Empty()),
+        ("tasks", "ListTasks", pb.ListTasksRequest(limit=10)),
+        is_admin=caller.is_admin,
+    )
     now = time.time()
-    workers = [worker_view(w, now) for w in found]
+    workers = [worker_view(w, now) for w in found.workers]
     summary = stats_view(stats, workers)
     return render(
         request,
         "dashboard.html",
         caller,
         stats=summary,
-        workers=workers,
-        recent=[task_view(t) for t in recent],
+        workers=needing_attention(workers)[:DASHBOARD_WORKERS],
+        recent=[task_view(t) for t in recent.tasks],
         chart=throughput_svg(summary["finished_per_minute"]),
     )
 

@@ -194,8 +194,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
         records: dict[str, dict[str, str]] = {}
         # Live tasks from Redis, newest first, then the archive for what has expired.
         start = 0
+        # Without a status filter nearly every id is a hit: read only as many as are shown.
+        batch = 4 * limit if request.status else limit
         while len(records) < limit:
-            ids = self.state.redis.zrevrange(index, start, start + 4 * limit - 1)
+            ids = self.state.redis.zrevrange(index, start, start + batch - 1)
             if not ids:
                 break
             start += len(ids)
