@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 
 from hivemind.config import Settings
@@ -51,8 +52,14 @@ def serve(settings: Settings) -> int:
         settings.master_port,
         settings.client_address,
     )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    # handler it found: with this one, a requested stop ends in exit status 0.
+    stops: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stops.append(signum))
     try:
         server.run(sockets=[sock])
     finally:
         app.state.gateway.close()
+    log.info("master stopped%s", f" ({signal.Signals(stops[0]).name})" if stops else "")
     return 0
