@@ -8,7 +8,6 @@ the engine turns into ``skip`` with the reason, never ``ok``.
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,12 @@ from typing import Any, TypeVar
 import redis
 
 from hivemind.config import Settings, redact_url
+from hivemind.errors import RemoteError
 from hivemind.paths import HomeLayout, layout
+from hivemind.remote import LocalRunner, Runner
+
+#: The exit status a shell gives for a command it cannot find.
+COMMAND_NOT_FOUND = 127
 
 T = TypeVar("T")
 
@@ -43,6 +47,8 @@ class Context:
     #: Seconds each check may take; probes use a little less so they fail with a reason first.
     timeout: float = 5.0
     host: str = field(default_factory=socket.gethostname)
+    #: Where host probes (files under /proc, tools) are read: this host, or one over SSH.
+    runner: Runner = field(default_factory=LocalRunner)
     clock: Callable[[], float] = time.time
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
@@ -121,30 +127,24 @@ class Context:
         except (redis.RedisError, OSError) as exc:
             raise Unavailable(f"Redis stopped answering: {exc}") from exc
 
-    # -- this host ------------------------------------------------------------------------
+    # -- the host, through the runner ----------------------------------------------------
     def read_text(self, path: str | Path) -> str:
         """A file's text, or :class:`Unavailable` naming why it could not be read."""
         try:
-            return Path(path).read_text(errors="replace")
-        except OSError as exc:
-            raise Unavailable(f"cannot read {path}: {exc.strerror or exc}") from exc
+            return self.runner.read_file(str(path)).decode(errors="replace")
+        except RemoteError as exc:
+            raise Unavailable(exc.reason) from exc
 
     def run(self, argv: Sequence[str], timeout: float | None = None) -> CommandOutput:
-        """Run a probe command; a missing tool is :class:`Unavailable`."""
+        """Run a probe command; a missing tool or a timeout is :class:`Unavailable`."""
         try:
-            done = subprocess.run(
-                list(argv),
-                capture_output=True,
-                timeout=timeout or self.probe_timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as exc:
-            raise Unavailable(f"{argv[0]} is not installed on {self.host}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise Unavailable(f"{' '.join(argv)} did not finish in {exc.timeout:.1f}s") from exc
+            done = self.runner.run(list(argv), timeout=timeout or self.probe_timeout)
+        except RemoteError as exc:
+            raise Unavailable(exc.reason) from exc
+        if done.exit_code == COMMAND_NOT_FOUND:
+            raise Unavailable(f"{argv[0]} is not installed on {self.host}")
         return CommandOutput(
-            done.returncode,
+            done.exit_code,
             done.stdout.decode(errors="replace"),
             done.stderr.decode(errors="replace"),
         )

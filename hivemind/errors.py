@@ -35,3 +35,25 @@ class NodePoolError(HivemindError):
 
 class StackError(HivemindError):
     """The local stack (`hivemind up`) could not be started or stopped."""
+
+
+class RemoteError(HivemindError):
+    """A remote host could not be reached or used; the message names the host and why."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class CommandTimeout(RemoteError):
+    """A command ran longer than its timeout and was stopped."""
+
+    def __init__(
+        self, host: str, command: str, timeout: float, stdout: bytes = b"", stderr: bytes = b""
+    ) -> None:
+        super().__init__(host, f"`{command}` did not finish within {timeout:g} s and was stopped")
+        self.command = command
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr

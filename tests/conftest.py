@@ -19,6 +19,7 @@ from hivemind.paths import layout
 from hivemind.redis_server import start_redis
 from hivemind.supervisor import stop_pid
 from tests.helpers import REPO_ROOT, RedisServer, free_port
+from tests.sshd import SSHD, SSHDUnavailable, running_sshd
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,3 +112,13 @@ def settings(
         master_port=free_port_factory(),
         heartbeat_interval=0.5,
     )
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHD]:
+    """A real sshd on 127.0.0.1; the test fails (never skips) when it cannot start."""
+    try:
+        with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+            yield server
+    except SSHDUnavailable as exc:
+        pytest.fail(f"the sshd fixture could not start sshd: {exc}", pytrace=False)

@@ -69,6 +69,16 @@ def doctor(
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
     fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
+    host: list[str] = typer.Option(None, "--host", help="user@host[:port] to check over SSH."),
+    inventory: str = typer.Option(None, "--inventory", help="A file of hosts to check."),
+    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
+    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
+    insecure_host_key: bool = typer.Option(
+        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
+    ),
+    remote_hivemind: str = typer.Option(
+        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
+    ),
 ) -> None:
     """Run the checks (all of them unless --only/--skip say otherwise)."""
     if ctx.invoked_subcommand is not None:
@@ -77,8 +87,25 @@ def doctor(
 
     if timeout <= 0:
         fail("--timeout must be positive", 2)
-    report = run_doctor(settings(), _names(only), _names(skip), timeout=timeout)
     fmt = OutputFormat.json if as_json else output
+    if host or inventory:
+        if fix:
+            fail("--fix runs on this host only; run it on the host itself", 2)
+        _remote(
+            host,
+            inventory,
+            fmt,
+            strict,
+            timeout,
+            only,
+            skip,
+            ssh_key,
+            known_hosts,
+            insecure_host_key,
+            remote_hivemind,
+        )
+        return
+    report = run_doctor(settings(), _names(only), _names(skip), timeout=timeout)
     if fmt is OutputFormat.json:
         print_json(report.to_dict())
     elif fmt is OutputFormat.markdown:
@@ -90,6 +117,52 @@ def doctor(
     if fix:
         report = _fix(report, timeout, yes)
     raise typer.Exit(1 if report.failed(strict=strict) else 0)
+
+
+def _remote(
+    hosts: list[str] | None,
+    inventory: str | None,
+    fmt: OutputFormat,
+    strict: bool,
+    timeout: float,
+    only: list[str] | None,
+    skip: list[str] | None,
+    ssh_key: str | None,
+    known_hosts: str | None,
+    insecure_host_key: bool,
+    remote_hivemind: str,
+) -> None:
+    from pathlib import Path
+
+    from doctor.remote import RemoteOptions, run_remote
+    from doctor.report import summary_line, to_markdown
+    from hivemind.remote import load_inventory, parse_target
+
+    targets = [parse_target(h) for h in hosts or []]
+    if inventory:
+        targets += load_inventory(inventory).targets()
+    options = RemoteOptions(
+        timeout=timeout,
+        only=_names(only),
+        skip=_names(skip),
+        key_file=Path(ssh_key) if ssh_key else None,
+        known_hosts=Path(known_hosts) if known_hosts else None,
+        insecure_host_key=insecure_host_key,
+        hivemind=remote_hivemind,
+    )
+    reports = run_remote(targets, settings(), options)
+    if fmt is OutputFormat.json:
+        print_json({"schema": 1, "reports": [r.to_dict() for r in reports]})
+    elif fmt is OutputFormat.markdown:
+        sys.stdout.write("\n".join(to_markdown(r) for r in reports))
+    else:
+        for report in reports:
+            render_report(report)
+        console.print(f"[bold]{len(reports)} host(s)[/]")
+        for report in reports:
+            mark = "[red]✘[/]" if report.failed(strict=strict) else "[green]✔[/]"
+            console.print(f"  {mark} {escape(summary_line(report))}", highlight=False)
+    raise typer.Exit(1 if any(r.failed(strict=strict) for r in reports) else 0)
 
 
 def _fix(report: object, timeout: float, yes: bool) -> object:
@@ -159,4 +232,64 @@ def list_checks(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     console.print(table)
 
 
-__all__ = ["doctor_app", "print_json"]
+@doctor_app.command("explain")
+@command
+def explain_task(
+    task_id: str,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Why TASK_ID is not running, or why it failed: its attempts, the cause, its log."""
+    from doctor.explain import explain, history_rows
+
+    explanation = explain(settings(), task_id)
+    if as_json:
+        print_json(explanation.to_dict())
+        return
+    record = explanation.record
+    console.print(
+        f"[bold]{escape(task_id)}[/] {escape(record.get('name', ''))}: "
+        f"[bold]{escape(explanation.status)}[/] (owner {escape(record.get('owner', '?'))}, "
+        f"attempt {escape(record.get('attempt', '0'))}, from {explanation.source})"
+    )
+    rows = history_rows(explanation)
+    if rows:
+        table = Table(title="history")
+        for column in ("at", "attempt", "event", "worker", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(row[c]) for c in ("at", "attempt", "event", "worker", "detail")))
+        console.print(table)
+    console.print("[bold]why[/]")
+    for number, cause in enumerate(explanation.causes, 1):
+        console.print(f"  {number}. {escape(cause)}", highlight=False)
+    if explanation.log_tail:
+        console.print(f"[bold]last {len(explanation.log_tail)} log line(s)[/]")
+        for line in explanation.log_tail:
+            console.print(f"  [dim]{escape(line)}[/]", highlight=False)
+    else:
+        console.print("[dim]no log lines[/]")
+
+
+@doctor_app.command("bundle")
+@command
+def support_bundle(
+    output: str = typer.Option(".", "-o", "--output", help="The file, or a folder to put it in."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+) -> None:
+    """Write a tar.gz for a support request: findings, redacted config, logs, Redis INFO."""
+    from pathlib import Path
+
+    from doctor import run_doctor
+    from doctor.bundle import make_bundle
+    from hivemind.cli.common import OPTIONS
+
+    current = settings()
+    report = run_doctor(current, timeout=timeout)
+    bundle = make_bundle(current, report, Path(output), config=OPTIONS.config)
+    console.print(f"wrote {bundle.path} ({len(bundle.members)} files)")
+    if bundle.redacted:
+        console.print("redacted:")
+        for what, count in sorted(bundle.redacted.items()):
+            console.print(f"  {escape(what)} ({count}×)", highlight=False)
+    else:
+        console.print("redacted: nothing secret was found in the collected files")
