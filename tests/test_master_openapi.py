@@ -31,9 +31,7 @@ def admin_token(console: Console) -> str:
 
 @pytest.fixture
 def api_schema(console: Console) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", console.app)
-    # The doctor runs real probes for seconds a call; it has its own tests.
-    return schema.exclude(path="/api/doctor")
+    return schemathesis.openapi.from_asgi("/openapi.json", console.app)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
