@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import status_code_conformance
 
 from hivemind.config import Settings
 from tests.master_support import Console, console_for
@@ -45,5 +46,5 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 )
 def test_no_request_makes_a_500(case: schemathesis.Case, admin_token: str) -> None:
     response = case.call(headers={"authorization": admin_token})
-    case.validate_response(response, checks=[not_a_server_error])
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
     assert response.status_code < 500, response.text

@@ -19,7 +19,27 @@ from hivemind.master.sessions import LoginLimiter
 from hivemind.master.submit import SubmitForm, submit_task
 from hivemind.master.views import stats_view, task_view, user_view, worker_view
 
-router = APIRouter(prefix="/api", tags=["api"])
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, fit to show a user")
+
+
+#: The refusals every route may answer with, documented once for /openapi.json.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": meaning}
+    for status, meaning in {
+        400: "bad input",
+        401: "not signed in, or the token expired",
+        403: "not allowed: an admin route, or a task that is not yours",
+        404: "no such thing",
+        409: "the task's state does not allow it (e.g. cancel a finished task)",
+        413: "the body is over MAX_TASK_DATA_SIZE",
+        429: "too many sign-in attempts",
+        503: "the node pool cannot be reached",
+    }.items()
+}
+
+router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Username = Annotated[str, Path(min_length=1, max_length=64)]
