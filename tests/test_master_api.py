@@ -6,6 +6,7 @@ import io
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -264,3 +265,16 @@ def test_doctor_page_shows_the_same_ids_and_hints(console: Console) -> None:
     failing = [c for c in report["checks"] if c["status"] in ("warn", "fail") and c["fix"]]
     if failing:  # a test home has no master and no workers: some checks warn, with fixes
         assert "Fix" in page.text
+
+
+def test_metrics_without_the_signing_secret_say_what_is_missing(
+    console: Console, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from hivemind.master import create_app
+
+    elsewhere = create_app(console.settings.replace(home=tmp_path / "another-host"))
+    reply = TestClient(elsewhere).get("/metrics")
+    assert reply.status_code == 503 and "signing secret" in reply.json()["error"]
+    assert "SECRET_KEY" in reply.json()["error"]
