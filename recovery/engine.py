@@ -93,7 +93,7 @@ def run_step(
                     _check_postcondition(context, step)
                 break
             except ActionFailed as exc:
-                if result.attempts > step.retries:
+                if result.attempts > step.retries or options.dry_run:
                     raise
                 options.emit(
                     f"  attempt {result.attempts} failed ({exc}); again in {step.delay:g}s"

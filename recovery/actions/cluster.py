@@ -37,6 +37,8 @@ def doctor_checks(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     failing = [r for r in report.results if r.status in bad]
     counts = {k: v for k, v in report.counts().items() if v}
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    if ctx.dry_run:
+        return Outcome(False, f"would verify; the doctor finds now: {summary}")
     if failing:
         names = "; ".join(f"{r.id}: {r.finding.summary}" for r in failing[:5])
         raise ActionFailed(f"doctor: {summary} — {names}")
