@@ -28,7 +28,8 @@ RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("ports.master", ("fail",), "recover"),
     ("process.services", ("warn", "fail"), "recover"),
     ("workers.count", ("fail",), "recover"),
-    ("workers.heartbeat", ("warn", "fail"), "reset-stale-workers"),
+    # A late heartbeat (warn) is the reaper's to handle; silent while holding tasks is ours.
+    ("workers.heartbeat", ("fail",), "reset-stale-workers"),
     ("tasks.stuck", ("warn", "fail"), "requeue-stuck"),
     ("tasks.orphaned", ("warn", "fail"), "sync-data"),
     ("data.consistency", ("fail",), "sync-data"),

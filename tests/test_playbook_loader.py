@@ -5,6 +5,7 @@ every shipped playbook loads and is in the wheel."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -187,9 +188,16 @@ def test_in_batches_keeps_every_host_and_stops_starting_past_max_fail_percent() 
 
 
 def test_the_wheel_ships_the_playbooks(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for folder in ("hivemind", "doctor", "recovery", "playbooks"):
+        shutil.copytree(REPO_ROOT / folder, source / folder, ignore=ignore)
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / file, source / file)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(REPO_ROOT)],
+         "-w", str(tmp_path), str(source)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PIP_NO_INDEX": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
