@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from doctor.checks.remote_hosts import REMOTE_CHECK, REMOTE_GUIDE, REMOTE_TITLE
 from doctor.context import Context
 from doctor.engine import run_checks
 from doctor.model import CheckResult, Finding, Report
-from doctor.registry import all_checks, check, select
+from doctor.registry import all_checks, select
 from hivemind.config import Settings
 from hivemind.errors import RemoteError
 from hivemind.remote import SSHTarget, for_each_host, open_runner
@@ -30,16 +31,6 @@ from hivemind.remote.runner import Runner
 _FINDINGS_EXITS = (0, 1)
 #: Seconds a remote `hivemind doctor` may take beyond its per-check timeout (start-up).
 _REMOTE_STARTUP = 15.0
-REMOTE_CHECK = "remote.ssh"
-
-
-@check(
-    REMOTE_CHECK,
-    title="The host is reachable over SSH",
-    guide="4 網路問題: 節點間通訊失敗",
-)
-def ssh_reachable(_ctx: Context) -> Finding:
-    return Finding.skip("applies only to hosts given with --host or --inventory")
 
 
 @dataclass(frozen=True)
@@ -58,8 +49,8 @@ class RemoteOptions:
 def _unreachable(host: str, reason: str, took: float) -> Report:
     row = CheckResult(
         REMOTE_CHECK,
-        "The host is reachable over SSH",
-        "4 網路問題: 節點間通訊失敗",
+        REMOTE_TITLE,
+        REMOTE_GUIDE,
         Finding.fail(
             reason,
             "check the address and port, that sshd runs there, and that your key is in its "

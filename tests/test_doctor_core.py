@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ CATALOG_IDS = {
     "tasks.failed", "tasks.stuck", "tasks.orphaned", "tasks.timeout_config", "deps.python",
     "network.latency", "network.grpc_keepalive", "network.vpn", "sqlite.file",
     "sqlite.integrity", "sqlite.users", "data.consistency", "logs.present", "logs.errors",
-    "security.secrets", "backup.recent",
+    "security.secrets", "backup.recent", "remote.ssh",
 }  # fmt: skip
 
 
@@ -142,3 +143,9 @@ def test_markdown_lists_each_problem_with_its_evidence_and_fix() -> None:
     assert "allkeys-lru \\| evicts" in text  # a pipe in a finding does not break the table
     assert "fix: `redis-cli CONFIG SET maxmemory-policy noeviction`" in text
     assert "1 ok, 0 warn, 1 fail, 1 skip, 0 error" in text
+
+
+def test_the_catalog_doc_lists_every_check() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "doctor.md").read_text()
+    missing = [s.id for s in all_checks() if f"| `{s.id}` |" not in doc]
+    assert missing == [], f"add a row to docs/doctor.md for {missing}"

@@ -1,0 +1,169 @@
+"""The token-signing secret: set, not a default, the same wherever this host's services read
+it, and kept from other users; with users.db and the config files not world-readable.
+
+Secrets never reach the evidence: only lengths, 8-hex fingerprints and file modes do.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from doctor.checks.sqlite import nodepool_traces, related_files
+from doctor.context import Context, Unavailable
+from doctor.model import Finding
+from doctor.probes import secrets as probe
+from doctor.probes.sqlite_file import describe_mode
+from doctor.registry import check
+from hivemind.config import CONFIG_FILE_NAME
+
+GENERATE = (
+    'generate one with `python3 -c "import secrets; print(secrets.token_hex(32))"`, set it '
+    "as SECRET_KEY in $HIVEMIND_HOME/hivemind.toml (mode 600), and restart the node pool "
+    "and master; or remove SECRET_KEY everywhere so they share node_pool/secret.key"
+)
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    name: str
+    value: bytes
+    #: Permission bits of the file it lives in (None for the settings in effect).
+    mode: int | None = None
+
+    def evidence(self) -> dict[str, object]:
+        row: dict[str, object] = {
+            "source": self.name,
+            "length": len(self.value),
+            "sha256_8": probe.fingerprint(self.value),
+        }
+        if self.mode is not None:
+            row["mode"] = describe_mode(self.mode)
+        return row
+
+
+def config_files(ctx: Context) -> list[Path]:
+    """The hivemind.toml files this host's processes may load (see hivemind.config)."""
+    candidates = [
+        Path(os.environ["HIVEMIND_CONFIG"]) if os.environ.get("HIVEMIND_CONFIG") else None,
+        Path.cwd() / CONFIG_FILE_NAME,
+        ctx.home.root / CONFIG_FILE_NAME,
+    ]
+    seen: dict[Path, None] = {}
+    for path in candidates:
+        if path is not None and path.is_file():
+            seen.setdefault(path.resolve(), None)
+    return list(seen)
+
+
+def private_files(ctx: Context) -> list[Path]:
+    """Files that hold credentials: configs, users.db, the first admin's password (written by
+    `hivemind up`), worker tokens and the master's config."""
+    home = ctx.home
+    files = list(config_files(ctx)) + related_files(home.users_db)
+    files += [p for p in (home.node_pool / "admin.password",) if p.is_file()]
+    for folder in (home.worker_config, home.master_config):
+        if folder.is_dir():
+            files += sorted(p for p in folder.iterdir() if p.is_file())
+    return files
+
+
+def secret_sources(ctx: Context) -> list[SecretSource]:
+    sources = []
+    if ctx.settings.secret_key:
+        sources.append(SecretSource("SECRET_KEY in effect", ctx.settings.secret_key.encode()))
+    for path in config_files(ctx):
+        try:
+            value = probe.config_setting(path.read_text(errors="replace"), "secret_key")
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if value is not None:
+            sources.append(SecretSource(f"SECRET_KEY in {path}", value.encode(), mode))
+    key_file = ctx.home.secret_key_file
+    if key_file.is_file():
+        try:
+            key, key_mode = key_file.read_bytes().strip(), key_file.stat().st_mode
+        except OSError as exc:
+            # Without it we cannot tell a missing secret from a hidden one: say so, not "fail".
+            raise Unavailable(
+                f"cannot read {key_file}: {exc.strerror or exc} (run the doctor as the user "
+                "the node pool runs as)"
+            ) from exc
+        sources.append(SecretSource(str(key_file), key, key_mode))
+    return sources
+
+
+def world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+@check(
+    "security.secrets",
+    title="The token-signing secret is set, strong, shared and private",
+    guide="(implied by 用戶認證失敗: 1 Redis 連接失敗; 5 數據庫連接失敗)",
+)
+def secrets_check(ctx: Context) -> Finding:
+    sources = secret_sources(ctx)
+    exposed = [str(p) for p in private_files(ctx) if world_readable(p)]
+    evidence: dict[str, object] = {"secrets": [s.evidence() for s in sources]}
+    if exposed:
+        evidence["world_readable"] = exposed
+    in_use = sources[0] if sources else None
+    if in_use is None:
+        if not nodepool_traces(ctx) and not ctx.home.users_db.exists():
+            return Finding.skip(
+                "no SECRET_KEY and no node_pool/secret.key: no node pool has run on this host"
+            )
+        return Finding.fail(
+            "a node pool has run here but no signing secret is left (no SECRET_KEY, no "
+            "node_pool/secret.key): every token it issued stops working at its next start",
+            GENERATE,
+            **evidence,
+        )
+    weak = [(s, why) for s in sources if (why := probe.weakness(s.value))]
+    if weak:
+        source, why = weak[0]
+        return Finding.fail(
+            f"the signing secret from {source.name} must not be used: {why}; anyone can "
+            "forge an admin token",
+            GENERATE,
+            **evidence,
+        )
+    leaked = [s.name for s in sources if s.mode is not None and s.mode & stat.S_IROTH]
+    if leaked:
+        return Finding.fail(
+            f"every user on this host can read the signing secret ({', '.join(leaked)}) and "
+            "forge tokens",
+            "chmod 600 " + " ".join(_path_of(name) for name in leaked),
+            **evidence,
+        )
+    fingerprints = {s.evidence()["sha256_8"] for s in sources}
+    if len(fingerprints) > 1:
+        return Finding.warn(
+            f"{len(fingerprints)} different signing secrets on this host: a service started "
+            f"with another config rejects the tokens of the one using {in_use.name}",
+            "keep one: either SECRET_KEY in $HIVEMIND_HOME/hivemind.toml for every service, "
+            "or none and node_pool/secret.key",
+            **evidence,
+        )
+    if exposed:
+        return Finding.warn(
+            f"{len(exposed)} file(s) with credentials are readable by every user",
+            "chmod o-rwx " + " ".join(exposed),
+            **evidence,
+        )
+    return Finding.ok(
+        f"one signing secret ({len(in_use.value)} bytes, from {in_use.name}), private files "
+        "not world-readable",
+        **evidence,
+    )
+
+
+def _path_of(source_name: str) -> str:
+    return source_name.removeprefix("SECRET_KEY in ")
