@@ -107,18 +107,23 @@ class ServiceControl:
             raise ActionFailed(f"could not start {service}: {exc}") from None
         return True
 
-    def stop(self, service: str) -> bool:
-        """Stop ``service`` if it runs (or clear its stale pid files); True when it did."""
+    def stop(self, service: str) -> str | None:
+        """Stop ``service`` if it runs, or clear its stale pid files: what was done, or None."""
         unit = installed_unit(service)
         if unit is not None:
             if self._unit_state(unit, service) == "stopped":
-                return False
+                return None
             self._systemctl("stop", unit, service)
-            return True
+            return f"stopped {service}"
         try:
-            return bool(stack.stop_named(self.settings, service, self.emit))
+            results = stack.stop_named(self.settings, service, self.emit)
         except StackError as exc:
             raise ActionFailed(f"could not stop {service}: {exc}") from None
+        if not results:
+            return None
+        if any(r.stopped for r in results):
+            return f"stopped {service}"
+        return f"cleared the stale pid file(s) of {service}"
 
     def _systemctl(self, verb: str, unit: str, service: str) -> None:
         pattern = f"{unit}*" if service == "workers" else unit

@@ -37,11 +37,14 @@ def stack(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def home_state(cluster: Cluster) -> dict[str, tuple[int, int]]:
-    """Every file under HIVEMIND_HOME with its size and mtime."""
+    """Every file under HIVEMIND_HOME with its size and mtime.
+
+    SQLite's shared-memory index (users.db-shm) is left out: the doctor's read-only look at
+    users.db maps it, which touches its mtime without changing any data."""
     return {
         str(p.relative_to(cluster.home)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(cluster.home.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.name.endswith("-shm")
     }
 
 

@@ -39,8 +39,9 @@ def service(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     changed: list[str] = []
     if state in ("stopped", "restarted"):
         for name in reversed(names):
-            if control.stop(name):
-                changed.append(f"stopped {name}")
+            done = control.stop(name)
+            if done:
+                changed.append(done)
     if state in ("started", "restarted"):
         for name in names:
             if control.start(name):
