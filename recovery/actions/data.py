@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hivemind.config import ENV_PREFIX, SECRET_SETTINGS
 from hivemind.errors import HivemindError
 from hivemind.stack import child_environment
 from hivemind.userdb import SCHEMA_VERSION, migrate
@@ -87,7 +88,10 @@ def verified_archives(folder: Path) -> list[Path]:
 
 def hivemind_command(ctx: StepContext, *words: str) -> dict[str, Any]:
     """Run `hivemind WORDS… --json` on this host with this run's settings; its JSON reply."""
-    env = {k: v for k, v in child_environment(ctx.settings, {}).items()}
+    # Secrets stay out: `env K=V` would show them in the process list; the child reads them
+    # where this process did (secret.key, its inherited environment).
+    secret = {ENV_PREFIX + name.upper() for name in SECRET_SETTINGS}
+    env = {k: v for k, v in child_environment(ctx.settings, {}).items() if k not in secret}
     done = ctx.runner.run(
         [sys.executable, "-m", "hivemind", *words, "--json"], timeout=ctx.timeout, env=env
     )
