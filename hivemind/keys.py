@@ -88,6 +88,26 @@ def login_failures_key(username: str) -> str:
     return f"login_failures:{username}"
 
 
+#: What a backup holds: every key of the cluster's state, as KEYS patterns (exact names match
+#: themselves). ``login_failures:*`` is left out on purpose: a rate-limit window, not state.
+BACKUP_KEY_PATTERNS: tuple[str, ...] = (
+    WORKER_NODES,
+    TASK_QUEUE,
+    QUEUE_OWNERS,
+    QUEUE_SEQ,
+    QUEUE_RR,
+    LEASES,
+    TASKS_ALL,
+    TASKS_CONSTRAINED,
+    TASKS_ARCHIVE_PENDING,
+    DEADLINES,
+    WORKER_PREFIX + "*",
+    TASK_PREFIX + "*",
+    QUEUE_OWNER_PREFIX + "*",
+    TASKS_OWNER_PREFIX + "*",
+)
+
+
 # -- timing and sizing defaults that are not user settings ----------------------------------
 
 #: Priorities are clamped to this range; the score of a queued task is

@@ -177,6 +177,27 @@ def _ensure_redis(settings: Settings, home: HomeLayout, timeout: float, emit: Ev
     )
 
 
+def ensure_redis(
+    settings: Settings, timeout: float = 60.0, on_event: EventSink | None = None
+) -> bool:
+    """Start Redis the way `up` does unless one answers at REDIS_URL; True if it started one.
+
+    For tools that need Redis while the rest of the stack is stopped (restore).
+    """
+    if redis_answers(settings.redis_url):
+        return False
+    home = layout(settings.home).ensure()
+    _ensure_redis(settings, home, timeout, on_event or _ignore)
+    return True
+
+
+def stop_redis(settings: Settings, on_event: EventSink | None = None) -> None:
+    """Stop the Redis `up` (or :func:`ensure_redis`) started, if its pid file says so."""
+    pidfile = _pidfile(layout(settings.home), "redis")
+    if pidfile.exists():
+        stop_services([pidfile], 10.0, on_event or _ignore)
+
+
 def _start_unless_answering(
     spec: ServiceSpec, address: str, timeout: float, emit: EventSink
 ) -> None:

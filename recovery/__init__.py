@@ -1,5 +1,7 @@
-"""Recovery: declarative playbooks (YAML in ``playbooks/``) run by one engine on this host or,
-over SSH, on many; and `hivemind recover`, which lets the doctor's findings choose them.
+"""Recovery: backup, verification and restore of a cluster (:mod:`recovery.backup`,
+:mod:`recovery.verify`, :mod:`recovery.restore`); declarative playbooks (YAML in
+``playbooks/``) run by one engine on this host or, over SSH, on many; and `hivemind recover`,
+which lets the doctor's findings choose them.
 
     playbook = load_playbook("recover")
     run = run_playbook(playbook, settings, RunOptions(dry_run=True))   # the plan

@@ -137,6 +137,7 @@ class TaskStore:
         self._cancel = client.register_script(scripts.load(scripts.CANCEL))
         self._reap_timeouts = client.register_script(scripts.load(scripts.REAP_TIMEOUTS))
         self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
+        self._requeue_restored = client.register_script(scripts.load(scripts.REQUEUE_RESTORED))
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:
@@ -338,6 +339,15 @@ class TaskStore:
 
     def mark_unschedulable(self, task_id: str, reason: str) -> bool:
         return bool(self._mark_unschedulable(args=[task_id, reason]))
+
+    # -- restore's side --------------------------------------------------------------------
+    def requeue_restored(self, task_ids: Sequence[str]) -> list[str]:
+        """Put tasks that were RUNNING in a restored backup back in the queue; returns the
+        ids requeued (a RUNNING task with a cancel request becomes CANCELLED instead)."""
+        if not task_ids:
+            return []
+        now, _ = _now()
+        return [_text(x) for x in self._requeue_restored(args=[now, json.dumps(list(task_ids))])]
 
 
 def _text(value: Any) -> str:

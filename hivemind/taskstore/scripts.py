@@ -387,6 +387,33 @@ end
 return {0, 'task is already ' .. f[1]}
 """
 
+REQUEUE_RESTORED = """
+-- ARGV: now, JSON list of ids. A restored task that was RUNNING when the backup was taken
+-- has no worker any more: back to the queue (a cancel request ends it instead). No retry is
+-- used up: losing the worker was the restore's doing, not the task's.
+local now = ARGV[1]
+local out = {}
+for _, id in ipairs(cjson.decode(ARGV[2])) do
+  local tk = tkey(id)
+  local f = redis.call('HMGET', tk, 'status', 'worker', 'attempt', 'cancel_requested')
+  if f[1] == 'RUNNING' then
+    redis.call('ZREM', '%(leases)s', id)
+    if f[2] and f[2] ~= '' then
+      redis.call('SREM', '%(worker_prefix)s' .. f[2] .. ':tasks', id)
+    end
+    if f[4] == '1' then
+      finish(id, 'CANCELLED', now, f[2], f[3], 'cancelled; restored from a backup')
+    else
+      redis.call('HSET', tk, 'status', 'QUEUED', 'worker', '', 'last_update', now)
+      history(id, f[3], 'requeued', f[2], now, 'restored from a backup')
+      enqueue(id)
+      out[#out + 1] = id
+    end
+  end
+end
+return out
+"""
+
 MARK_UNSCHEDULABLE = """
 -- ARGV: id, reason. Only a task that is still QUEUED gets (or loses) a reason.
 if redis.call('HGET', tkey(ARGV[1]), 'status') ~= 'QUEUED' then
