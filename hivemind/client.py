@@ -97,6 +97,17 @@ class Client:
         )
         return self.call(self.users.CreateUser, request)
 
+    def disable_user(self, username: str) -> pb.User:
+        return self.call(self.users.DisableUser, pb.UsernameRequest(username=username))
+
+    def set_password(self, username: str, password: str) -> pb.User:
+        request = pb.SetPasswordRequest(username=username, password=password)
+        return self.call(self.users.SetPassword, request)
+
+    def grant_credits(self, username: str, amount: int) -> pb.User:
+        """Admins only: add ``amount`` credits to a user (negative takes them away)."""
+        return self.call(self.users.GrantCredits, pb.GrantRequest(username=username, amount=amount))
+
     def list_users(self) -> list[pb.User]:
         return list(self.call(self.users.ListUsers, pb.Empty()).users)
 
@@ -156,6 +167,16 @@ class Client:
         for chunk in self._stream(self.tasks.StreamLog, request):
             yield chunk.text
 
+    def log_chunks(self, task_id: str, offset: int = 0) -> list[pb.LogChunk]:
+        """The log chunks written so far from chunk ``offset`` on (no waiting)."""
+        request = pb.LogRequest(task_id=task_id, follow=False, offset=offset)
+        return list(self._stream(self.tasks.StreamLog, request))
+
+    def result_chunks(self, task_id: str) -> Iterator[bytes]:
+        """A bundle task's output zip, as it streams in."""
+        for chunk in self._stream(self.tasks.FetchResult, pb.TaskRequest(task_id=task_id)):
+            yield chunk.data
+
     def fetch_result(self, task_id: str, dest_dir: Path) -> Path:
         """Download a bundle task's output zip and unpack it into ``dest_dir``."""
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +193,9 @@ class Client:
 
     def workers(self) -> list[pb.WorkerInfo]:
         return list(self.call(self.workers_stub.ListWorkers, pb.Empty()).workers)
+
+    def stats(self) -> pb.ClusterStats:
+        return self.call(self.tasks.GetStats, pb.Empty())
 
 
 def function_spec(

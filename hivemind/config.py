@@ -47,6 +47,8 @@ class Settings:
     nodepool_address: str = ""
     master_host: str = "0.0.0.0"
     master_port: int = 5000
+    #: Seconds a web console session lasts (never longer than its node pool token).
+    master_session_ttl: float = 8 * 3600.0
     redis_url: str = "redis://localhost:6379/0"
     #: Seconds a task may run unless it says otherwise.
     task_timeout: float = 300.0
@@ -149,6 +151,7 @@ def _validate(settings: Settings) -> Settings:
     checks = [
         (1 <= settings.grpc_port <= 65535, "GRPC_PORT must be a port number (1-65535)"),
         (1 <= settings.master_port <= 65535, "MASTER_PORT must be a port number (1-65535)"),
+        (settings.master_session_ttl > 0, "MASTER_SESSION_TTL must be positive"),
         (settings.task_timeout > 0, "TASK_TIMEOUT must be positive"),
         (settings.heartbeat_interval > 0, "HEARTBEAT_INTERVAL must be positive"),
         (settings.lease_timeout >= 0, "LEASE_TIMEOUT must not be negative"),

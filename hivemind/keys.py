@@ -33,6 +33,8 @@ HiveMind's own keys:
 ``tasks:archive_pending``      set     finished tasks not yet archived to SQLite
 ``deadlines``                  zset    RUNNING task id -> start + timeout + grace (unix ms)
 ``login_failures:<username>``  string  failed logins in the current window (expires)
+``stats:finished``             hash    terminal status -> tasks that ended so (counters)
+``stats:finished:<minute>``    hash    the same for one minute (unix s // 60); expires
 =============================  ======  =====================================================
 """
 
@@ -48,12 +50,19 @@ TASKS_ALL = "tasks:all"
 TASKS_CONSTRAINED = "tasks:constrained"
 TASKS_ARCHIVE_PENDING = "tasks:archive_pending"
 DEADLINES = "deadlines"
+STATS_FINISHED = "stats:finished"
 
 # Prefixes, for the Lua scripts that build keys from ids.
 WORKER_PREFIX = "worker:"
 TASK_PREFIX = "task:"
 QUEUE_OWNER_PREFIX = "queue:owner:"
 TASKS_OWNER_PREFIX = "tasks:owner:"
+STATS_MINUTE_PREFIX = "stats:finished:"
+
+
+def stats_minute_key(minute: int) -> str:
+    """Counts of tasks that ended in one minute (``minute`` is unix seconds // 60)."""
+    return f"{STATS_MINUTE_PREFIX}{minute}"
 
 
 def worker_key(node_id: str) -> str:
@@ -144,5 +153,9 @@ VERIFIED_TOKENS_MAX = 20_000
 CHUNK_SIZE = 1024 * 1024
 #: Log chunks kept per task in Redis (the whole log is archived to disk when it ends).
 TASK_LOG_MAX_CHUNKS = 20_000
+#: Seconds a per-minute finished counter is kept: the dashboard charts the last hour.
+STATS_MINUTE_TTL = 2 * 3600
+#: Minutes of throughput GetStats reports.
+STATS_MINUTES = 60
 #: Tasks one SubmitTasks call may carry.
 SUBMIT_BATCH_MAX = 10_000

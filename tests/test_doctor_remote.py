@@ -130,7 +130,7 @@ def test_without_hivemind_there_only_host_probes_run_and_the_rest_says_why(
     settings: Settings, sshd: SSHD
 ) -> None:
     proc = doctor_cli(
-        "--json", "--timeout", "3", *ssh_args(sshd), "--remote-hivemind", "/nonexistent/hivemind"
+        "--json", "--timeout", "10", *ssh_args(sshd), "--remote-hivemind", "/nonexistent/hivemind"
     )
     (report,) = json.loads(proc.stdout)["reports"]
     rows = {c["id"]: c for c in report["checks"]}

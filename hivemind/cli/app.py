@@ -83,6 +83,11 @@ def up(
     _render_stack(status)
     if boot.admin_created:
         console.print(f"created user [bold]admin[/]; its password is in {boot.password_file}")
+    if stack.master_installed():
+        host = "localhost" if s.master_host in ("", "0.0.0.0", "::") else s.master_host
+        password = boot.password_file
+        hint = f" (admin's password is in {password})" if password.exists() else ""
+        console.print(f"Web console: http://{host}:{s.master_port}/{hint}")
     console.print(
         "\n[bold]Ready.[/] This CLI is logged in as admin. Try:\n"
         "  hivemind submit examples/hello --wait\n"
@@ -160,6 +165,18 @@ def nodepool(
     from hivemind.nodepool.server import serve
 
     raise typer.Exit(serve(settings(grpc_host=host, grpc_port=port)))
+
+
+@app.command()
+@command
+def master(
+    host: str = typer.Option(None, help="Override MASTER_HOST."),
+    port: int = typer.Option(None, help="Override MASTER_PORT."),
+) -> None:
+    """Run the web console and REST API in the foreground (for systemd: hivemind-master)."""
+    from hivemind.master.server import serve
+
+    raise typer.Exit(serve(settings(master_host=host, master_port=port)))
 
 
 @app.command()

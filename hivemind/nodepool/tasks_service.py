@@ -194,8 +194,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
         records: dict[str, dict[str, str]] = {}
         # Live tasks from Redis, newest first, then the archive for what has expired.
         start = 0
+        # Without a status filter nearly every id is a hit: read only as many as are shown.
+        batch = 4 * limit if request.status else limit
         while len(records) < limit:
-            ids = self.state.redis.zrevrange(index, start, start + 4 * limit - 1)
+            ids = self.state.redis.zrevrange(index, start, start + batch - 1)
             if not ids:
                 break
             start += len(ids)
@@ -296,3 +298,24 @@ class TaskService(pb_grpc.TaskServiceServicer):
             context.abort(grpc.StatusCode.DATA_LOSS, "the result archive is missing on disk")
         for chunk in self.state.blobs.read_chunks("results", blob_id):
             yield pb.DataChunk(data=chunk)
+
+    # -- the cluster at a glance -------------------------------------------------------------
+    def GetStats(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ClusterStats:
+        self.state.identify(context)
+        now = time.time()
+        this_minute = int(now // 60)
+        minutes = range(this_minute - keys.STATS_MINUTES + 1, this_minute + 1)
+        pipe = self.state.redis.pipeline(transaction=False)
+        pipe.llen(keys.TASK_QUEUE)
+        pipe.zcard(keys.LEASES)
+        pipe.hgetall(keys.STATS_FINISHED)
+        for minute in minutes:
+            pipe.hgetall(keys.stats_minute_key(minute))
+        queued, running, totals, *per_minute = pipe.execute()
+        return pb.ClusterStats(
+            at=now,
+            queued=queued,
+            running=running,
+            finished_total={status: int(n) for status, n in totals.items()},
+            finished_per_minute=[sum(int(n) for n in m.values()) for m in per_minute],
+        )

@@ -105,6 +105,12 @@ class UserService(pb_grpc.UserServiceServicer):
         token = issue_worker_token(self.state.settings, request.node_id)
         return pb.TokenReply(token=token)
 
+    def GrantCredits(self, request: pb.GrantRequest, context: grpc.ServicerContext) -> pb.User:
+        self.state.require_user(context, admin=True)
+        return self._users_call(
+            context, lambda: self.state.users.add_credits(request.username, request.amount)
+        )
+
     @staticmethod
     def _users_call(context, call):  # type: ignore[no-untyped-def]
         try:

@@ -131,6 +131,14 @@ class WorkerTokenRequest(_message.Message):
     node_id: str
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
+class GrantRequest(_message.Message):
+    __slots__ = ("username", "amount")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    amount: int
+    def __init__(self, username: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+
 class WorkerResources(_message.Message):
     __slots__ = ("cpu", "memory_mb", "gpu", "labels", "capacity", "hostname", "address", "version")
     CPU_FIELD_NUMBER: _ClassVar[int]
@@ -384,6 +392,27 @@ class DataChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ClusterStats(_message.Message):
+    __slots__ = ("at", "queued", "running", "finished_total", "finished_per_minute")
+    class FinishedTotalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    AT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    queued: int
+    running: int
+    finished_total: _containers.ScalarMap[str, int]
+    finished_per_minute: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, at: _Optional[float] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., finished_total: _Optional[_Mapping[str, int]] = ..., finished_per_minute: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("node_id", "max_tasks", "wait", "max_bundles")

@@ -84,6 +84,11 @@ class UserServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerTokenRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.TokenReply.FromString,
                 _registered_method=True)
+        self.GrantCredits = channel.unary_unary(
+                '/hivemind.v1.UserService/GrantCredits',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.User.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -149,6 +154,13 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantCredits(self, request, context):
+        """admins only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +213,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.IssueWorkerToken,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerTokenRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.TokenReply.SerializeToString,
+            ),
+            'GrantCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredits,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.User.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +500,33 @@ class UserService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GrantCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.UserService/GrantCredits',
+            hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkerServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -734,6 +778,11 @@ class TaskServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.TaskRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.DataChunk.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/hivemind.v1.TaskService/GetStats',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.ClusterStats.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -787,6 +836,12 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -829,6 +884,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.FetchResult,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.TaskRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.DataChunk.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.ClusterStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1047,6 +1107,33 @@ class TaskService:
             '/hivemind.v1.TaskService/FetchResult',
             hivemind_dot_proto_dot_hivemind__pb2.TaskRequest.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.TaskService/GetStats',
+            hivemind_dot_proto_dot_hivemind__pb2.Empty.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.ClusterStats.FromString,
             options,
             channel_credentials,
             insecure,

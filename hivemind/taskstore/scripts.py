@@ -57,6 +57,11 @@ local function finish(id, status, now, worker, attempt, detail)
   end
   redis.call('SADD', '{keys.TASKS_ARCHIVE_PENDING}', id)
   history(id, attempt, string.lower(status), worker, now, detail)
+  -- Counters for the dashboard and /metrics: totals, and per minute for the last hours.
+  redis.call('HINCRBY', '{keys.STATS_FINISHED}', status, 1)
+  local minute_key = '{keys.STATS_MINUTE_PREFIX}' .. math.floor(tonumber(now) / 60)
+  redis.call('HINCRBY', minute_key, status, 1)
+  redis.call('EXPIRE', minute_key, {keys.STATS_MINUTE_TTL})
 end
 -- A worker's write is accepted only for the current attempt of a RUNNING task it holds.
 local function fence(id, attempt, worker)

@@ -1,0 +1,93 @@
+"""Turning a submit form (the console's or the API's) into a task spec and a queued task."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hivemind.client import Client, bundle_spec, function_spec
+from hivemind.master.gateway import ApiError
+
+LABEL_SPLIT = re.compile(r"[,\s]+")
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SubmitForm:
+    """What a user filled in; ``bundle`` is the uploaded zip (None for a function task)."""
+
+    name: str = ""
+    function: str = ""
+    args: str = ""
+    timeout: float = 0.0
+    retries: int = -1
+    priority: int = 0
+    cpu: int = 0
+    memory_mb: int = 0
+    gpu: int = 0
+    labels: str = ""
+
+
+def _labels(text: str) -> list[str]:
+    return [label for label in LABEL_SPLIT.split(text.strip()) if label]
+
+
+def _args(text: str) -> list[object]:
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ApiError(400, f"arguments must be a JSON array, e.g. [2, 3]: {exc}") from None
+    if not isinstance(value, list):
+        raise ApiError(400, "arguments must be a JSON array, e.g. [2, 3]")
+    return value
+
+
+def _save_upload(upload: IO[bytes], limit: int, dest: Path) -> int:
+    size = 0
+    with dest.open("wb") as out:
+        while data := upload.read(COPY_CHUNK):
+            size += len(data)
+            if size > limit:
+                raise ApiError(413, f"the bundle is over MAX_TASK_DATA_SIZE ({limit} bytes)")
+            out.write(data)
+    return size
+
+
+def submit_task(client: Client, form: SubmitForm, bundle: IO[bytes] | None, limit: int) -> str:
+    """Upload the bundle (if any), submit one task, return its id."""
+    options = {
+        "name": form.name.strip(),
+        "timeout": form.timeout,
+        "retries": form.retries,
+        "priority": form.priority,
+        "cpu": form.cpu,
+        "memory_mb": form.memory_mb,
+        "gpu": form.gpu,
+        "labels": _labels(form.labels),
+    }
+    if bundle is not None and form.function.strip():
+        raise ApiError(400, "give either a bundle zip or a function, not both")
+    if bundle is not None:
+        with tempfile.TemporaryDirectory(prefix="hivemind-master-") as tmp:
+            path = Path(tmp) / "bundle.zip"
+            if _save_upload(bundle, limit, path) == 0:
+                raise ApiError(400, "the uploaded bundle is empty")
+            if not zipfile.is_zipfile(path):
+                raise ApiError(400, "the uploaded bundle is not a zip file")
+            bundle_id = client.upload_bundle(path)
+        spec = bundle_spec(bundle_id, **options)
+        if not spec.name:
+            spec.name = "bundle"
+    elif form.function.strip():
+        spec = function_spec(form.function.strip(), _args(form.args), **options)
+    else:
+        raise ApiError(400, "give a bundle zip to upload or a function (module:function) to call")
+    [task_id] = client.submit([spec])
+    return task_id
