@@ -68,13 +68,15 @@ def apply_fixes(ctx: StepContext, check_ids: list[str], what: str) -> Outcome:
         return Outcome(False, f"nothing to do: no {what}", before, before)
     if ctx.dry_run:
         listed = "; ".join(a.description for a in actions[:5])
-        return Outcome(True, f"would {len(actions)} time(s): {listed}", before)
-    done = []
+        return Outcome(True, f"would apply {len(actions)} fix(es): {listed}", before)
+    done, refused = [], []
     for fix in actions:
         try:
             done.append(fix.apply())
         except Exception as exc:  # one refused fix is reported; the others still run
-            raise ActionFailed(f"{fix.description}: {exc}") from None
+            refused.append(f"{fix.description}: {exc}")
+    if refused:
+        raise ActionFailed(f"{len(refused)} of {len(actions)} fix(es) failed: {refused[0]}")
     context.forget()
     after_report = run_doctor(ctx.settings, wanted, context=context)
     after = {r.id: r.status.value for r in after_report.results}
