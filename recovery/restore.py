@@ -154,22 +154,41 @@ def restore_backup(
         started_redis = stack.ensure_redis(settings, on_event=emit)
         aside = home.backups / f"before-restore-{stamp}"
         aside.mkdir(parents=True)
-        result.previous_state = aside
+        failed: RestoreError | None = None
         try:
             result.requeued = _swap_in(settings, home.root, staged, aside, entries)
+            result.previous_state = aside
+        except RestoreError as exc:
+            failed = exc  # the previous state is back (or the message says where it is)
         finally:
             if started_redis and not result.services:
                 stack.stop_redis(settings, emit)
+        # Restored or rolled back, what was running runs again.
         if result.services:
-            emit("starting the services again")
-            from hivemind.bootstrap import ensure_admin
-
-            ensure_admin(settings)  # the restored secret signs a new CLI token
-            stack.up(settings, workers=workers, on_event=emit)
-            _run_doctor(settings, result)
+            _restart(settings, workers, emit, failed)
+            if failed is None:
+                _run_doctor(settings, result)
+        if failed is not None:
+            raise failed
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _restart(
+    settings: Settings, workers: int, emit: Callable[[str], None], failed: RestoreError | None
+) -> None:
+    emit("starting the services again")
+    from hivemind.bootstrap import ensure_admin
+
+    try:
+        ensure_admin(settings)  # a restored secret signs a new CLI token
+        stack.up(settings, workers=workers, on_event=emit)
+    except HivemindError as exc:
+        done = f"{failed}" if failed else "the backup was restored"
+        raise RestoreError(
+            f"{done}, but the services did not start again: {exc}; see `hivemind status`"
+        ) from None
 
 
 def _run_doctor(settings: Settings, result: RestoreReport) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from hivemind import keys
 from hivemind.config import Settings
 from hivemind.errors import UsageError
 from hivemind.paths import layout
@@ -96,6 +99,16 @@ def home_state(settings: Settings) -> dict[str, str]:
     finally:
         client.close()
     return state
+
+
+def test_every_documented_key_is_backed_up_except_rate_limits() -> None:
+    # A key added to hivemind/keys.py without a backup pattern would silently be lost.
+    documented = re.findall(r"^``([a-z_:<>]+)``", keys.__doc__ or "", flags=re.M)
+    assert len(documented) > 15
+    for name in documented:
+        concrete = re.sub(r"<[a-z_]+>", "x1", name)
+        covered = any(fnmatch.fnmatchcase(concrete, p) for p in keys.BACKUP_KEY_PATTERNS)
+        assert covered == (not name.startswith("login_failures")), name
 
 
 def test_backup_then_restore_into_a_fresh_home(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from hivemind.remote import (
     parse_target,
 )
 from hivemind.remote.inventory import parse_inventory_text, parse_inventory_toml
+from hivemind.remote.runner import compose_argv
 from tests.helpers import free_port
 from tests.sshd import SSHD
 
@@ -86,6 +88,25 @@ def test_inventory_toml() -> None:
         parse_inventory_toml("[groups]\nworkers = 3\n")
 
 
+def test_compose_argv_env_and_sudo() -> None:
+    assert compose_argv(["ls", "-l"], env=None, sudo=False) == ["ls", "-l"]
+    assert compose_argv("echo $X", env={"X": "1"}, sudo=True) == [
+        "sudo",
+        "-n",
+        "--",
+        "env",
+        "X=1",
+        "sh",
+        "-c",
+        "echo $X",
+    ]
+    for bad_env in ({"": "1"}, {"A=B": "1"}):
+        with pytest.raises(UsageError, match="malformed environment variable"):
+            compose_argv(["true"], env=bad_env, sudo=False)
+    with pytest.raises(UsageError, match="empty command"):
+        compose_argv([], env=None, sudo=False)
+
+
 # -- the same behaviour on both runners ----------------------------------------------------
 def test_same_output_locally_and_over_ssh(sshd: SSHD, tmp_path: Path) -> None:
     commands: list[list[str] | str] = [
@@ -150,6 +171,20 @@ def test_timeout_stops_the_command(runner: Runner, tmp_path: Path) -> None:
     assert not marker.exists(), "the timed-out command kept running"
     # The runner still works after a timeout.
     assert runner.run(["echo", "ok"], timeout=5).stdout == b"ok\n"
+
+
+def test_one_runner_serves_many_threads_at_once(runner: Runner) -> None:
+    # The doctor runs its checks concurrently on one runner: commands and file reads at once.
+    expected = Path("/proc/loadavg").read_bytes()[:4]
+
+    def both(number: int) -> tuple[bytes, bytes]:
+        text = runner.run(["echo", str(number)], timeout=10).stdout
+        return text, runner.read_file("/proc/loadavg")[:4]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(both, range(16)))
+    assert [text for text, _ in results] == [f"{n}\n".encode() for n in range(16)]
+    assert all(len(head) == len(expected) for _, head in results)
 
 
 # -- connecting: every failure is one clear RemoteError, within the timeout ---------------

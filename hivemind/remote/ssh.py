@@ -15,6 +15,7 @@ import posixpath
 import select
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,8 +109,11 @@ class SSHRunner(Runner):
         self.known_hosts = Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
         self._key_file = Path(key_file).expanduser() if key_file else None
         self._sftp: paramiko.SFTPClient | None = None
-        self._is_root: bool | None = None
-        self._has_timeout: bool | None = None
+        self._host_facts: tuple[bool, bool] | None = None
+        # Checks run concurrently on one runner: lazy set-up is guarded, and SFTP (one
+        # channel, not safe to share between threads) is used by one thread at a time.
+        self._lock = threading.Lock()
+        self._sftp_lock = threading.Lock()
         self._client = paramiko.SSHClient()
         if self.known_hosts.is_file():
             try:
@@ -184,19 +188,24 @@ class SSHRunner(Runner):
         return f"SSH failed: {message}"
 
     # -- commands ----------------------------------------------------------------------------
+    def _probe_host(self) -> tuple[bool, bool]:
+        """(runs as root, has timeout(1)), asked once per connection in one round trip."""
+        with self._lock:
+            if self._host_facts is None:
+                probe = self._exec(
+                    ["sh", "-c", "id -u; command -v timeout >/dev/null && echo timeout"],
+                    timeout=self.connect_timeout,
+                    input=None,
+                )
+                lines = probe.text.split()
+                self._host_facts = (lines[:1] == ["0"], "timeout" in lines)
+            return self._host_facts
+
     def _remote_is_root(self) -> bool:
-        if self._is_root is None:
-            result = self._exec(["id", "-u"], timeout=self.connect_timeout, input=None)
-            self._is_root = result.text.strip() == "0"
-        return self._is_root
+        return self._probe_host()[0]
 
     def _remote_has_timeout(self) -> bool:
-        if self._has_timeout is None:
-            probe = self._exec(
-                ["sh", "-c", "command -v timeout"], timeout=self.connect_timeout, input=None
-            )
-            self._has_timeout = probe.ok
-        return self._has_timeout
+        return self._probe_host()[1]
 
     def run(
         self,
@@ -260,6 +269,7 @@ class SSHRunner(Runner):
 
     # -- files -------------------------------------------------------------------------------
     def _sftp_client(self) -> paramiko.SFTPClient:
+        """The connection's SFTP client; call it holding ``_sftp_lock``."""
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
@@ -270,31 +280,34 @@ class SSHRunner(Runner):
 
     def read_file(self, path: str) -> bytes:
         try:
-            with self._sftp_client().open(path, "rb") as fh:
+            with self._sftp_lock, self._sftp_client().open(path, "rb") as fh:
                 return bytes(fh.read())
         except OSError as exc:
             raise RemoteError(self.host, f"cannot read {path}: {_sftp_reason(exc)}") from None
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        sftp = self._sftp_client()
         temp = posixpath.join(posixpath.dirname(path) or ".", f".{posixpath.basename(path)}.tmp")
         try:
-            with sftp.open(temp, "wb") as fh:
-                fh.write(data)
-            sftp.chmod(temp, mode)
-            sftp.posix_rename(temp, path)
+            with self._sftp_lock:
+                sftp = self._sftp_client()
+                with sftp.open(temp, "wb") as fh:
+                    fh.write(data)
+                sftp.chmod(temp, mode)
+                sftp.posix_rename(temp, path)
         except OSError as exc:
             raise RemoteError(self.host, f"cannot write {path}: {_sftp_reason(exc)}") from None
 
     def get(self, remote: str, local: Path) -> None:
         try:
-            self._sftp_client().get(remote, str(local))
+            with self._sftp_lock:
+                self._sftp_client().get(remote, str(local))
         except OSError as exc:
             raise RemoteError(self.host, f"cannot fetch {remote}: {_sftp_reason(exc)}") from None
 
     def put(self, local: Path, remote: str) -> None:
         try:
-            self._sftp_client().put(str(local), remote)
+            with self._sftp_lock:
+                self._sftp_client().put(str(local), remote)
         except OSError as exc:
             raise RemoteError(self.host, f"cannot send {remote}: {_sftp_reason(exc)}") from None
 
@@ -304,9 +317,10 @@ class SSHRunner(Runner):
         return path if result.ok and path.startswith("/") else None
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
+        with self._sftp_lock:
+            if self._sftp is not None:
+                self._sftp.close()
+                self._sftp = None
         self._client.close()
 
 
