@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
@@ -225,8 +227,55 @@ def up(
     emit = on_event or _ignore
     home = layout(settings.home).ensure()
     with _stack_lock(home):
+        _record_shape(home, workers, config)
+        for service in STACK_SERVICES:
+            _start_one(settings, home, service, workers, timeout, emit, config, launcher)
+    return status(settings)
+
+
+#: The services of the stack, in the order `up` starts them.
+STACK_SERVICES = ("redis", "nodepool", "master", "workers")
+
+
+def _shape_file(home: HomeLayout) -> Path:
+    return home.run / "stack.json"
+
+
+def _record_shape(home: HomeLayout, workers: int, config: str | os.PathLike[str] | None) -> None:
+    """What `up` was asked for, so a recovery can start the same stack after a crash that
+    also lost pid files."""
+    shape = {"workers": workers, "config": str(Path(config).absolute()) if config else None}
+    _shape_file(home).write_text(json.dumps(shape) + "\n", encoding="utf-8")
+
+
+def recorded_shape(settings: Settings) -> dict[str, Any]:
+    """``{"workers": n, "config": path|None}`` of the last `up`, or the defaults."""
+    try:
+        shape = json.loads(_shape_file(layout(settings.home)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        shape = {}
+    workers = shape.get("workers")
+    return {
+        "workers": workers if isinstance(workers, int) and workers >= 0 else 1,
+        "config": shape.get("config") if isinstance(shape.get("config"), str) else None,
+    }
+
+
+def _start_one(
+    settings: Settings,
+    home: HomeLayout,
+    service: str,
+    workers: int,
+    timeout: float,
+    emit: EventSink,
+    config: str | os.PathLike[str] | None,
+    launcher: Sequence[str],
+) -> None:
+    if service == "redis":
         _ensure_redis(settings, home, timeout, emit)
-        env = child_environment(settings)
+        return
+    env = child_environment(settings)
+    if service == "nodepool":
         extra = ["--config", str(Path(config).absolute())] if config else []
         nodepool = ServiceSpec(
             name="node pool",
@@ -237,20 +286,66 @@ def up(
             env=env,
         )
         _start_unless_answering(nodepool, settings.client_address, timeout, emit)
-        if master_installed():
-            master = ServiceSpec(
-                name="master",
-                argv=[*launcher, "master"],
-                log=_console(home.master_log),
-                pidfile=_pidfile(home, "master"),
-                health=lambda: port_listening(settings.master_host, settings.master_port),
-                env=env,
-            )
-            _start_unless_answering(master, f"port {settings.master_port}", timeout, emit)
-        else:
+    elif service == "master":
+        if not master_installed():
             emit("master not installed; skipped")
+            return
+        master = ServiceSpec(
+            name="master",
+            argv=[*launcher, "master"],
+            log=_console(home.master_log),
+            pidfile=_pidfile(home, "master"),
+            health=lambda: port_listening(settings.master_host, settings.master_port),
+            env=env,
+        )
+        _start_unless_answering(master, f"port {settings.master_port}", timeout, emit)
+    else:
         start_services(_worker_specs(settings, home, workers, env, launcher), timeout, emit)
-    return status(settings)
+
+
+def start_named(
+    settings: Settings,
+    service: str,
+    timeout: float = 60.0,
+    on_event: EventSink | None = None,
+    *,
+    launcher: Sequence[str] = DEFAULT_LAUNCHER,
+) -> None:
+    """Start one service of the stack (``redis``, ``nodepool``, ``master`` or ``workers``)
+    as the last `up` did, unless it runs; wait until it is healthy."""
+    if service not in STACK_SERVICES:
+        raise StackError(f"unknown service {service!r} (one of {', '.join(STACK_SERVICES)})")
+    home = layout(settings.home).ensure()
+    shape = recorded_shape(settings)
+    with _stack_lock(home):
+        _start_one(
+            settings,
+            home,
+            service,
+            shape["workers"],
+            timeout,
+            on_event or _ignore,
+            shape["config"],
+            launcher,
+        )
+
+
+def stop_named(
+    settings: Settings, service: str, on_event: EventSink | None = None
+) -> list[StopResult]:
+    """Stop one service of the stack, if `up` started it (it has a pid file)."""
+    if service not in STACK_SERVICES:
+        raise StackError(f"unknown service {service!r} (one of {', '.join(STACK_SERVICES)})")
+    emit = on_event or _ignore
+    home = layout(settings.home)
+    if not home.run.is_dir():
+        return []
+    with _stack_lock(home):
+        if service == "workers":
+            pidfiles = list(reversed(_worker_pidfiles(home)))
+            return stop_services(pidfiles, settings.shutdown_grace + 5.0, emit)
+        pidfile = _pidfile(home, service)
+        return stop_services([pidfile], 10.0, emit) if pidfile.exists() else []
 
 
 def _worker_specs(

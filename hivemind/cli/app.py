@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hivemind import __version__
 from hivemind.cli import backup as backup_commands
+from hivemind.cli import playbook as playbook_commands
 from hivemind.cli import tasks as task_commands
 from hivemind.cli.common import (
     OPTIONS,
@@ -44,6 +45,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(doctor_app, name="doctor")
 task_commands.register(app)
+playbook_commands.register(app)
 backup_commands.register(app)
 
 

@@ -133,6 +133,7 @@ class TaskStore:
         self._release = client.register_script(scripts.load(scripts.RELEASE))
         self._reap = client.register_script(scripts.load(scripts.REAP))
         self._repair_queue_entry = client.register_script(scripts.load(scripts.REPAIR_QUEUE_ENTRY))
+        self._reset_worker = client.register_script(scripts.load(scripts.RESET_WORKER))
         self._cancel = client.register_script(scripts.load(scripts.CANCEL))
         self._reap_timeouts = client.register_script(scripts.load(scripts.REAP_TIMEOUTS))
         self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
@@ -312,6 +313,15 @@ class TaskStore:
         or '' (nothing wrong)."""
         now, _ = _now()
         return _text(self._repair_queue_entry(args=[task_id, now]))
+
+    def reset_worker(self, node_id: str, stale_before: float, detail: str) -> int | None:
+        """Requeue the tasks of a worker silent since ``stale_before`` and mark it lost.
+
+        Returns how many tasks went back to the queue, or None when its heartbeat came back
+        meanwhile (then nothing is touched)."""
+        now, _ = _now()
+        count = int(self._reset_worker(args=[node_id, now, repr(stale_before), detail]))
+        return None if count < 0 else count
 
     # -- the reaper's side -----------------------------------------------------------------
     def reap_expired(self, limit: int = 500) -> list[tuple[str, str, str]]:

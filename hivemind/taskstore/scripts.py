@@ -429,6 +429,44 @@ redis.call('HSET', tkey(ARGV[1]), 'unschedulable_reason', ARGV[2])
 return 1
 """
 
+RESET_WORKER = """
+-- ARGV: node id, now, stale_before, detail. An operator (`hivemind playbook run
+-- reset-stale-workers`) resets a worker that says online but has not heartbeat since
+-- stale_before: each task it holds goes back to the queue (fenced like RELEASE) and the worker
+-- is marked lost. Returns -1 when its heartbeat came back meanwhile (nothing is touched), else
+-- the number of tasks requeued.
+local node, now, stale_before, detail = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local wk = '%(worker_prefix)s' .. node
+local beat = tonumber(redis.call('HGET', wk, 'last_heartbeat') or '0') or 0
+if beat >= stale_before then return -1 end
+local requeued = 0
+for _, id in ipairs(redis.call('SMEMBERS', wk .. ':tasks')) do
+  local attempt = redis.call('HGET', tkey(id), 'attempt') or '0'
+  if not fence(id, attempt, node) then
+    redis.call('ZREM', '%(leases)s', id)
+    if redis.call('HGET', tkey(id), 'cancel_requested') == '1' then
+      finish(id, 'CANCELLED', now, node, attempt, 'cancelled')
+    else
+      redis.call('HSET', tkey(id), 'status', 'QUEUED', 'worker', '', 'last_update', now)
+      history(id, attempt, 'requeued', node, now, detail)
+      enqueue(id)
+    end
+    requeued = requeued + 1
+  end
+  redis.call('SREM', wk .. ':tasks', id)
+end
+redis.call('HSET', wk, 'status', 'lost')
+local summary = redis.call('HGET', '%(worker_nodes)s', node)
+if summary then
+  local ok, decoded = pcall(cjson.decode, summary)
+  if ok and type(decoded) == 'table' then
+    decoded.status = 'lost'
+    redis.call('HSET', '%(worker_nodes)s', node, cjson.encode(decoded))
+  end
+end
+return requeued
+"""
+
 _NAMES = {
     "seq": keys.QUEUE_SEQ,
     "all": keys.TASKS_ALL,

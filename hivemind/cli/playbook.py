@@ -1,0 +1,384 @@
+"""`hivemind playbook …`, `hivemind recover` and `hivemind service install`: render what the
+:mod:`recovery` library plans and does."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hivemind.cli.common import command, console, fail, print_json, settings
+
+playbook_app = typer.Typer(
+    help="Declarative recovery playbooks, run here or over SSH.", no_args_is_help=True
+)
+service_app = typer.Typer(help="System services (systemd units).", no_args_is_help=True)
+
+STATUS_STYLE = {
+    "changed": "yellow",
+    "ok": "green",
+    "skipped": "dim",
+    "failed": "red",
+    "not-run": "dim",
+    "planned": "cyan",
+}
+
+HOST_HELP = "user@host[:port] to run on over SSH (repeatable)."
+
+
+def _variables(pairs: list[str] | None) -> dict[str, str]:
+    values = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            fail(f"--var takes NAME=VALUE, got {pair!r}", 2)
+        values[name] = value
+    return values
+
+
+def _ssh(ssh_key: str | None, known_hosts: str | None, insecure: bool, remote: str) -> Any:
+    from recovery.hosts import SSHOptions
+
+    return SSHOptions(
+        key_file=Path(ssh_key) if ssh_key else None,
+        known_hosts=Path(known_hosts) if known_hosts else None,
+        insecure_host_key=insecure,
+        hivemind=remote,
+    )
+
+
+def _targets(hosts: list[str] | None, inventory: str | None, groups: tuple[str, ...]) -> list[Any]:
+    from hivemind.remote import load_inventory, parse_target
+
+    targets: list[Any] = [parse_target(h) for h in hosts or []]
+    if inventory:
+        loaded = load_inventory(inventory)
+        if groups == ("all",):
+            targets += loaded.targets()
+        else:
+            targets += [h.target for h in loaded.hosts if set(h.groups) & set(groups)]
+        if not targets:
+            fail(f"no host of {inventory} is in {', '.join(groups)}", 2)
+    return targets
+
+
+# -- playbook list / show ---------------------------------------------------------------------
+@playbook_app.command("list")
+@command
+def list_playbooks() -> None:
+    """The shipped playbooks."""
+    from recovery import load_playbook, shipped
+
+    table = Table(show_edge=False)
+    for column in ("PLAYBOOK", "STEPS", "OPT-IN", "WHAT IT DOES"):
+        table.add_column(column, overflow="fold")
+    for name in shipped():
+        playbook = load_playbook(name)
+        first = playbook.description.split(". ")[0].rstrip(".") + "."
+        table.add_row(name, str(len(playbook.steps)), "yes" if playbook.opt_in else "", first)
+    console.print(table)
+
+
+@playbook_app.command("show")
+@command
+def show(name: str) -> None:
+    """A playbook's description, variables and steps (NAME, or a YAML file)."""
+    from recovery import load_playbook
+
+    playbook = load_playbook(name)
+    console.print(f"[bold]{playbook.name}[/] ({escape(playbook.file)})")
+    console.print(escape(playbook.description))
+    flags = [f for f, on in (("opt-in", playbook.opt_in), ("shell", playbook.allow_shell)) if on]
+    console.print(
+        f"hosts: {', '.join(playbook.hosts)}" + (f"; {', '.join(flags)}" if flags else "")
+    )
+    for var, default in playbook.variables.items():
+        shown = "(required)" if default is None else repr(default)
+        console.print(f"var {var} = {escape(shown)}")
+    table = Table(show_edge=False)
+    for column in ("#", "STEP", "ACTION", "WHEN", "THEN"):
+        table.add_column(column, overflow="fold")
+    for number, step in enumerate(playbook.steps, 1):
+        params = json.dumps(step.params, ensure_ascii=False) if step.params else ""
+        extra = []
+        if step.postcondition:
+            extra.append(f"check {', '.join(step.postcondition)}")
+        if step.retries:
+            extra.append(f"retries {step.retries}×{step.delay:g}s")
+        table.add_row(
+            str(number),
+            escape(step.name),
+            escape(f"{step.action} {params}".strip()),
+            escape(step.precondition()),
+            escape("; ".join(extra)),
+        )
+    console.print(table)
+
+
+# -- playbook run -----------------------------------------------------------------------------
+def render_run(run: Any) -> None:
+    title = f"{escape(run.playbook)} on {escape(run.host)}" + (" (dry run)" if run.dry_run else "")
+    if run.error:
+        console.print(f"[bold]{title}[/]: [red]failed[/]: {escape(run.error)}")
+        return
+    table = Table(title=title, show_edge=False)
+    for column in ("STATUS", "STEP", "RESULT", "PRECONDITION", "TOOK"):
+        table.add_column(column, overflow="fold")
+    for step in run.steps:
+        style = STATUS_STYLE.get(step.status.value, "white")
+        table.add_row(
+            f"[{style}]{step.status.value}[/]",
+            escape(step.step),
+            escape(step.message),
+            escape(step.precondition),
+            f"{step.duration_s:.1f}s",
+        )
+    console.print(table)
+    if run.dry_run:
+        planned = sum(1 for s in run.steps if s.status.value == "planned")
+        console.print(f"dry run: {planned} step(s) would change something; nothing was changed")
+    elif not run.changed and not run.failed:
+        console.print("nothing changed: this host was already as the playbook wants it")
+
+
+def _summary(runs: list[Any]) -> None:
+    if len(runs) < 2:
+        return
+    console.print(f"[bold]{len(runs)} host(s)[/]")
+    for run in runs:
+        mark = "[red]✘[/]" if run.failed else "[green]✔[/]"
+        detail = run.error or f"{len(run.changed)} change(s)"
+        console.print(f"  {mark} {escape(run.host)}: {escape(detail)}", highlight=False)
+
+
+@playbook_app.command("run")
+@command
+def run(
+    name: str = typer.Argument(..., help="A shipped playbook, or a YAML file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
+    inventory: str = typer.Option(None, "--inventory", help="A file of hosts."),
+    serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
+    max_fail_percent: float = typer.Option(
+        100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
+    ),
+    var: list[str] = typer.Option(None, "--var", help="NAME=VALUE for a playbook variable."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
+    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
+    insecure_host_key: bool = typer.Option(
+        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
+    ),
+    remote_hivemind: str = typer.Option(
+        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
+    ),
+) -> None:
+    """Run a playbook here, or on --host/--inventory hosts over SSH."""
+    from recovery import HostRun, RunOptions, load_playbook, run_playbook
+    from recovery.hosts import in_batches, run_playbook_over, with_runner
+    from recovery.loader import resolve_variables
+
+    playbook = load_playbook(name)
+    values = _variables(var)
+    resolve_variables(playbook, values)  # a missing --var is a usage error before any host
+    targets = _targets(host, inventory, playbook.hosts)
+    emit = (lambda _line: None) if as_json else (lambda line: console.print(escape(line)))
+    if not targets:
+        runs = [run_playbook(playbook, settings(), RunOptions(dry_run, values, emit))]
+    else:
+        ssh = _ssh(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
+
+        def one(target: Any) -> HostRun:
+            return with_runner(
+                target,
+                ssh,
+                lambda r: run_playbook_over(r, playbook, values, dry_run, ssh.hivemind),
+            )
+
+        runs = in_batches(
+            targets,
+            one,
+            failed=lambda r: r.failed,
+            broken=lambda h, why: HostRun(h, playbook.name, error=why, dry_run=dry_run),
+            serial=serial,
+            max_fail_percent=max_fail_percent,
+        )
+    if as_json:
+        print_json({"playbook": playbook.name, "runs": [r.to_dict() for r in runs]})
+    else:
+        for result in runs:
+            render_run(result)
+        _summary(runs)
+    raise typer.Exit(1 if any(r.failed for r in runs) else 0)
+
+
+@playbook_app.command("exec", hidden=True)
+@command
+def exec_playbook(
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the playbook given as JSON on stdin on this host (what --host runs remotely)."""
+    from recovery import RunOptions, parse_playbook, run_playbook
+
+    try:
+        payload = json.loads(sys.stdin.read())
+        source, file, values = payload["source"], payload["file"], dict(payload.get("vars") or {})
+    except (ValueError, KeyError, TypeError) as exc:
+        fail(f"playbook exec expects JSON with source, file and vars on stdin: {exc}", 2)
+    playbook = parse_playbook(source, file)
+    result = run_playbook(playbook, settings(), RunOptions(dry_run, values))
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        render_run(result)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+# -- recover ----------------------------------------------------------------------------------
+def render_recover(report: Any) -> None:
+    host = escape(report.host)
+    if report.error:
+        console.print(f"[bold]{host}[/]: [red]failed[/]: {escape(report.error)}")
+        return
+    counts = ", ".join(f"{v} {k}" for k, v in report.before.items() if v)
+    console.print(f"[bold]{host}[/] doctor before: {counts}")
+    for row in report.failing_before:
+        console.print(f"  [red]fail[/] {row['id']}: {escape(row['summary'])}", highlight=False)
+    if report.nothing_to_do:
+        if report.healthy:
+            console.print("[green]healthy[/]: no finding calls for a playbook; nothing to do")
+        else:
+            console.print("[red]no playbook handles these findings[/]; see `hivemind doctor`")
+        return
+    for choice in report.chosen:
+        console.print(
+            f"playbook [bold]{choice.playbook}[/] because {escape('; '.join(choice.because))}"
+        )
+    for run in report.runs:
+        render_run(run)
+    if report.dry_run:
+        console.print("[bold]dry run[/]: the plan above; nothing was changed")
+        return
+    counts = ", ".join(f"{v} {k}" for k, v in (report.after or {}).items() if v)
+    console.print(f"doctor after: {counts}")
+    for row in report.failing_after:
+        console.print(f"  [red]fail[/] {row['id']}: {escape(row['summary'])}", highlight=False)
+    changes = report.changes()
+    console.print(f"changed ({len(changes)}):" if changes else "changed: nothing")
+    for line in changes:
+        console.print(f"  • {escape(line)}", highlight=False)
+    if report.healthy:
+        console.print(
+            f"[green]healthy[/] after {report.time_to_healthy_s:.1f}s (time to healthy)",
+            highlight=False,
+        )
+    else:
+        console.print(f"[red]not healthy[/] after {report.duration_s:.1f}s")
+
+
+def recover(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    playbook: list[str] = typer.Option(
+        None, "--playbook", help="Run this playbook instead of what the doctor calls for."
+    ),
+    host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
+    inventory: str = typer.Option(None, "--inventory", help="A file of hosts."),
+    serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
+    max_fail_percent: float = typer.Option(
+        100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
+    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
+    insecure_host_key: bool = typer.Option(
+        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
+    ),
+    remote_hivemind: str = typer.Option(
+        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
+    ),
+) -> None:
+    """Doctor, then the playbooks its findings call for, then doctor again: back to healthy."""
+    from recovery import load_playbook
+    from recovery import recover as recover_here
+    from recovery.hosts import in_batches, remote_json, with_runner
+    from recovery.triage import RecoverReport
+
+    for name in playbook or []:
+        load_playbook(name)  # a typo is a usage error before anything runs
+    targets = _targets(host, inventory, ("all",))
+    emit = (lambda _line: None) if as_json else (lambda line: console.print(escape(line)))
+    if not targets:
+        reports = [recover_here(settings(), dry_run=dry_run, playbooks=playbook or (), emit=emit)]
+    else:
+        ssh = _ssh(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
+        words = ["recover", "--json", *(["--dry-run"] if dry_run else [])]
+        words += [w for name in playbook or [] for w in ("--playbook", name)]
+        command_line = f"{ssh.hivemind} {' '.join(words)}"
+
+        def one(target: Any) -> RecoverReport:
+            def over(runner: Any) -> RecoverReport:
+                reply = remote_json(runner, command_line, None, 1800.0)
+                report = RecoverReport.from_dict(reply)
+                report.host = runner.host
+                return report
+
+            return with_runner(target, ssh, over)
+
+        reports = in_batches(
+            targets,
+            one,
+            failed=lambda r: r.failed,
+            broken=RecoverReport.broken,
+            serial=serial,
+            max_fail_percent=max_fail_percent,
+        )
+    if as_json:
+        document: Any = reports[0].to_dict() if not targets else [r.to_dict() for r in reports]
+        print_json(document)
+    else:
+        for report in reports:
+            render_recover(report)
+    raise typer.Exit(1 if any(r.failed for r in reports) else 0)
+
+
+# -- service install --------------------------------------------------------------------------
+@service_app.command("install")
+@command
+def service_install(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the units; write nothing."),
+    root: str = typer.Option("/", "--root", help="Install under this root (for images/tests)."),
+    user: str = typer.Option("hivemind", "--user", help="The service user."),
+) -> None:
+    """Write the systemd units hivemind-nodepool, hivemind-master and hivemind-worker@ID."""
+    from hivemind.paths import layout
+    from recovery.systemd import install_units
+
+    home = layout(settings().home).root
+    units = install_units(Path(root), user, home, dry_run=dry_run)
+    for unit in units:
+        verb = ("would write" if dry_run else "wrote") if unit.changed else "unchanged"
+        console.print(f"{verb} {unit.path}")
+        if dry_run and unit.changed:
+            console.print(escape(unit.text), highlight=False)
+    if not dry_run and Path(root) == Path("/") and any(u.changed for u in units):
+        from hivemind.remote import LocalRunner
+
+        done = LocalRunner().run(["systemctl", "daemon-reload"], timeout=30, sudo=True)
+        if not done.ok:
+            fail(f"systemctl daemon-reload: {done.stderr.decode(errors='replace').strip()}")
+    if not dry_run:
+        console.print(
+            "enable them: sudo systemctl enable --now hivemind-nodepool hivemind-worker@$(hostname)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(playbook_app, name="playbook")
+    app.add_typer(service_app, name="service")
+    app.command("recover")(command(recover))

@@ -1,0 +1,1 @@
+"""The playbooks shipped with HiveMind (YAML package data; see `hivemind playbook list`)."""
