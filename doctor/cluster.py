@@ -37,7 +37,8 @@ class WorkerRow:
         return self.status == "online" and self.heartbeat_age(now) <= lease_timeout
 
 
-def _float(value: Any) -> float:
+def field_float(value: Any) -> float:
+    """A Redis hash field as a number; missing or malformed is 0 (never a crash)."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -67,7 +68,7 @@ def workers(ctx: Context) -> list[WorkerRow]:
                 WorkerRow(
                     node_id=node_id,
                     status=record.get("status") or str(summary.get("status") or "unknown"),
-                    last_heartbeat=_float(
+                    last_heartbeat=field_float(
                         record.get("last_heartbeat") or summary.get("last_heartbeat")
                     ),
                     address=peer_address(record.get("address") or ""),
@@ -189,8 +190,8 @@ def all_task_statuses(ctx: Context) -> dict[str, str]:
 def requirements(record: dict[str, str]) -> dict[str, Any]:
     """A task record's requirements in the shape the node pool's matcher takes."""
     return {
-        "cpu": int(_float(record.get("req_cpu"))),
-        "memory_mb": int(_float(record.get("req_memory_mb"))),
-        "gpu": int(_float(record.get("req_gpu"))),
+        "cpu": int(field_float(record.get("req_cpu"))),
+        "memory_mb": int(field_float(record.get("req_memory_mb"))),
+        "gpu": int(field_float(record.get("req_gpu"))),
         "labels": [x for x in (record.get("req_labels") or "").split(",") if x],
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from doctor.cluster import WorkerRow, requirements, workers
+from doctor.cluster import WorkerRow, field_float, requirements, workers
 from doctor.context import Context, Unavailable
 from hivemind import keys
 from hivemind.config import Settings
@@ -56,13 +56,6 @@ class Explanation:
             "causes": self.causes,
             "log_tail": self.log_tail,
         }
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def _ago(seconds: float) -> str:
@@ -137,7 +130,7 @@ def _why_queued(
     ctx: Context, task: Explanation, rows: dict[str, WorkerRow], now: float
 ) -> list[str]:
     lease = ctx.settings.effective_lease_timeout
-    waited = now - _float(task.record.get("created_at"))
+    waited = now - field_float(task.record.get("created_at"))
     causes = [f"queued {_ago(waited)} ago"]
     queue = ctx.redis().lrange(keys.TASK_QUEUE, 0, -1)
     if task.task_id in queue:
@@ -177,8 +170,8 @@ def _why_running(
 ) -> list[str]:
     record = task.record
     worker = record.get("worker", "")
-    started = _float(record.get("start_time"))
-    timeout = _float(record.get("timeout")) or ctx.settings.task_timeout
+    started = field_float(record.get("start_time"))
+    timeout = field_float(record.get("timeout")) or ctx.settings.task_timeout
     lease = ctx.settings.effective_lease_timeout
     causes = [
         f"running attempt {record.get('attempt', '?')} on {worker or '?'} for "
@@ -204,7 +197,7 @@ def _why_running(
             f"it is {_ago(now - started - timeout)} past its {timeout:g}s timeout; the node pool "
             f"marks it TIMEOUT {keys.TIMEOUT_GRACE:g}s after the timeout"
         )
-    update = _float(record.get("last_update"))
+    update = field_float(record.get("last_update"))
     if update:
         causes.append(f"last log or progress {_ago(now - update)} ago")
     return causes
@@ -213,18 +206,18 @@ def _why_running(
 def _why_finished(task: Explanation, now: float) -> list[str]:
     record = task.record
     status = task.status
-    finished = _float(record.get("finished_at"))
-    started = _float(record.get("start_time"))
+    finished = field_float(record.get("finished_at"))
+    started = field_float(record.get("start_time"))
     worker = record.get("worker") or _last(task.history, "worker")
     causes = [f"{status} {_ago(now - finished)} ago" + (f" on {worker}" if worker else "")]
     if status == "TIMEOUT":
-        timeout = _float(record.get("timeout"))
+        timeout = field_float(record.get("timeout"))
         ran = finished - started if started and finished else 0.0
         causes.append(
             f"its {timeout:g}s timeout fired after {_ago(ran)} of attempt "
             f"{record.get('attempt', '?')}"
         )
-    lost = int(_float(record.get("lost")))
+    lost = int(field_float(record.get("lost")))
     if lost:
         causes.append(
             f"its worker was lost {lost} time(s); retries allowed: {record.get('retries', '?')}"
@@ -264,7 +257,7 @@ def history_rows(explanation: Explanation) -> list[dict[str, str]]:
     """The attempts' events as rows for a table: when, attempt, event, worker, detail."""
     rows = []
     for event in explanation.history:
-        at = _float(event.get("at"))
+        at = field_float(event.get("at"))
         rows.append(
             {
                 "at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-",

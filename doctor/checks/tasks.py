@@ -8,8 +8,8 @@ from typing import Any
 
 from doctor.cluster import (
     RunningView,
-    _float,
     all_task_statuses,
+    field_float,
     live_workers,
     queue,
     recent_tasks,
@@ -51,7 +51,7 @@ def task_queue(ctx: Context) -> Finding:
         return Finding.ok("the queue is empty", length=0)
     oldest_id = next((i for i in view.queued_ids if i in view.records), view.queued_ids[0])
     oldest = view.records.get(oldest_id, {})
-    wait = round(now - _float(oldest.get("created_at")), 1) if oldest else None
+    wait = round(now - field_float(oldest.get("created_at")), 1) if oldest else None
     live = {row.node_id: row.caps for row in live_workers(ctx)}
     evidence: dict[str, Any] = {
         "length": len(view.queued_ids),
@@ -98,7 +98,7 @@ def failed_tasks(ctx: Context) -> Finding:
     finished = {
         task_id: r
         for task_id, r in records.items()
-        if is_terminal(r["status"]) and _float(r["finished_at"]) >= now - FAILURE_WINDOW
+        if is_terminal(r["status"]) and field_float(r["finished_at"]) >= now - FAILURE_WINDOW
     }
     failed = {t: r for t, r in finished.items() if r["status"] in ("FAILED", "TIMEOUT")}
     evidence: dict[str, Any] = {"finished_last_hour": len(finished), "failed": len(failed)}
@@ -142,10 +142,10 @@ def stuck_tasks(ctx: Context, view: RunningView) -> dict[str, str]:
     for task_id, record in view.records.items():
         if record["status"] != "RUNNING":
             continue
-        started = _float(record["start_time"])
-        timeout = _float(record["timeout"]) or ctx.settings.task_timeout
+        started = field_float(record["start_time"])
+        timeout = field_float(record["timeout"]) or ctx.settings.task_timeout
         renewed = view.leases.get(task_id, 0.0) - lease if task_id in view.leases else 0.0
-        alive_at = max(_float(record["last_update"]), renewed, started)
+        alive_at = max(field_float(record["last_update"]), renewed, started)
         if started and now - started > timeout:
             stuck[task_id] = (
                 f"running {now - started:.0f}s, past its {timeout:g}s timeout "
@@ -187,7 +187,7 @@ def requeue_stuck(ctx: Context, _finding: Finding) -> list[Action]:
 
 def _requeue_action(ctx: Context, check_id: str, task_id: str, why: str) -> Action:
     record = running(ctx).records[task_id]
-    attempt, worker = int(_float(record["attempt"])), record["worker"]
+    attempt, worker = int(field_float(record["attempt"])), record["worker"]
 
     def apply() -> str:
         refused = TaskStore(ctx.redis()).release(
