@@ -4,6 +4,8 @@ and the support bundle, through the CLI as an operator runs them."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +124,24 @@ def test_bundle_collects_findings_and_logs_and_hides_secrets(
     assert SECRET not in everything
     assert "hunter2hunter2" not in everything
     assert 'password = "***"' in members["config/master/config/smtp.toml"]
+
+
+def test_fix_starts_a_killed_node_pool_as_the_last_up_did(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with started_cluster(redis_server, tmp_path, workers=1) as c:
+        shape = (c.home / "run" / "stack.json").read_text()
+        os.kill(c.pid("nodepool"), signal.SIGKILL)
+        assert wait_until(
+            lambda: json.loads(c.cli("doctor", "--json", "--only", "ports.nodepool",
+                                     check=False).stdout)["checks"][0]["status"] == "fail",
+            timeout=10,
+        )  # fmt: skip
+        proc = c.cli("doctor", "--fix", "--yes", "--only", "ports,process", check=False,
+                     timeout=120)  # fmt: skip
+        out = " ".join(proc.stdout.split())
+        assert "ports.nodepool: fail → ok" in out, out
+        assert proc.returncode == 0, out
+        assert (c.home / "run" / "stack.json").read_text() == shape  # same workers as before
+        log = [json.loads(line) for line in (c.home / "doctor" / "actions.log").open()]
+        assert any(e["check"] == "ports.nodepool" and e["applied"] for e in log)

@@ -19,6 +19,7 @@ from doctor.registry import check
 from doctor.services import start_command, systemd_unit
 from hivemind import stack
 from hivemind.config import redact_url
+from hivemind.stack import STACK_SERVICES
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -217,18 +218,22 @@ def _start_service(ctx: Context, check_id: str, service: str) -> list[Action]:
 
         return [Action(check_id, f"start {unit}", " ".join(argv), apply, touches=_PORT_CHECKS)]
 
-    def start_stack() -> str:
-        status = stack.up(ctx.settings, workers=0)
-        states = ", ".join(f"{s.name}: {s.detail}" for s in status.services if s.enabled)
-        return f"hivemind up: {states}"
+    # What must answer first: the node pool needs Redis, the master the node pool.
+    needed = STACK_SERVICES[: STACK_SERVICES.index(service) + 1]
 
-    # One action for every missing service: `up` starts whatever does not answer.
+    def start_in_order() -> str:
+        events: list[str] = []
+        for name in needed:
+            # A no-op for a service that runs; started as the last `hivemind up` did.
+            stack.start_named(ctx.settings, name, on_event=events.append)
+        return "; ".join(events) or f"{service} already runs"
+
     return [
         Action(
-            "ports",
-            "start the services that do not answer (Redis, node pool, master)",
-            "hivemind up --workers 0",
-            start_stack,
+            check_id,
+            f"start {' then '.join(needed)} where not running, as the last `hivemind up` did",
+            f"hivemind up (only {', '.join(needed)})",
+            start_in_order,
             touches=(*_PORT_CHECKS, "process.services"),
         )
     ]
