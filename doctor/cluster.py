@@ -24,6 +24,7 @@ class WorkerRow:
     node_id: str
     status: str
     last_heartbeat: float
+    #: As the node pool recorded it: gRPC's peer form (``ipv4:10.0.0.5:41234``).
     address: str
     hostname: str
     caps: WorkerCaps
@@ -71,7 +72,7 @@ def workers(ctx: Context) -> list[WorkerRow]:
                     last_heartbeat=field_float(
                         record.get("last_heartbeat") or summary.get("last_heartbeat")
                     ),
-                    address=peer_address(record.get("address") or ""),
+                    address=record.get("address") or "",
                     hostname=record.get("hostname") or "",
                     caps=caps_from_record(record),
                     tasks=frozenset(tasks),
@@ -85,14 +86,6 @@ def workers(ctx: Context) -> list[WorkerRow]:
 def live_workers(ctx: Context) -> list[WorkerRow]:
     now, lease = ctx.now(), ctx.settings.effective_lease_timeout
     return [row for row in workers(ctx) if row.live(now, lease)]
-
-
-def peer_address(peer: str) -> str:
-    """``ipv4:10.0.0.5:41234`` (gRPC's peer string) -> ``10.0.0.5:41234``; others unchanged."""
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6") and rest:
-        return rest
-    return peer
 
 
 TASK_FIELDS = (

@@ -7,8 +7,14 @@ never taken for a daemon.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import psutil
+
 from doctor.context import Context
-from hivemind.supervisor import running_pid
+from hivemind.supervisor import PidRecord, inspect_pidfile
+
+PidfileState = tuple[PidRecord | None, psutil.Process | None, str]
 
 #: Pid file stem -> the daemon's name in findings; workers are ``worker-<node id>``.
 NODEPOOL = "nodepool"
@@ -16,21 +22,21 @@ MASTER = "master"
 REDIS = "redis"
 
 
-def running_daemons(ctx: Context) -> dict[str, int]:
-    """Pid file stem -> pid of each daemon that runs now (``{}`` when none or no run dir)."""
+def pidfile_states(ctx: Context) -> dict[Path, PidfileState]:
+    """Each pid file in the run dir -> (its record, its live process or None, why stale)."""
 
-    def read() -> dict[str, int]:
+    def read() -> dict[Path, PidfileState]:
         folder = ctx.home.run
         if not folder.is_dir():
             return {}
-        found = {}
-        for pidfile in sorted(folder.glob("*.pid")):
-            pid = running_pid(pidfile)
-            if pid is not None:
-                found[pidfile.stem] = pid
-        return found
+        return {path: inspect_pidfile(path) for path in sorted(folder.glob("*.pid"))}
 
-    return ctx.shared("daemons.running", read)
+    return ctx.shared("daemons.pidfiles", read)
+
+
+def running_daemons(ctx: Context) -> dict[str, int]:
+    """Pid file stem -> pid of each daemon that runs now (``{}`` when none or no run dir)."""
+    return {path.stem: proc.pid for path, (_r, proc, _w) in pidfile_states(ctx).items() if proc}
 
 
 def is_worker(name: str) -> bool:

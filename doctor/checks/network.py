@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +13,13 @@ from typing import Any
 import redis
 
 from doctor.checks.ports import split_address
+from doctor.cluster import live_workers
 from doctor.context import Context, Unavailable
 from doctor.model import Finding
 from doctor.probes.grpc_options import GUIDE_KEEPALIVE, guide_options_text, keepalive_of
 from doctor.probes.grpc_peer import parse_grpc_peer
 from doctor.probes.wireguard import WireguardInterface, parse_wg_dump
 from doctor.registry import check
-from hivemind import keys
 
 LATENCY_WARN_MS = 100.0
 #: At most this many workers are probed (at once, a few at a time).
@@ -71,36 +70,6 @@ def tcp_reach(target: str, host: str, port: int, timeout: float) -> Reach:
     return Reach(target, address, True, round((time.perf_counter() - began) * 1000, 2), outcome)
 
 
-@dataclass(frozen=True)
-class AdvertisedWorker:
-    node_id: str
-    hostname: str
-    address: str
-
-
-def live_workers(ctx: Context) -> list[AdvertisedWorker]:
-    """Workers whose summary is ``online`` with a fresh heartbeat, and their worker:<id> address
-    (the node pool marks a worker lost after ``WORKER_LOST_AFTER_INTERVALS`` heartbeats)."""
-    client = ctx.redis()
-    lost_after = keys.WORKER_LOST_AFTER_INTERVALS * ctx.settings.heartbeat_interval
-    live = []
-    for node_id, text in sorted(client.hgetall(keys.WORKER_NODES).items()):
-        try:
-            summary = json.loads(text)
-            age = ctx.now() - float(summary.get("last_heartbeat") or 0)
-        except (ValueError, TypeError, AttributeError):
-            continue
-        if summary.get("status") == "online" and age <= lost_after:
-            live.append(node_id)
-    pipe = client.pipeline(transaction=False)
-    for node_id in live[:WORKERS_PROBED]:
-        pipe.hmget(keys.worker_key(node_id), "address", "hostname")
-    return [
-        AdvertisedWorker(node_id, hostname or "", address or "")
-        for node_id, (address, hostname) in zip(live, pipe.execute(), strict=False)
-    ]
-
-
 def latency_finding(nodepool: Reach, workers: list[Reach], notes: list[str]) -> Finding:
     """fail when anything is unreachable, warn on a round trip above ``LATENCY_WARN_MS``."""
     rows = [nodepool, *workers]
@@ -144,7 +113,7 @@ def latency(ctx: Context) -> Finding:
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     notes: list[str] = []
     try:
-        workers = live_workers(ctx)
+        workers = live_workers(ctx)[:WORKERS_PROBED]
     except (Unavailable, redis.RedisError, OSError) as exc:
         workers = []
         notes.append(f"workers not probed: {exc}")

@@ -14,6 +14,7 @@ from doctor.cluster import live_workers
 from doctor.context import Context, Unavailable
 from doctor.fixes import Action, fixer
 from doctor.model import Finding
+from doctor.probes.grpc_peer import parse_grpc_peer
 from doctor.probes.sockets import ListeningSocket, listeners_on, parse_proc_net_tcp
 from doctor.registry import check
 from doctor.services import start_command, systemd_unit
@@ -153,11 +154,8 @@ def _remote_workers(ctx: Context) -> list[str]:
         rows = live_workers(ctx)
     except Unavailable:
         return []
-    return [
-        row.node_id
-        for row in rows
-        if row.address and not _is_loopback(split_address(row.address)[0])
-    ]
+    peers = {row.node_id: parse_grpc_peer(row.address) for row in rows}
+    return [node for node, peer in peers.items() if peer and not _is_loopback(peer[0])]
 
 
 def _is_loopback(host: str) -> bool:

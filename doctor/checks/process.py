@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 
 from doctor.context import Context
+from doctor.daemons import pidfile_states
 from doctor.fixes import Action, fixer
 from doctor.model import Finding
 from doctor.registry import check
@@ -18,11 +19,6 @@ from hivemind.supervisor import inspect_pidfile
 
 #: Subcommands of `hivemind` that are daemons.
 DAEMONS = ("nodepool", "master", "worker")
-
-
-def pidfiles(ctx: Context) -> list[Path]:
-    run = ctx.home.run
-    return sorted(run.glob("*.pid")) if run.is_dir() else []
 
 
 def _describe(proc: psutil.Process) -> dict[str, Any]:
@@ -61,12 +57,7 @@ def unmanaged_daemons(known_pids: set[int]) -> list[dict[str, Any]]:
 
 
 def stale_pidfiles(ctx: Context) -> dict[Path, str]:
-    stale = {}
-    for path in pidfiles(ctx):
-        _record, proc, why = inspect_pidfile(path)
-        if proc is None:
-            stale[path] = why
-    return stale
+    return {path: why for path, (_r, proc, why) in pidfile_states(ctx).items() if proc is None}
 
 
 def inactive_units(ctx: Context) -> list[str]:
@@ -94,8 +85,7 @@ def inactive_units(ctx: Context) -> list[str]:
 def services(ctx: Context) -> Finding:
     running: dict[str, dict[str, Any]] = {}
     stale: dict[str, str] = {}
-    for path in pidfiles(ctx):
-        record, proc, why = inspect_pidfile(path)
+    for path, (record, proc, why) in pidfile_states(ctx).items():
         if proc is None:
             stale[path.name] = why
             continue
