@@ -108,10 +108,10 @@ class HiveMind:
         return function_spec("hivemind.examples:noop")
 
     def one(self) -> None:
-        [task_id] = self.client.submit([self._spec()])
-        [task] = self.client.wait([task_id], SAMPLE_TIMEOUT)
+        # What `hivemind submit --wait` does: submit and wait in one call.
+        [task] = self.client.submit_and_wait([self._spec()], SAMPLE_TIMEOUT)
         if task.status != "SUCCEEDED":
-            raise RuntimeError(f"task {task_id} ended {task.status}: {task.error_message}")
+            raise RuntimeError(f"task {task.id} ended {task.status}: {task.error_message}")
 
     def batch(self, count: int, timeout: float) -> BatchOutcome:
         specs = [self._spec() for _ in range(count)]

@@ -147,6 +147,14 @@ class Client:
             ids.extend(self.call(self.tasks.SubmitTasks, request).task_ids)
         return ids
 
+    def submit_and_wait(self, specs: Sequence[pb.TaskSpec], timeout: float = 30.0) -> list[pb.Task]:
+        """Submit, then the tasks once all are finished or as they are when ``timeout``
+        passes. One call to the node pool when the specs fit in one request."""
+        if len(specs) > keys.SUBMIT_BATCH_MAX:
+            return self.wait(self.submit(specs), timeout)
+        request = pb.SubmitRequest(tasks=specs, wait=timeout)
+        return list(self.call(self.tasks.SubmitTasks, request, timeout=timeout + 30).tasks)
+
     def get(self, task_id: str) -> pb.Task:
         return self.call(self.tasks.GetTask, pb.TaskRequest(task_id=task_id))
 

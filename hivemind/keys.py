@@ -137,6 +137,12 @@ PREFETCH_WORK_SECONDS = 0.5
 FUNCTION_PREFETCH_MAX_PER_SLOT = 64
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
+#: Longest a WaitTasks call, or a SubmitTasks call that waits, blocks before it replies with
+#: the tasks as they are, in seconds; a client waiting longer calls again.
+TASK_WAIT_MAX = 300.0
+#: Seconds `hivemind submit --wait` waits inside the submit call itself (quick tasks come back
+#: with it) before it shows a progress bar and waits with WaitTasks.
+SUBMIT_QUICK_WAIT = 2.0
 #: Seconds past its timeout after which the node pool itself marks a RUNNING task TIMEOUT
 #: (its worker should have stopped it and reported long before).
 TIMEOUT_GRACE = 30.0

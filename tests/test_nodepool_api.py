@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,43 @@ def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:
     ok = pb.TaskResult(ref=w1.ref(tid, 1), outcome=pb.SUCCEEDED, result_json="3")
     assert w1.complete([ok])[0].accepted
     assert json.loads(alice.wait([tid], 5)[0].result_json) == 3
+
+
+def test_submit_and_wait_returns_results_in_the_same_call(pool: Pool) -> None:
+    alice = pool.user("alice")
+    w1 = pool.worker("w1")
+
+    def play_worker() -> None:
+        leased = w1.lease(2, wait=5)
+        w1.complete(
+            [
+                pb.TaskResult(
+                    ref=w1.ref(x.task_id, x.attempt),
+                    outcome=pb.SUCCEEDED,
+                    result_json=json.dumps(sum(json.loads(x.spec.args_json))),
+                )
+                for x in leased
+            ]
+        )
+
+    worker = threading.Thread(target=play_worker)
+    worker.start()
+    specs = [function_spec("hivemind.examples:add", [1, 2]), function_spec("x.y:z", [])]
+    first, second = alice.submit_and_wait(specs, timeout=10)
+    worker.join()
+    assert (first.status, json.loads(first.result_json), first.owner) == ("SUCCEEDED", 3, "alice")
+    assert (second.status, second.worker, second.attempt) == ("SUCCEEDED", "w1", 1)
+    assert first.finished_at >= first.start_time >= first.created_at > 0
+
+
+def test_submit_and_wait_replies_with_unfinished_tasks_when_time_is_up(pool: Pool) -> None:
+    alice = pool.user("alice")
+    started = time.monotonic()
+    [task] = alice.submit_and_wait([function_spec("hivemind.examples:noop")], timeout=0.5)
+    assert 0.4 <= time.monotonic() - started < 5
+    # Nobody leased it: it is there, queued, and can still be waited for or cancelled.
+    assert task.status == "QUEUED" and task.id and task.spec.function == "hivemind.examples:noop"
+    assert alice.cancel(task.id).status == "CANCELLED"
 
 
 def test_bad_submissions_get_clear_errors(pool: Pool) -> None:

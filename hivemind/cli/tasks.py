@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from hivemind import keys
 from hivemind.cli.common import (
     client,
     command,
@@ -95,15 +96,18 @@ def register(app: typer.Typer) -> None:
                 specs = [_bundle_spec(c, Path(target), s.max_task_data_size, name, options)]
             else:
                 fail("give a bundle path, module:function, or --map with --items", 2)
-            ids = c.submit(specs)
             if not wait:
+                ids = c.submit(specs)
                 if as_json:
                     print_json({"task_ids": ids})
                 else:
                     for task_id in ids:
                         console.print(f"submitted [bold]{task_id}[/]")
                 return
-            tasks = _wait_all(c, ids)
+            # Quick tasks come back with the submit call itself; the rest get a progress bar.
+            tasks = c.submit_and_wait(specs, timeout=keys.SUBMIT_QUICK_WAIT)
+            if not all(is_terminal(t.status) for t in tasks):
+                tasks = _wait_all(c, tasks)
         failed = [t for t in tasks if t.status != "SUCCEEDED"]
         if as_json:
             print_json([{**to_dict(t), "result": result_value(t)} for t in tasks])
@@ -275,8 +279,9 @@ def _bundle_spec(
     return bundle_spec(bundle_id, name=name or manifest.name or path.name, **merged)
 
 
-def _wait_all(c: Any, ids: list[str]) -> list[pb.Task]:
-    done: dict[str, pb.Task] = {}
+def _wait_all(c: Any, tasks: list[pb.Task]) -> list[pb.Task]:
+    ids = [t.id for t in tasks]
+    done = {t.id: t for t in tasks if is_terminal(t.status)}
     with Progress(
         TextColumn("waiting"),
         BarColumn(),

@@ -45,6 +45,24 @@ class Notifier:
             return self._generation
 
 
+class QueueSignal(Notifier):
+    """Wakes lease calls when work is queued."""
+
+    def notify(self, count: int | None = None) -> None:
+        """Wake ``count`` waiters (longest waiting first), or all of them when None.
+
+        Work that any worker can take needs one lease call per task, not every idle worker's
+        at once: each woken call costs a lease script in Redis. The others still look once a
+        second (their fallback poll).
+        """
+        with self._cond:
+            self._generation += 1
+            if count is None:
+                self._cond.notify_all()
+            else:
+                self._cond.notify(count)
+
+
 class FinishedLog(Notifier):
     """A notifier that also remembers which tasks ended at each generation, so that a waiter
     re-reads only those instead of every task it waits for."""
@@ -86,7 +104,7 @@ class NodePoolState:
     users: UserStore
     blobs: BlobStore
     signer: TokenSigner
-    queued: Notifier = field(default_factory=Notifier)
+    queued: QueueSignal = field(default_factory=QueueSignal)
     finished: FinishedLog = field(default_factory=FinishedLog)
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)

@@ -66,9 +66,23 @@ class TaskService(pb_grpc.TaskServiceServicer):
             tasks = [self._validate(identity, i, spec) for i, spec in enumerate(request.tasks)]
         except SpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        seen = self.state.finished.generation
         ids = self.state.tasks.submit(tasks)
-        self.state.queued.notify()
-        return pb.SubmitReply(task_ids=ids)
+        self.state.queued.notify(self._plain_count(tasks))
+        if request.wait <= 0:
+            return pb.SubmitReply(task_ids=ids)
+        # Nothing is finished yet at `seen`: only what ends from here on needs reading.
+        records: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {}
+        self._await_finished(identity, ids, records, seen, request.wait, context)
+        return pb.SubmitReply(task_ids=ids, tasks=[task_message(*records[i]) for i in ids])
+
+    @staticmethod
+    def _plain_count(tasks: list[NewTask]) -> int | None:
+        """How many lease calls to wake: one per task that any worker can take, or all of
+        them (None) when a task has requirements or is a bundle, which only some can take."""
+        if any(t.constrained or t.kind != "FUNCTION" for t in tasks):
+            return None
+        return len(tasks)
 
     def _validate(self, identity: Identity, index: int, spec: pb.TaskSpec) -> NewTask:
         where = f"task {index}"
@@ -230,18 +244,34 @@ class TaskService(pb_grpc.TaskServiceServicer):
     def WaitTasks(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.TaskList:
         identity = self.state.require_user(context)
         ids = list(request.task_ids)
-        deadline = time.monotonic() + max(0.0, min(request.timeout, 300.0))
-        finished = self.state.finished
-        seen = finished.generation
+        seen = self.state.finished.generation
         # Histories are left out: a waiter wants outcomes; `GetTask` has the whole story.
         records = dict(zip(ids, self._visible_many(identity, ids, context, False), strict=True))
-        pending = {i for i, (r, _) in records.items() if not is_terminal(r.get("status", ""))}
+        self._await_finished(identity, ids, records, seen, request.timeout, context)
+        return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
+
+    def _await_finished(
+        self,
+        identity: Identity,
+        ids: list[str],
+        records: dict[str, tuple[dict[str, str], list[dict[str, Any]]]],
+        seen: int,
+        timeout: float,
+        context: grpc.ServicerContext,
+    ) -> None:
+        """Fill ``records`` with every task of ``ids`` once all have finished, or as they are
+        when ``timeout`` passes.
+
+        ``records`` holds what was read at finished-generation ``seen``; a task missing from
+        it, or not terminal there, is waited for.
+        """
+        deadline = time.monotonic() + max(0.0, min(timeout, keys.TASK_WAIT_MAX))
+        finished = self.state.finished
+        pending = {
+            i for i in ids if i not in records or not is_terminal(records[i][0].get("status", ""))
+        }
         last_full_read = time.monotonic()
         while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not context.is_active():
-                break
-            finished.wait(seen, min(remaining, 1.0))
             changed = finished.since(seen)
             seen = finished.generation
             # Re-read only what may have ended; everything once a second, for changes made
@@ -253,10 +283,17 @@ class TaskService(pb_grpc.TaskServiceServicer):
             if check:
                 fresh = self._visible_many(identity, check, context, False)
                 for task_id, found in zip(check, fresh, strict=True):
-                    records[task_id] = found
                     if is_terminal(found[0].get("status", "")):
+                        records[task_id] = found
                         pending.discard(task_id)
-        return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0 or not context.is_active():
+                break
+            finished.wait(seen, min(remaining, 1.0))
+        if pending:  # the time is up: these are replied as they are now
+            check = list(pending)
+            fresh = self._visible_many(identity, check, context, False)
+            records.update(zip(check, fresh, strict=True))
 
     def StreamLog(
         self, request: pb.LogRequest, context: grpc.ServicerContext
