@@ -372,8 +372,11 @@ class Worker:
                 if previous == math.inf
                 else 0.8 * previous + 0.2 * outcome.duration
             )
-        # The pool keeps a function's checkpoint dir here; the attempt is over.
-        shutil.rmtree(self.work_root / task.task_id, ignore_errors=True)
+        # The pool keeps a function's checkpoint dir here; the attempt is over. Most calls
+        # make none: one stat is much cheaper than rmtree's attempt.
+        checkpoints = self.work_root / task.task_id
+        if checkpoints.is_dir():
+            shutil.rmtree(checkpoints, ignore_errors=True)
         self._finish(task, outcome.status, outcome.result_json, outcome.error_message, None)
 
     def _run_bundle(self, task: RunningTask, leased: pb.LeasedTask, timeout: float) -> None:
@@ -534,7 +537,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     home = layout(settings.home).ensure()
     configure_logging(home.worker_log, settings.log_level)
     task_logger = logging.getLogger("hivemind.task_execution")
-    task_logger.addHandler(rotating_handler(home.task_execution_log))
+    task_logger.addHandler(rotating_handler(home.task_execution_log, buffered=True))
     # Task lines go to task_execution.log only, not again to worker.log and the console.
     task_logger.propagate = False
     worker = Worker(settings, options)
