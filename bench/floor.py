@@ -1,0 +1,154 @@
+"""The transport floor of an idle round trip: what the hops alone cost on this machine.
+
+``python -m bench.floor`` times the building blocks of a no-op task's round trip, each on
+its own, with nothing else running:
+
+- a Redis round trip from redis-py (PING) and a trivial Lua script call (EVALSHA);
+- a gRPC unary round trip from Python to a Python server in another process (the sync
+  server with a thread pool, as the node pool runs it, echoing 100 bytes);
+- a round trip over a pipe to a warm process (what a function pool call costs).
+
+It then adds them up along each system's path, with no handler or library work at all:
+
+- HiveMind: client -> node pool -> worker -> node pool -> client is two gRPC round trips
+  (submit and its reply; the lease reply and the completion), four Redis calls (submit,
+  lease and complete scripts, the waiter's read) and one pipe round trip.
+- Celery and RQ: the client, the worker and the result all meet in Redis: about four Redis
+  round trips (enqueue, the worker's blocking pop, the result write, the client's read) and,
+  for Celery's prefork pool, one pipe round trip.
+
+A system cannot beat its floor; the gap between the floor and the measured p50 is the
+Python work along the path. Not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from bench.machine import cpu_model, percentile
+from bench.processes import ROOT, base_environment, free_ports, start_redis
+
+_ECHO_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+def echo(request, context):
+    return request
+handler = grpc.method_handlers_generic_handler(
+    "floor.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+)
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=128))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"""
+
+
+def _time(call: Callable[[], object], rounds: int, warmup: int = 200) -> float:
+    """p50 of ``call`` in milliseconds."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return 1000 * percentile(samples, 0.5)
+
+
+def _pipe_echo(conn: Connection) -> None:
+    while (message := conn.recv()) is not None:
+        conn.send(message)
+
+
+def measure(rounds: int) -> dict[str, float]:
+    import grpc
+    import redis
+
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="hivemind-floor-") as tmp:
+        redis_port, grpc_port = free_ports(2)
+        server = start_redis(Path(tmp), redis_port)
+        try:
+            client = redis.Redis(host="127.0.0.1", port=redis_port)
+            figures["redis PING"] = _time(client.ping, rounds)
+            script = client.register_script("return ARGV[1]")
+            figures["redis EVALSHA (trivial script)"] = _time(lambda: script(args=["x"]), rounds)
+            client.close()
+        finally:
+            server.stop()
+
+        echo = subprocess.Popen(
+            [sys.executable, "-c", _ECHO_SERVER, str(grpc_port)],
+            env=base_environment(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert echo.stdout is not None
+            echo.stdout.readline()
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                call = channel.unary_unary("/floor.Echo/Echo")
+                payload = b"x" * 100
+                figures["gRPC unary (Python to Python)"] = _time(lambda: call(payload), rounds)
+        finally:
+            echo.terminate()
+            echo.wait()
+
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_pipe_echo, args=(child,))
+    process.start()
+    message = ("task-id", 1, "module:function", [])
+
+    def pipe_round_trip() -> None:
+        parent.send(message)
+        parent.recv()
+
+    figures["pipe to a warm process"] = _time(pipe_round_trip, rounds)
+    parent.send(None)
+    process.join()
+    return figures
+
+
+def floors(figures: dict[str, float]) -> dict[str, float]:
+    grpc_rtt = figures["gRPC unary (Python to Python)"]
+    script = figures["redis EVALSHA (trivial script)"]
+    ping = figures["redis PING"]
+    pipe = figures["pipe to a warm process"]
+    return {
+        "HiveMind: 2 gRPC + 4 Redis + 1 pipe": 2 * grpc_rtt + 3 * script + ping + pipe,
+        "Celery prefork: 4 Redis + 1 pipe": 4 * ping + pipe,
+        "RQ, Dramatiq (threads): 4 Redis": 4 * ping,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per block")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be positive")
+    print(f"{cpu_model()}, Python {sys.version.split()[0]}")
+    figures = measure(args.rounds)
+    print(f"\nBuilding blocks, p50 of {args.rounds} round trips each:")
+    for name, value in figures.items():
+        print(f"  {name:34s} {value:6.3f} ms")
+    print("\nFloor of an idle round trip (the hops alone, no handler work):")
+    for name, value in floors(figures).items():
+        print(f"  {name:34s} {value:6.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
