@@ -5,7 +5,8 @@ its own, with nothing else running:
 
 - a Redis round trip from redis-py (PING) and a trivial Lua script call (EVALSHA);
 - a gRPC unary round trip from Python to a Python server in another process (the sync
-  server with a thread pool, as the node pool runs it, echoing 100 bytes);
+  server with a thread pool, as the node pool runs it, echoing 100 bytes), and the CPU
+  time each side spends per call;
 - a round trip over a pipe to a warm process (what a function pool call costs).
 
 It then adds them up along each system's path, with no handler or library work at all:
@@ -32,6 +33,8 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+import psutil
 
 from bench.machine import cpu_model, percentile
 from bench.processes import ROOT, base_environment, free_ports, start_redis
@@ -66,6 +69,11 @@ def _time(call: Callable[[], object], rounds: int, warmup: int = 200) -> float:
     return 1000 * percentile(samples, 0.5)
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def _pipe_echo(conn: Connection) -> None:
     while (message := conn.recv()) is not None:
         conn.send(message)
@@ -98,10 +106,17 @@ def measure(rounds: int) -> dict[str, float]:
         try:
             assert echo.stdout is not None
             echo.stdout.readline()
+            server_process = psutil.Process(echo.pid)
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
                 call = channel.unary_unary("/floor.Echo/Echo")
                 payload = b"x" * 100
+                before = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
                 figures["gRPC unary (Python to Python)"] = _time(lambda: call(payload), rounds)
+                after = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
+            # The warm-up calls count too: 200 of them.
+            calls = rounds + 200
+            figures["  its server's CPU per call"] = 1000 * (after[0] - before[0]) / calls
+            figures["  its client's CPU per call"] = 1000 * (after[1] - before[1]) / calls
         finally:
             echo.terminate()
             echo.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -83,8 +84,11 @@ def _module_allowed(module: str, allowed: Sequence[str]) -> bool:
     return any(module == name or module.startswith(name + ".") for name in allowed if name)
 
 
-def check_function_name(name: str, allowed: Sequence[str]) -> tuple[str, str]:
-    """Split ``module:function`` and check the module is allowed, importing nothing."""
+@functools.lru_cache(maxsize=1024)
+def check_function_name(name: str, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """Split ``module:function`` and check the module is allowed, importing nothing.
+
+    Cached: a worker checks every call, and most calls name the same few functions."""
     match = _NAME.match(name)
     if not match:
         raise FunctionError(f"function must be written 'module:function', got {name!r}")
@@ -96,7 +100,7 @@ def check_function_name(name: str, allowed: Sequence[str]) -> tuple[str, str]:
 
 def resolve_function(name: str, allowed: Sequence[str]) -> Callable[..., Any]:
     """Import and return the function ``module:function`` names, if its module is allowed."""
-    module_name, attribute = check_function_name(name, allowed)
+    module_name, attribute = check_function_name(name, tuple(allowed))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
