@@ -27,6 +27,10 @@ MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
+#: A task's record and its attempt history, as the reading helpers return them.
+Found = tuple[dict[str, str], list[dict[str, Any]]]
+
+
 class SpecError(ValueError):
     pass
 
@@ -72,7 +76,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         if request.wait <= 0:
             return pb.SubmitReply(task_ids=ids)
         # Nothing is finished yet at `seen`: only what ends from here on needs reading.
-        records: dict[str, tuple[dict[str, str], list[dict[str, Any]]]] = {}
+        records: dict[str, Found] = {}
         self._await_finished(identity, ids, records, seen, request.wait, context)
         return pb.SubmitReply(task_ids=ids, tasks=[task_message(*records[i]) for i in ids])
 
@@ -143,9 +147,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             return False
 
     # -- reading -----------------------------------------------------------------------------
-    def _records(
-        self, task_ids: list[str], with_history: bool = True
-    ) -> list[tuple[dict[str, str], list[dict[str, Any]]] | None]:
+    def _records(self, task_ids: list[str], with_history: bool = True) -> list[Found | None]:
         """Each task's hash (and history) in one round trip; the archive for expired ones."""
         pipe = self.state.redis.pipeline(transaction=False)
         for task_id in task_ids:
@@ -154,7 +156,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
                 pipe.lrange(keys.task_history_key(task_id), 0, -1)
         replies = pipe.execute()
         step = 2 if with_history else 1
-        found: list[tuple[dict[str, str], list[dict[str, Any]]] | None] = []
+        found: list[Found | None] = []
         for i, task_id in enumerate(task_ids):
             record = replies[step * i]
             if record:
@@ -173,7 +175,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         task_ids: list[str],
         context: grpc.ServicerContext,
         with_history: bool = True,
-    ) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    ) -> list[Found]:
         visible = []
         found_all = self._records(task_ids, with_history)
         for task_id, found in zip(task_ids, found_all, strict=True):
@@ -187,9 +189,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             visible.append(found)
         return visible
 
-    def _visible(
-        self, identity: Identity, task_id: str, context: grpc.ServicerContext
-    ) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    def _visible(self, identity: Identity, task_id: str, context: grpc.ServicerContext) -> Found:
         return self._visible_many(identity, [task_id], context)[0]
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
@@ -254,7 +254,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self,
         identity: Identity,
         ids: list[str],
-        records: dict[str, tuple[dict[str, str], list[dict[str, Any]]]],
+        records: dict[str, Found],
         seen: int,
         timeout: float,
         context: grpc.ServicerContext,
