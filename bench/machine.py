@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # -- machine facts and CPU steal ---------------------------------------------------------------
@@ -70,6 +70,30 @@ def own_cpu_seconds() -> dict[int, float]:
     return seconds
 
 
+def process_label(pid: int) -> str:
+    """A short name for one of the run's processes: what it is, not its pid."""
+    import psutil
+
+    if pid == os.getpid():
+        return "client"
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return "exited"
+    words = [Path(a).name for a in argv]
+    if "redis-server" in " ".join(words):
+        return "redis"
+    if "hivemind" in words:
+        after = words[words.index("hivemind") + 1 :]
+        return next((w for w in after if not w.startswith("-")), "hivemind")
+    if any("multiprocessing" in a for a in argv):
+        return "pool process"
+    for peer in ("celery", "rq", "dramatiq"):
+        if any(w == peer or w.startswith(peer + ".") for w in words):
+            return peer
+    return words[0] if words else "?"
+
+
 @dataclass
 class PhaseStats:
     name: str
@@ -81,6 +105,8 @@ class PhaseStats:
     #: Share of the machine's CPU time used by processes that are not this run's.
     other_percent: float = 0.0
     noisy: bool = False
+    #: CPU seconds the run's own processes used in the phase, summed by process_label.
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,7 +132,11 @@ def phase(name: str, limits: NoiseLimits, log: Callable[[str], None]) -> Iterato
             hz = os.sysconf("SC_CLK_TCK")
             steal = after.steal - before.steal
             busy = ticks - (after.idle - before.idle) - steal
-            own = sum(v - own_before.get(pid, 0.0) for pid, v in own_after.items())
+            used = {pid: v - own_before.get(pid, 0.0) for pid, v in own_after.items()}
+            own = sum(used.values())
+            for pid, seconds in used.items():
+                label = process_label(pid)
+                stats.cpu_by_process[label] = stats.cpu_by_process.get(label, 0.0) + seconds
             stats.steal_percent = 100.0 * steal / ticks
             stats.busy_percent = 100.0 * busy / ticks
             stats.other_percent = max(0.0, 100.0 * (busy / hz - own) / (ticks / hz))

@@ -145,6 +145,18 @@ def render(
             "  the hypervisor; other % = CPU used by processes outside this run; both as a "
             "share of the machine.",
         ]
+        out.append("  CPU per round trip in the latency phase, by process (ms):")
+        for r in results:
+            used = r.latency_phase.cpu_by_process if r.latency_phase else {}
+            if used and r.latency_ms:
+                parts = sorted(used.items(), key=lambda kv: -kv[1])
+                total = 1000 * sum(used.values()) / len(r.latency_ms)
+                shares = ", ".join(
+                    f"{label} {1000 * seconds / len(r.latency_ms):.2f}"
+                    for label, seconds in parts
+                    if seconds > 0
+                )
+                out.append(f"    {r.system:<9} {total:.2f} in all: {shares}")
         for r in results:
             for note in r.notes:
                 out.append(f"  {r.system}: {note}")
