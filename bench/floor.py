@@ -3,7 +3,8 @@
 ``python -m bench.floor`` times the building blocks of a no-op task's round trip, each on
 its own, with nothing else running:
 
-- a Redis round trip from redis-py (PING) and a trivial Lua script call (EVALSHA);
+- a Redis round trip over a bare socket and from redis-py (PING), and a trivial Lua script
+  call (EVALSHA);
 - a gRPC unary round trip from Python to a Python server in another process (the sync
   server with a thread pool, as the node pool runs it, echoing 100 bytes), and the CPU
   time each side spends per call;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,14 @@ def measure(rounds: int) -> dict[str, float]:
         redis_port, grpc_port = free_ports(2)
         server = start_redis(Path(tmp), redis_port)
         try:
+            with socket.create_connection(("127.0.0.1", redis_port)) as raw:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+                def raw_ping() -> None:
+                    raw.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    raw.recv(64)
+
+                figures["redis PING (bare socket)"] = _time(raw_ping, rounds)
             client = redis.Redis(host="127.0.0.1", port=redis_port)
             figures["redis PING"] = _time(client.ping, rounds)
             script = client.register_script("return ARGV[1]")

@@ -58,6 +58,26 @@ def _noise(stats: PhaseStats | None, limits: NoiseLimits) -> list[str]:
     return [steal, other]
 
 
+def _cpu_per_task(results: list[SystemResult]) -> list[str]:
+    """Each system's CPU per task in each phase, by process (client, Redis, workers …)."""
+    lines = ["  CPU per task, by process (ms):"]
+    for r in results:
+        for name, stats, tasks in (
+            ("latency", r.latency_phase, len(r.latency_ms)),
+            ("batch", r.batch_phase, r.batch.succeeded if r.batch else 0),
+        ):
+            used = stats.cpu_by_process if stats else {}
+            if not used or not tasks:
+                continue
+            parts = sorted(used.items(), key=lambda kv: -kv[1])
+            shares = ", ".join(
+                f"{label} {1000 * seconds / tasks:.2f}" for label, seconds in parts if seconds > 0
+            )
+            total = 1000 * sum(used.values()) / tasks
+            lines.append(f"    {r.system:<9} {name:<8} {total:.2f} in all: {shares}")
+    return lines
+
+
 def render(
     results: list[SystemResult],
     heartbeat: HeartbeatResult | None,
@@ -145,18 +165,7 @@ def render(
             "  the hypervisor; other % = CPU used by processes outside this run; both as a "
             "share of the machine.",
         ]
-        out.append("  CPU per round trip in the latency phase, by process (ms):")
-        for r in results:
-            used = r.latency_phase.cpu_by_process if r.latency_phase else {}
-            if used and r.latency_ms:
-                parts = sorted(used.items(), key=lambda kv: -kv[1])
-                total = 1000 * sum(used.values()) / len(r.latency_ms)
-                shares = ", ".join(
-                    f"{label} {1000 * seconds / len(r.latency_ms):.2f}"
-                    for label, seconds in parts
-                    if seconds > 0
-                )
-                out.append(f"    {r.system:<9} {total:.2f} in all: {shares}")
+        out += _cpu_per_task(results)
         for r in results:
             for note in r.notes:
                 out.append(f"  {r.system}: {note}")
