@@ -15,7 +15,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from hivemind.cli.common import command, console, fail, print_json, settings
+from hivemind.cli.common import (
+    INSECURE_HOST_KEY_OPTION,
+    KNOWN_HOSTS_OPTION,
+    command,
+    console,
+    fail,
+    print_json,
+    settings,
+)
 
 backup_app = typer.Typer(
     help=(
@@ -76,10 +84,8 @@ def backup(
     keep: int = typer.Option(None, "--keep", help="Keep only the newest N archives."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report, no progress bar."),
     key_file: Path = typer.Option(None, "--key-file", help="SSH private key to use."),
-    known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
-    insecure_host_key: bool = typer.Option(
-        False, "--insecure-host-key", help="Accept an unknown SSH host key (on purpose)."
-    ),
+    known_hosts: Path = KNOWN_HOSTS_OPTION,
+    insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
     remote_command: str = typer.Option(
         "hivemind", "--remote-command", help="How to run hivemind on the remote host."
     ),

@@ -34,6 +34,18 @@ class GlobalOptions:
 
 OPTIONS = GlobalOptions()
 
+# The SSH options of every command that reaches other hosts (doctor, playbook run, recover,
+# backup): declared once, so their names and help read the same everywhere.
+INVENTORY_OPTION = typer.Option(None, "--inventory", help="A file of hosts.")
+SSH_KEY_OPTION = typer.Option(None, "--ssh-key", help="Private key for SSH.")
+KNOWN_HOSTS_OPTION = typer.Option(None, "--known-hosts", help="known_hosts file to trust.")
+INSECURE_HOST_KEY_OPTION = typer.Option(
+    False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
+)
+REMOTE_HIVEMIND_OPTION = typer.Option(
+    "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
+)
+
 
 def settings(**overrides: Any) -> Settings:
     return load_settings(OPTIONS.config, **overrides)

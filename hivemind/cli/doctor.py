@@ -5,12 +5,24 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hivemind.cli.common import command, console, fail, print_json, settings
+from hivemind.cli.common import (
+    INSECURE_HOST_KEY_OPTION,
+    INVENTORY_OPTION,
+    KNOWN_HOSTS_OPTION,
+    REMOTE_HIVEMIND_OPTION,
+    SSH_KEY_OPTION,
+    command,
+    console,
+    fail,
+    print_json,
+    settings,
+)
 
 doctor_app = typer.Typer(
     help="Run every check of the troubleshooting guide; say what is wrong and how to fix it.",
@@ -70,15 +82,11 @@ def doctor(
     fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
     host: list[str] = typer.Option(None, "--host", help="user@host[:port] to check over SSH."),
-    inventory: str = typer.Option(None, "--inventory", help="A file of hosts to check."),
-    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
-    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
-    insecure_host_key: bool = typer.Option(
-        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
-    ),
-    remote_hivemind: str = typer.Option(
-        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
-    ),
+    inventory: str = INVENTORY_OPTION,
+    ssh_key: Path = SSH_KEY_OPTION,
+    known_hosts: Path = KNOWN_HOSTS_OPTION,
+    insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
+    remote_hivemind: str = REMOTE_HIVEMIND_OPTION,
 ) -> None:
     """Run the checks (all of them unless --only/--skip say otherwise)."""
     if ctx.invoked_subcommand is not None:
@@ -127,13 +135,11 @@ def _remote(
     timeout: float,
     only: list[str] | None,
     skip: list[str] | None,
-    ssh_key: str | None,
-    known_hosts: str | None,
+    ssh_key: Path | None,
+    known_hosts: Path | None,
     insecure_host_key: bool,
     remote_hivemind: str,
 ) -> None:
-    from pathlib import Path
-
     from doctor.remote import RemoteOptions, run_remote
     from doctor.report import summary_line, to_markdown
     from hivemind.remote import load_inventory, parse_target
@@ -145,8 +151,8 @@ def _remote(
         timeout=timeout,
         only=_names(only),
         skip=_names(skip),
-        key_file=Path(ssh_key) if ssh_key else None,
-        known_hosts=Path(known_hosts) if known_hosts else None,
+        key_file=ssh_key,
+        known_hosts=known_hosts,
         insecure_host_key=insecure_host_key,
         hivemind=remote_hivemind,
     )

@@ -12,7 +12,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hivemind.cli.common import command, console, fail, print_json, settings
+from hivemind.cli.common import (
+    INSECURE_HOST_KEY_OPTION,
+    INVENTORY_OPTION,
+    KNOWN_HOSTS_OPTION,
+    REMOTE_HIVEMIND_OPTION,
+    SSH_KEY_OPTION,
+    command,
+    console,
+    fail,
+    print_json,
+    settings,
+)
 
 playbook_app = typer.Typer(
     help="Declarative recovery playbooks, run here or over SSH.", no_args_is_help=True
@@ -41,12 +52,12 @@ def _variables(pairs: list[str] | None) -> dict[str, str]:
     return values
 
 
-def _ssh(ssh_key: str | None, known_hosts: str | None, insecure: bool, remote: str) -> Any:
+def _ssh(ssh_key: Path | None, known_hosts: Path | None, insecure: bool, remote: str) -> Any:
     from recovery.hosts import SSHOptions
 
     return SSHOptions(
-        key_file=Path(ssh_key) if ssh_key else None,
-        known_hosts=Path(known_hosts) if known_hosts else None,
+        key_file=ssh_key,
+        known_hosts=known_hosts,
         insecure_host_key=insecure,
         hivemind=remote,
     )
@@ -162,21 +173,17 @@ def run(
     name: str = typer.Argument(..., help="A shipped playbook, or a YAML file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
-    inventory: str = typer.Option(None, "--inventory", help="A file of hosts."),
+    inventory: str = INVENTORY_OPTION,
     serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
     max_fail_percent: float = typer.Option(
         100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
     ),
     var: list[str] = typer.Option(None, "--var", help="NAME=VALUE for a playbook variable."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
-    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
-    insecure_host_key: bool = typer.Option(
-        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
-    ),
-    remote_hivemind: str = typer.Option(
-        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
-    ),
+    ssh_key: Path = SSH_KEY_OPTION,
+    known_hosts: Path = KNOWN_HOSTS_OPTION,
+    insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
+    remote_hivemind: str = REMOTE_HIVEMIND_OPTION,
 ) -> None:
     """Run a playbook here, or on --host/--inventory hosts over SSH."""
     from recovery import HostRun, RunOptions, load_playbook, run_playbook
@@ -288,20 +295,16 @@ def recover(
         None, "--playbook", help="Run this playbook instead of what the doctor calls for."
     ),
     host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
-    inventory: str = typer.Option(None, "--inventory", help="A file of hosts."),
+    inventory: str = INVENTORY_OPTION,
     serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
     max_fail_percent: float = typer.Option(
         100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key for SSH."),
-    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file to trust."),
-    insecure_host_key: bool = typer.Option(
-        False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
-    ),
-    remote_hivemind: str = typer.Option(
-        "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
-    ),
+    ssh_key: Path = SSH_KEY_OPTION,
+    known_hosts: Path = KNOWN_HOSTS_OPTION,
+    insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
+    remote_hivemind: str = REMOTE_HIVEMIND_OPTION,
 ) -> None:
     """Doctor, then the playbooks its findings call for, then doctor again: back to healthy."""
     from recovery import load_playbook
