@@ -87,7 +87,7 @@ def seed_cluster(address: str, settings, tasks: int, workers: int, rng: random.R
     finish_target = int(tasks * 0.7)
     per_worker = finish_target // workers + 2
     for conn in conns:
-        leased = conn.lease(per_worker, wait=0)
+        leased = conn.lease(per_worker, wait=0).tasks
         results = []
         for lease in leased[:-2]:
             failed = rng.random() < 0.05

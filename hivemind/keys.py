@@ -135,6 +135,10 @@ LEASE_BATCH_MAX = 256
 PREFETCH_WORK_SECONDS = 0.5
 #: ... and never more than this many per slot.
 FUNCTION_PREFETCH_MAX_PER_SLOT = 64
+#: A worker whose function calls take under this long on average, in seconds, waits up to
+#: this long for a running task's outcome before it leases again, and sends the outcome with
+#: the lease: one call to the node pool per quick task instead of two.
+OUTCOME_CARRY_WAIT = 0.01
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
 #: Longest a WaitTasks call, or a SubmitTasks call that waits, blocks before it replies with

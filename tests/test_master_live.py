@@ -35,7 +35,7 @@ def lease_one(console: Console) -> tuple[WorkerConnection, pb.LeasedTask]:
         console.settings.client_address, "w1", issue_worker_token(console.settings, "w1")
     )
     conn.register(pb.WorkerResources(cpu=2, memory_mb=1024, capacity=2), [])
-    [leased] = conn.lease(1, wait=2)
+    [leased] = conn.lease(1, wait=2).tasks
     return conn, leased
 
 

@@ -116,7 +116,7 @@ def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:
     alice = pool.user("alice")
     [tid] = alice.submit([function_spec("hivemind.examples:add", [1, 2])])
     w1, w2 = pool.worker("w1"), pool.worker("w2")
-    [leased] = w1.lease(1, wait=2)
+    [leased] = w1.lease(1, wait=2).tasks
     assert leased.task_id == tid and leased.spec.function == "hivemind.examples:add"
     # w2 names itself honestly: the fence refuses a task leased to w1.
     result = pb.TaskResult(ref=w2.ref(tid, leased.attempt), outcome=pb.SUCCEEDED, result_json="0")
@@ -139,12 +139,48 @@ def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:
     assert json.loads(alice.wait([tid], 5)[0].result_json) == 3
 
 
+def test_lease_carries_outcomes_and_is_fenced_like_complete(pool: Pool) -> None:
+    alice = pool.user("alice")
+    first, second = alice.submit(
+        [
+            function_spec("hivemind.examples:add", [1, 2]),
+            function_spec("hivemind.examples:add", [3, 4]),
+        ]
+    )
+    w1, w2 = pool.worker("w1"), pool.worker("w2")
+    [leased] = w1.lease(1, wait=2).tasks
+    assert leased.task_id == first
+    done = pb.TaskResult(ref=w1.ref(first, leased.attempt), outcome=pb.SUCCEEDED, result_json="3")
+    stale = pb.TaskResult(ref=w1.ref(first, leased.attempt + 1), outcome=pb.FAILED)
+    # One call reports an outcome (after a late one from a wrong attempt) and leases on.
+    reply = w1.lease(1, wait=2, results=[stale, done])
+    assert [r.accepted for r in reply.replies] == [False, True]
+    assert "not the current attempt" in reply.replies[0].reason
+    assert [t.task_id for t in reply.tasks] == [second]
+    assert alice.get(first).status == "SUCCEEDED" and json.loads(alice.get(first).result_json) == 3
+    # The outcome lands before the lease's long poll: a waiter need not wait for it to end.
+    started = time.monotonic()
+    sent: list[pb.LeaseReply] = []
+    finish = pb.TaskResult(ref=w1.ref(second, 1), outcome=pb.SUCCEEDED, result_json="7")
+    poller = threading.Thread(target=lambda: sent.append(w1.lease(1, wait=3, results=[finish])))
+    poller.start()
+    [task] = alice.wait([second], 5)
+    assert task.status == "SUCCEEDED" and time.monotonic() - started < 2
+    poller.join()
+    assert sent[0].replies[0].accepted and not sent[0].tasks
+    # Another worker's token cannot report through a lease either.
+    forged = pb.TaskResult(ref=pb.AttemptRef(task_id=first, attempt=1, node_id="w1"))
+    with pytest.raises(NodePoolError) as info:
+        w2.lease(1, wait=0, results=[forged])
+    assert info.value.code == "PERMISSION_DENIED"
+
+
 def test_submit_and_wait_returns_results_in_the_same_call(pool: Pool) -> None:
     alice = pool.user("alice")
     w1 = pool.worker("w1")
 
     def play_worker() -> None:
-        leased = w1.lease(2, wait=5)
+        leased = w1.lease(2, wait=5).tasks
         w1.complete(
             [
                 pb.TaskResult(

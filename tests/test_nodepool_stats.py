@@ -19,7 +19,7 @@ def test_stats_count_the_queue_leases_and_outcomes_per_minute(pool: Pool) -> Non
     assert (before.queued, before.running) == (4, 0)
     assert len(before.finished_per_minute) == 60 and sum(before.finished_per_minute) == 0
     worker = pool.worker("w1")
-    leased = worker.lease(3, wait=2)
+    leased = worker.lease(3, wait=2).tasks
     assert len(leased) == 3
     done = [
         pb.TaskResult(ref=worker.ref(leased[0].task_id, 1), outcome=pb.SUCCEEDED, result_json="1"),

@@ -121,10 +121,14 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self.state = state
 
     def LeaseTasks(self, request: pb.LeaseRequest, context: grpc.ServicerContext) -> pb.LeaseReply:
-        self.state.require_worker(context, request.node_id)
+        self.state.require_worker(
+            context, request.node_id, *{r.ref.node_id for r in request.results}
+        )
         caps = self.state.caps_of(request.node_id)
         if caps is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
+        # Outcomes first: their waiters wake now, not when this call's long poll ends.
+        replies = self._complete(request.results, context) if request.results else []
         deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
         while True:
             seen = self.state.queued.generation
@@ -144,7 +148,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             # The worker hung up before it could receive them: give them straight back.
             self.state.tasks.release([(x.task_id, x.attempt, request.node_id) for x in leases])
             self.state.queued.notify()
-            return pb.LeaseReply()
+            return pb.LeaseReply(replies=replies)
         tasks = [
             pb.LeasedTask(
                 task_id=lease.task_id,
@@ -155,7 +159,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             )
             for lease in leases
         ]
-        return pb.LeaseReply(tasks=tasks)
+        return pb.LeaseReply(tasks=tasks, replies=replies)
 
     def ReportProgress(
         self, request: pb.ProgressRequest, context: grpc.ServicerContext
@@ -186,8 +190,14 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self, request: pb.CompleteRequest, context: grpc.ServicerContext
     ) -> pb.CompleteReply:
         self.state.require_worker(context, *{r.ref.node_id for r in request.results})
+        return pb.CompleteReply(replies=self._complete(request.results, context))
+
+    def _complete(
+        self, results: Iterable[pb.TaskResult], context: grpc.ServicerContext
+    ) -> list[pb.FenceReply]:
+        """Record the outcomes (the caller has checked that the worker owns them)."""
         outcomes = []
-        for result in request.results:
+        for result in results:
             if result.outcome not in OUTCOMES:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be terminal")
             if len(result.result_json) > self.state.settings.max_task_data_size:
@@ -216,9 +226,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         replies = self.state.tasks.complete(outcomes)
         self.state.finished.notify([o.task_id for o in outcomes])
         self.state.logs.notify()
-        return pb.CompleteReply(
-            replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
-        )
+        return [pb.FenceReply(accepted=not why, reason=why) for why in replies]
 
     def UploadData(
         self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext

@@ -419,16 +419,18 @@ class ClusterStats(_message.Message):
     def __init__(self, at: _Optional[float] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., finished_total: _Optional[_Mapping[str, int]] = ..., finished_per_minute: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("node_id", "max_tasks", "wait", "max_bundles")
+    __slots__ = ("node_id", "max_tasks", "wait", "max_bundles", "results")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     MAX_BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     max_tasks: int
     wait: float
     max_bundles: int
-    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ..., max_bundles: _Optional[int] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ..., max_bundles: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class LeasedTask(_message.Message):
     __slots__ = ("task_id", "attempt", "spec", "has_checkpoint", "owner")
@@ -445,10 +447,12 @@ class LeasedTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., has_checkpoint: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class LeaseReply(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "replies")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ...) -> None: ...
+    replies: _containers.RepeatedCompositeFieldContainer[FenceReply]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[FenceReply, _Mapping]]] = ...) -> None: ...
 
 class AttemptRef(_message.Message):
     __slots__ = ("task_id", "attempt", "node_id")

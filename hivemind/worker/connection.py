@@ -52,12 +52,21 @@ class WorkerConnection:
         self._call(self.workers.Deregister, pb.DeregisterRequest(node_id=self.node_id), 5)
 
     def lease(
-        self, max_tasks: int, wait: float, max_bundles: int | None = None
-    ) -> list[pb.LeasedTask]:
+        self,
+        max_tasks: int,
+        wait: float,
+        max_bundles: int | None = None,
+        results: Sequence[pb.TaskResult] = (),
+    ) -> pb.LeaseReply:
+        """Lease up to ``max_tasks``, after reporting ``results`` (replied to in order)."""
         request = pb.LeaseRequest(
-            node_id=self.node_id, max_tasks=max_tasks, wait=wait, max_bundles=max_bundles
+            node_id=self.node_id,
+            max_tasks=max_tasks,
+            wait=wait,
+            max_bundles=max_bundles,
+            results=list(results),
         )
-        return list(self._call(self.tasks.LeaseTasks, request, timeout=wait + 15).tasks)
+        return self._call(self.tasks.LeaseTasks, request, timeout=wait + 15)
 
     def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> bool:
         request = pb.ProgressRequest(

@@ -1,10 +1,11 @@
 """`hivemind worker`: register, heartbeat, lease, run, report; survive the node pool's restarts.
 
-Threads: the lease loop (long polls for work while a slot is free), the heartbeat loop (every
-HEARTBEAT_INTERVAL, every half second while tasks run so that a cancel lands fast), the
-reporter (ships logs, progress and outcomes in batches, and keeps whatever it could not send
-until the node pool is back), and one runner thread per bundle task. Function tasks go to
-the warm process pool.
+Threads: the lease loop (long polls for work while a slot is free, and carries the outcomes
+of quick tasks with its next lease), the heartbeat loop (every HEARTBEAT_INTERVAL, every half
+second while tasks run so that a cancel lands fast), the reporter (ships logs, progress and
+the outcomes no lease carries, in batches, and keeps whatever it could not send until the
+node pool is back), and one runner thread per bundle task. Function tasks go to the warm
+process pool.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -51,6 +53,7 @@ LEASE_WAIT = 10.0
 BACKOFF_START, BACKOFF_MAX = 0.2, 10.0
 BUSY_HEARTBEAT = 0.5
 REPORT_INTERVAL = 0.2
+OUTCOMES_PER_CALL = 256
 
 
 @dataclass
@@ -72,6 +75,7 @@ class RunningTask:
     cancel: threading.Event = field(default_factory=threading.Event)
     executing: bool = False  # holds one of the MAX_CONCURRENT_TASKS slots
     handed_back: bool = False  # stopped by a shutdown: released, not reported
+    reported: bool = False  # its outcome is on its way to the node pool
 
 
 class Backoff:
@@ -112,7 +116,12 @@ class Worker:
         self.stopped = threading.Event()
         self.connected = threading.Event()
         self._reports: queue.Queue[tuple[str, object]] = queue.Queue()
-        self._outcomes: list[pb.TaskResult] = []
+        # Outcomes not yet sent. The lease loop carries them with its next lease when that is
+        # due anyway; the reporter sends the rest on their own.
+        self._outcomes: list[tuple[RunningTask, pb.TaskResult]] = []
+        self._outcomes_ready = threading.Condition()
+        self._carrier_waiting = False  # the lease loop waits for an outcome to carry
+        self._carry_outcomes = True  # False against a node pool that ignores them in a lease
         self.pool = FunctionPool(
             size=self.capacity,
             allowed_modules=options.allowed_modules,
@@ -216,12 +225,12 @@ class Worker:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def running_ids(self) -> list[str]:
-        with self._lock:
-            return list(self.running)
+        return [task.task_id for task in self._snapshot()]
 
     def _snapshot(self) -> list[RunningTask]:
+        """Tasks held here whose outcome is not on its way to the node pool."""
         with self._lock:
-            return list(self.running.values())
+            return [task for task in self.running.values() if not task.reported]
 
     def _cancel(self, task_ids: list[str] | tuple[str, ...]) -> None:
         for task_id in task_ids:
@@ -252,17 +261,31 @@ class Worker:
             with self._slots:
                 while self._room() <= 0 and not self.stop_leasing.is_set():
                     self._slots.wait(1.0)
-                free, room = self.capacity - self._busy, self._room()
-            if room <= 0:
-                continue
+            if self.stop_leasing.is_set():
+                break
             self.connected.wait()
+            carried = self._outcomes_to_carry(self._outcome_due())
+            with self._slots:  # slots may have freed meanwhile
+                free, room = self.capacity - self._busy, self._room()
             try:
-                leased = self.conn.lease(room, LEASE_WAIT, max_bundles=free)
+                reply = self.conn.lease(
+                    room,
+                    LEASE_WAIT if room > 0 else 0.0,
+                    max_bundles=free,
+                    results=[result for _, result in carried],
+                )
                 backoff.reset()
             except NodePoolError as exc:
+                self._return_outcomes(carried)
                 self._lost_connection(exc, backoff)
                 continue
-            for task in leased:
+            if len(reply.replies) == len(carried):
+                self._settle(carried, reply.replies)
+            else:  # an older node pool ignored them
+                log.warning("the node pool does not take outcomes with a lease; sending apart")
+                self._carry_outcomes = False
+                self._return_outcomes(carried)
+            for task in reply.tasks:
                 if self.stop_leasing.is_set():
                     self.conn.release([(task.task_id, task.attempt)])
                     continue
@@ -271,6 +294,15 @@ class Worker:
     def _room(self) -> int:
         """Tasks the next lease may bring: free slots plus free prefetch places."""
         return max(0, self.capacity - self._busy + self.prefetch() - len(self._waiting))
+
+    def _outcome_due(self) -> float:
+        """Seconds to wait for an outcome to carry with the next lease: a quick function
+        task is executing, so the lease would otherwise go out just before its outcome."""
+        if not self._carry_outcomes or self._mean_call_seconds > keys.OUTCOME_CARRY_WAIT:
+            return 0.0
+        with self._lock:
+            executing = any(t.executing and t.kind == pb.FUNCTION for t in self.running.values())
+        return keys.OUTCOME_CARRY_WAIT if executing else 0.0
 
     def prefetch(self) -> int:
         """Function tasks to hold ahead of the free slots."""
@@ -480,19 +512,26 @@ class Worker:
             elif kind == "progress":
                 task_id, attempt, fraction, message = payload  # type: ignore[misc]
                 progress[(task_id, attempt)] = (fraction, message)
-            else:
+            else:  # a task's logs and progress go before its outcome, which ends it
                 self._flush_logs(logs)
-                self._outcomes.append(payload[1])  # type: ignore[index]
+                self._flush_progress(progress)
+                with self._outcomes_ready:
+                    self._outcomes.append(payload)  # type: ignore[arg-type]
+                    self._outcomes_ready.notify()
             try:
                 item = self._reports.get_nowait()
             except queue.Empty:
                 break
         self._flush_logs(logs)
+        self._flush_progress(progress)
+
+    def _flush_progress(self, progress: dict[tuple[str, int], tuple[float, str]]) -> None:
         for (task_id, attempt), (fraction, message) in progress.items():
             try:
                 self.conn.progress(task_id, attempt, fraction, message)
             except NodePoolError as exc:
                 log.debug("progress for %s dropped: %s", task_id, exc)
+        progress.clear()
 
     def _flush_logs(self, logs: dict[tuple[str, int], list[str]]) -> None:
         for (task_id, attempt), pieces in list(logs.items()):
@@ -506,24 +545,62 @@ class Worker:
         logs.clear()
 
     def _ship(self) -> bool:
-        """Send the outcomes gathered so far; keep them if the node pool is away."""
-        if not self._outcomes:
+        """Send the outcomes gathered so far, unless the lease loop is about to carry them;
+        keep them if the node pool is away."""
+        with self._outcomes_ready:
+            batch = [] if self._carrier_waiting else self._pop_outcomes()
+        if not batch:
             return True
-        batch, self._outcomes = self._outcomes[:256], self._outcomes[256:]
         try:
-            replies = self.conn.complete(batch)
+            replies = self.conn.complete([result for _, result in batch])
         except NodePoolError as exc:
             log.warning("could not report %d outcomes (%s); will retry", len(batch), exc)
-            self._outcomes[:0] = batch
+            self._return_outcomes(batch)
             return False
-        for result, reply in zip(batch, replies, strict=True):
+        self._settle(batch, replies)
+        return True
+
+    def _outcomes_to_carry(self, wait: float) -> list[tuple[RunningTask, pb.TaskResult]]:
+        """Outcomes for the lease loop to send with its lease, after waiting up to ``wait``
+        seconds for one when there is none yet."""
+        with self._outcomes_ready:
+            if wait > 0 and not self._outcomes:
+                self._carrier_waiting = True
+                self._outcomes_ready.wait(wait)
+                self._carrier_waiting = False
+            return self._pop_outcomes()
+
+    def _pop_outcomes(self) -> list[tuple[RunningTask, pb.TaskResult]]:
+        """Up to a call's worth of outcomes, marked as on their way (holding the lock)."""
+        batch, self._outcomes = (
+            self._outcomes[:OUTCOMES_PER_CALL],
+            self._outcomes[OUTCOMES_PER_CALL:],
+        )
+        for task, _ in batch:
+            task.reported = True
+        return batch
+
+    def _return_outcomes(self, batch: list[tuple[RunningTask, pb.TaskResult]]) -> None:
+        """Outcomes whose call failed: first in line for the next one."""
+        if not batch:
+            return
+        with self._outcomes_ready:
+            for task, _ in batch:
+                task.reported = False
+            self._outcomes[:0] = batch
+
+    def _settle(
+        self,
+        batch: list[tuple[RunningTask, pb.TaskResult]],
+        replies: Sequence[pb.FenceReply],
+    ) -> None:
+        """The node pool has the outcomes: the tasks are no longer held here."""
+        for (task, result), reply in zip(batch, replies, strict=True):
             if not reply.accepted:
                 log.warning("outcome of %s refused: %s", result.ref.task_id, reply.reason)
             with self._lock:
-                task = self.running.get(result.ref.task_id)
-                if task is not None and task.attempt == result.ref.attempt:
-                    del self.running[result.ref.task_id]
-        return True
+                if self.running.get(task.task_id) is task:
+                    del self.running[task.task_id]
 
     def _drain_reports(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
