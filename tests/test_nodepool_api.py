@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ from hivemind.client import Client, function_spec
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.nodepool.server import NodePoolServer
+from hivemind.nodepool.workers_service import WorkerTaskService
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto.generate import stale_files
 from hivemind.worker.connection import WorkerConnection
+from hivemind.worker.daemon import Worker, WorkerOptions
 
 
 @dataclass
@@ -265,3 +268,43 @@ def test_admin_user_management_and_credits(pool: Pool) -> None:
     admin.call(admin.users.DisableUser, pb.UsernameRequest(username="alice"))
     with pytest.raises(NodePoolError, match="disabled"):
         alice.list()
+
+
+def test_worker_reports_apart_to_a_node_pool_that_ignores_outcomes_in_a_lease(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker newer than its node pool: the lease drops the outcomes it carries, and the
+    worker must notice and send them with CompleteTasks instead of losing them."""
+    original = WorkerTaskService.LeaseTasks
+
+    def older_lease(
+        self: WorkerTaskService, request: pb.LeaseRequest, context: grpc.ServicerContext
+    ) -> pb.LeaseReply:
+        del request.results[:]  # what a node pool without the field does
+        return original(self, request, context)
+
+    monkeypatch.setattr(WorkerTaskService, "LeaseTasks", older_lease)
+    s = settings.replace(grpc_host="127.0.0.1")
+    server = NodePoolServer(s)
+    server.start()
+    worker = Worker(
+        s,
+        WorkerOptions(
+            node_id="w-new",
+            token=issue_worker_token(s, "w-new"),
+            allowed_modules=("hivemind.examples",),
+            capacity=2,
+        ),
+    )
+    try:
+        alice = Pool(server, s.client_address, s).user("alice")
+        worker.start()
+        with caplog.at_level(logging.WARNING, logger="hivemind.worker"):
+            # One at a time, so that the worker learns its calls are quick and carries.
+            for n in range(8):
+                [task] = alice.submit_and_wait([function_spec("hivemind.examples:add", [n, 1])], 10)
+                assert task.status == "SUCCEEDED" and json.loads(task.result_json) == n + 1
+        assert "does not take outcomes with a lease" in caplog.text
+    finally:
+        worker.shutdown(grace=1)
+        server.stop(grace=1)
