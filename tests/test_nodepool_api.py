@@ -20,7 +20,7 @@ from hivemind.client import Client, function_spec
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.nodepool.server import NodePoolServer
-from hivemind.nodepool.workers_service import WorkerTaskService
+from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto.generate import stale_files
 from hivemind.worker.connection import WorkerConnection
@@ -270,19 +270,27 @@ def test_admin_user_management_and_credits(pool: Pool) -> None:
         alice.list()
 
 
-def test_worker_reports_apart_to_a_node_pool_that_ignores_outcomes_in_a_lease(
+def test_worker_reports_apart_to_a_node_pool_that_does_not_take_outcomes_in_a_lease(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A worker newer than its node pool: the lease drops the outcomes it carries, and the
-    worker must notice and send them with CompleteTasks instead of losing them."""
-    original = WorkerTaskService.LeaseTasks
+    """A worker newer than its node pool: the node pool does not say that a lease takes
+    outcomes (and would drop them), so the worker sends them with CompleteTasks, at once."""
+    register, lease = WorkerService.Register, WorkerTaskService.LeaseTasks
+
+    def older_register(
+        self: WorkerService, request: pb.RegisterRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterReply:
+        reply = register(self, request, context)
+        reply.ClearField("lease_takes_results")
+        return reply
 
     def older_lease(
         self: WorkerTaskService, request: pb.LeaseRequest, context: grpc.ServicerContext
     ) -> pb.LeaseReply:
-        del request.results[:]  # what a node pool without the field does
-        return original(self, request, context)
+        del request.results[:]
+        return lease(self, request, context)
 
+    monkeypatch.setattr(WorkerService, "Register", older_register)
     monkeypatch.setattr(WorkerTaskService, "LeaseTasks", older_lease)
     s = settings.replace(grpc_host="127.0.0.1")
     server = NodePoolServer(s)
@@ -300,11 +308,13 @@ def test_worker_reports_apart_to_a_node_pool_that_ignores_outcomes_in_a_lease(
         alice = Pool(server, s.client_address, s).user("alice")
         worker.start()
         with caplog.at_level(logging.WARNING, logger="hivemind.worker"):
-            # One at a time, so that the worker learns its calls are quick and carries.
+            # One at a time, quick calls: the case where a newer node pool would take them.
             for n in range(8):
+                started = time.monotonic()
                 [task] = alice.submit_and_wait([function_spec("hivemind.examples:add", [n, 1])], 10)
                 assert task.status == "SUCCEEDED" and json.loads(task.result_json) == n + 1
-        assert "does not take outcomes with a lease" in caplog.text
+                assert task.attempt == 1 and time.monotonic() - started < 2
+        assert "refused" not in caplog.text
     finally:
         worker.shutdown(grace=1)
         server.stop(grace=1)

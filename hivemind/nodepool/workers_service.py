@@ -70,6 +70,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             lease_timeout=self.state.lease_seconds,
             max_task_data_size=settings.max_task_data_size,
             cancel_task_ids=cancel,
+            lease_takes_results=True,
         )
 
     def Heartbeat(

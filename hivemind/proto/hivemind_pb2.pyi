@@ -170,16 +170,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., resources: _Optional[_Union[WorkerResources, _Mapping]] = ..., running_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("heartbeat_interval", "lease_timeout", "max_task_data_size", "cancel_task_ids")
+    __slots__ = ("heartbeat_interval", "lease_timeout", "max_task_data_size", "cancel_task_ids", "lease_takes_results")
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_TASK_DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TAKES_RESULTS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval: float
     lease_timeout: float
     max_task_data_size: int
     cancel_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, heartbeat_interval: _Optional[float] = ..., lease_timeout: _Optional[float] = ..., max_task_data_size: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    lease_takes_results: bool
+    def __init__(self, heartbeat_interval: _Optional[float] = ..., lease_timeout: _Optional[float] = ..., max_task_data_size: _Optional[int] = ..., cancel_task_ids: _Optional[_Iterable[str]] = ..., lease_takes_results: _Optional[bool] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("cpu_percent", "memory_percent", "load1", "disk_percent")

@@ -121,7 +121,7 @@ class Worker:
         self._outcomes: list[tuple[RunningTask, pb.TaskResult]] = []
         self._outcomes_ready = threading.Condition()
         self._carrier_waiting = False  # the lease loop waits for an outcome to carry
-        self._carry_outcomes = True  # False against a node pool that ignores them in a lease
+        self._carry_outcomes = False  # the node pool takes them with a lease (it says so)
         self.pool = FunctionPool(
             size=self.capacity,
             allowed_modules=options.allowed_modules,
@@ -155,6 +155,7 @@ class Worker:
                 backoff.sleep(self.stopped)
                 continue
             self.heartbeat_interval = reply.heartbeat_interval or self.settings.heartbeat_interval
+            self._carry_outcomes = reply.lease_takes_results
             self._cancel(reply.cancel_task_ids)
             self.connected.set()
             log.info("registered as %s with %s", self.options.node_id, self.conn.address)
@@ -279,12 +280,7 @@ class Worker:
                 self._return_outcomes(carried)
                 self._lost_connection(exc, backoff)
                 continue
-            if len(reply.replies) == len(carried):
-                self._settle(carried, reply.replies)
-            else:  # an older node pool ignored them
-                log.warning("the node pool does not take outcomes with a lease; sending apart")
-                self._carry_outcomes = False
-                self._return_outcomes(carried)
+            self._settle(carried, reply.replies)
             for task in reply.tasks:
                 if self.stop_leasing.is_set():
                     self.conn.release([(task.task_id, task.attempt)])
@@ -563,6 +559,8 @@ class Worker:
     def _outcomes_to_carry(self, wait: float) -> list[tuple[RunningTask, pb.TaskResult]]:
         """Outcomes for the lease loop to send with its lease, after waiting up to ``wait``
         seconds for one when there is none yet."""
+        if not self._carry_outcomes:
+            return []
         with self._outcomes_ready:
             if wait > 0 and not self._outcomes:
                 self._carrier_waiting = True
