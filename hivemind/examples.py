@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hivemind.task import report_progress
+from hivemind.task import attempt, checkpoint_dir, report_progress
 
 
 def add(a: float, b: float) -> float:
@@ -35,3 +35,15 @@ def sleep(seconds: float) -> float:
 
 def fail(message: str = "this task fails on purpose") -> None:
     raise RuntimeError(message)
+
+
+def resumable(seconds: float = 60.0) -> str:
+    """Save a checkpoint, then work for ``seconds``. An attempt that finds the checkpoint (its
+    worker was lost, or handed the task back) picks up from it and finishes at once."""
+    state = checkpoint_dir() / "state.txt"
+    if state.exists():
+        return f"{state.read_text()} -> resumed in attempt {attempt()}"
+    state.write_text(f"saved by attempt {attempt()}")
+    report_progress(0.5, "checkpoint saved")
+    time.sleep(seconds)
+    return f"finished in attempt {attempt()} without a checkpoint to resume from"

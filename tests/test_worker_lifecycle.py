@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -63,6 +64,45 @@ def test_checkpoint_of_attempt_one_reaches_attempt_two(
             assert task.attempt == 2
             out = c.fetch_result(tid, tmp_path / "out")
         assert (out / "resumed.txt").read_text() == "saved by attempt 1 -> resumed in attempt 2"
+
+
+def test_function_checkpoint_reaches_the_next_attempt_on_another_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with started_cluster(redis_server, tmp_path) as cluster:
+        with cluster.client() as c:
+            # Attempt 1 saves a checkpoint and works on for 20 s; its worker dies meanwhile.
+            [tid] = c.submit([function_spec("hivemind.examples:resumable", [20], retries=2)])
+            r = cluster.redis()
+            assert wait_until(lambda: r.hget(f"task:{tid}", "has_checkpoint") == "1", 30)
+            first = c.get(tid).worker
+            os.kill(cluster.pid(f"worker-{first}"), signal.SIGKILL)
+            [task] = c.wait([tid], 60)
+        assert task.status == "SUCCEEDED", task.error_message
+        assert (task.attempt, task.worker != first) == (2, True)
+        assert json.loads(task.result_json) == "saved by attempt 1 -> resumed in attempt 2"
+
+
+def test_handed_back_function_task_keeps_its_checkpoint(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with started_cluster(redis_server, tmp_path, shutdown_grace="0.5") as cluster:
+        with cluster.client() as c:
+            [tid] = c.submit([function_spec("hivemind.examples:resumable", [20], retries=0)])
+            r = cluster.redis()
+            assert wait_until(lambda: c.get(tid).progress_message == "checkpoint saved", 30)
+            first = c.get(tid).worker
+            # Stopped before its checkpoint went up by itself: the hand-back takes it along.
+            process = psutil.Process(cluster.pid(f"worker-{first}"))
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+            [task] = c.wait([tid], 60)
+            assert r.hget(f"task:{tid}", "has_checkpoint") == "1"
+        assert task.status == "SUCCEEDED", task.error_message
+        # (The stopping worker's open lease call may take it once more and hand it back too.)
+        assert task.attempt >= 2 and task.worker != first
+        resumed = f"saved by attempt 1 -> resumed in attempt {task.attempt}"
+        assert json.loads(task.result_json) == resumed
 
 
 def test_first_sigterm_hands_unfinished_tasks_back(

@@ -2,10 +2,9 @@
 
 Threads: the lease loop (long polls for work while a slot is free, and carries the outcomes
 of quick tasks with its next lease), the heartbeat loop (every HEARTBEAT_INTERVAL, every half
-second while tasks run so that a cancel lands fast), the reporter (ships logs, progress and
-the outcomes no lease carries, in batches, and keeps whatever it could not send until the
-node pool is back), and one runner thread per bundle task. Function tasks go to the warm
-process pool.
+second while tasks run so that a cancel lands fast), the reporter (:mod:`reporting`), the
+checkpoint loop (sends running function tasks' checkpoints as they change) and one runner
+thread per bundle task. Function tasks go to the warm process pool.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -23,8 +21,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -36,9 +33,12 @@ from hivemind.errors import NodePoolError
 from hivemind.logs import configure_logging, rotating_handler
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
+from hivemind.worker.checkpoints import FunctionCheckpoints
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
 from hivemind.worker.functions import FunctionCall, FunctionOutcome, FunctionPool
+from hivemind.worker.reporting import Reporter
+from hivemind.worker.running import Backoff, RunningTask
 
 log = logging.getLogger("hivemind.worker")
 task_log = logging.getLogger("hivemind.task_execution")
@@ -50,10 +50,8 @@ OUTCOME_CODES = {
     "cancelled": pb.CANCELLED,
 }
 LEASE_WAIT = 10.0
-BACKOFF_START, BACKOFF_MAX = 0.2, 10.0
 BUSY_HEARTBEAT = 0.5
-REPORT_INTERVAL = 0.2
-OUTCOMES_PER_CALL = 256
+FUNCTION_CHECKPOINT_POLL = 0.5  # seconds between looks at running function tasks' checkpoints
 
 
 @dataclass
@@ -64,30 +62,6 @@ class WorkerOptions:
     labels: tuple[str, ...] = ()
     gpu: int = 0
     capacity: int = 0
-
-
-@dataclass
-class RunningTask:
-    task_id: str
-    attempt: int
-    kind: int
-    name: str = ""
-    cancel: threading.Event = field(default_factory=threading.Event)
-    executing: bool = False  # holds one of the MAX_CONCURRENT_TASKS slots
-    handed_back: bool = False  # stopped by a shutdown: released, not reported
-    reported: bool = False  # its outcome is on its way to the node pool
-
-
-class Backoff:
-    def __init__(self) -> None:
-        self.delay = BACKOFF_START
-
-    def sleep(self, stop: threading.Event) -> None:
-        stop.wait(self.delay)
-        self.delay = min(self.delay * 2, BACKOFF_MAX)
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_START
 
 
 class Worker:
@@ -115,18 +89,22 @@ class Worker:
         self.stop_leasing = threading.Event()
         self.stopped = threading.Event()
         self.connected = threading.Event()
-        self._reports: queue.Queue[tuple[str, object]] = queue.Queue()
-        # Outcomes not yet sent. The lease loop carries them with its next lease when that is
-        # due anyway; the reporter sends the rest on their own.
-        self._outcomes: list[tuple[RunningTask, pb.TaskResult]] = []
-        self._outcomes_ready = threading.Condition()
-        self._carrier_waiting = False  # the lease loop waits for an outcome to carry
-        self._carry_outcomes = False  # the node pool takes them with a lease (it says so)
+        self.reports = Reporter(self.conn, self._settled)
+        self.checkpoints = FunctionCheckpoints(
+            self.work_root,
+            settings.max_task_data_size,
+            download=lambda task_id, attempt, dest: self.conn.download(
+                "checkpoint", task_id, attempt, dest
+            ),
+            upload=lambda task_id, attempt, path: self._upload(
+                task_id, attempt, "checkpoint", path
+            ),
+        )
         self.pool = FunctionPool(
             size=self.capacity,
             allowed_modules=options.allowed_modules,
             work_root=self.work_root,
-            on_progress=self._on_progress,
+            on_progress=self.reports.progress,
         )
         self._threads: list[threading.Thread] = []
 
@@ -155,7 +133,7 @@ class Worker:
                 backoff.sleep(self.stopped)
                 continue
             self.heartbeat_interval = reply.heartbeat_interval or self.settings.heartbeat_interval
-            self._carry_outcomes = reply.lease_takes_results
+            self.reports.carry = reply.lease_takes_results
             self._cancel(reply.cancel_task_ids)
             self.connected.set()
             log.info("registered as %s with %s", self.options.node_id, self.conn.address)
@@ -167,7 +145,8 @@ class Worker:
         for target, name in (
             (self._lease_loop, "lease"),
             (self._heartbeat_loop, "heartbeat"),
-            (self._report_loop, "report"),
+            (lambda: self.reports.run(self.stopped), "report"),
+            (self._checkpoint_loop, "checkpoints"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -189,7 +168,11 @@ class Worker:
             task.handed_back = True
             task.cancel.set()
             self.pool.cancel(task.task_id)
-        self._drain_reports(5.0)
+        # Their last checkpoints go up before the tasks go back: the fence refuses them after.
+        deadline = time.monotonic() + 5.0
+        while any(task.executing for task in leftover) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.reports.drain(5.0)
         if leftover:
             self._hand_back(leftover)
         try:
@@ -265,7 +248,7 @@ class Worker:
             if self.stop_leasing.is_set():
                 break
             self.connected.wait()
-            carried = self._outcomes_to_carry(self._outcome_due())
+            carried = self.reports.to_carry(self._outcome_due())
             with self._slots:  # slots may have freed meanwhile
                 free, room = self.capacity - self._busy, self._room()
             try:
@@ -277,10 +260,10 @@ class Worker:
                 )
                 backoff.reset()
             except NodePoolError as exc:
-                self._return_outcomes(carried)
+                self.reports.give_back(carried)
                 self._lost_connection(exc, backoff)
                 continue
-            self._settle(carried, reply.replies)
+            self.reports.settle(carried, reply.replies)
             for task in reply.tasks:
                 if self.stop_leasing.is_set():
                     self.conn.release([(task.task_id, task.attempt)])
@@ -294,7 +277,7 @@ class Worker:
     def _outcome_due(self) -> float:
         """Seconds to wait for an outcome to carry with the next lease: a quick function
         task is executing, so the lease would otherwise go out just before its outcome."""
-        if not self._carry_outcomes or self._mean_call_seconds > keys.OUTCOME_CARRY_WAIT:
+        if not self.reports.carry or self._mean_call_seconds > keys.OUTCOME_CARRY_WAIT:
             return 0.0
         with self._lock:
             executing = any(t.executing and t.kind == pb.FUNCTION for t in self.running.values())
@@ -352,6 +335,8 @@ class Worker:
         task = RunningTask(leased.task_id, leased.attempt, leased.spec.kind, leased.spec.name)
         with self._lock:
             self.running[task.task_id] = task
+        if leased.spec.kind == pb.FUNCTION and leased.has_checkpoint:
+            self.checkpoints.restore(task.task_id, task.attempt)
         with self._slots:
             if leased.spec.kind == pb.FUNCTION:
                 self._waiting.append((task, leased))
@@ -397,12 +382,18 @@ class Worker:
                 if previous == math.inf
                 else 0.8 * previous + 0.2 * outcome.duration
             )
-        # The pool keeps a function's checkpoint dir here; the attempt is over. Most calls
-        # make none: one stat is much cheaper than rmtree's attempt.
-        checkpoints = os.path.join(self.work_root, task.task_id)
-        if os.path.isdir(checkpoints):
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        if task.handed_back:  # the next attempt may run elsewhere: it gets the last state
+            self.checkpoints.send(task.task_id, task.attempt, final=True)
+        self.checkpoints.forget(task.task_id, task.attempt)
         self._finish(task, outcome.status, outcome.result_json, outcome.error_message, None)
+
+    def _checkpoint_loop(self) -> None:
+        """Send the checkpoints of running function tasks as they change, so that the next
+        attempt gets them even if this worker dies. Bundles' runners watch their own."""
+        while not self.stopped.wait(FUNCTION_CHECKPOINT_POLL):
+            for task in self._snapshot():
+                if task.kind == pb.FUNCTION and task.executing and not task.handed_back:
+                    self.checkpoints.send(task.task_id, task.attempt, final=False)
 
     def _run_bundle(self, task: RunningTask, leased: pb.LeasedTask, timeout: float) -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f"{task.task_id}-", dir=self.work_root))
@@ -427,9 +418,11 @@ class Worker:
             )
             outcome: RunOutcome = run_bundle(
                 run,
-                on_output=lambda text: self._reports.put(("log", (task, text))),
+                on_output=lambda text: self.reports.log(task, text),
                 on_progress=lambda f, m: self._on_progress(task.task_id, task.attempt, f, m),
-                on_checkpoint=lambda path: self._upload(task, "checkpoint", path),
+                on_checkpoint=lambda path: self._upload(
+                    task.task_id, task.attempt, "checkpoint", path
+                ),
                 cancel=task.cancel,
             )
             self._finish(task, outcome.status, "", outcome.error_message, outcome.result_zip)
@@ -438,15 +431,18 @@ class Worker:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _upload(self, task: RunningTask, kind: str, path: Path) -> bool:
+    def _upload(self, task_id: str, attempt: int, kind: str, path: Path) -> bool:
         try:
-            return self.conn.upload(task.task_id, task.attempt, kind, path).accepted
+            return self.conn.upload(task_id, attempt, kind, path).accepted
         except NodePoolError as exc:
-            log.warning("task %s: %s upload failed: %s", task.task_id, kind, exc)
+            log.warning("task %s: %s upload failed: %s", task_id, kind, exc)
             return False
 
-    def _on_progress(self, task_id: str, attempt: int, fraction: float, message: str) -> None:
-        self._reports.put(("progress", (task_id, attempt, fraction, message)))
+    def _settled(self, task: RunningTask) -> None:
+        """The node pool has the task's outcome: it is no longer held here."""
+        with self._lock:
+            if self.running.get(task.task_id) is task:
+                del self.running[task.task_id]
 
     def _finish(
         self,
@@ -469,7 +465,7 @@ class Worker:
             status, error = "cancelled", error or "cancelled"
         has_archive = False
         if result_zip is not None:
-            has_archive = self._upload(task, "result", result_zip)
+            has_archive = self._upload(task.task_id, task.attempt, "result", result_zip)
             result_zip.unlink(missing_ok=True)
         task_log.info(
             "task %s attempt %d %s: %s %s", task.task_id, task.attempt, status, task.name, error
@@ -481,129 +477,7 @@ class Worker:
             error_message=error,
             has_result_archive=has_archive,
         )
-        self._reports.put(("outcome", (task, result)))
-
-    # -- reporting ---------------------------------------------------------------------------
-    def _report_loop(self) -> None:
-        backoff = Backoff()
-        while not self.stopped.is_set():
-            self._collect(timeout=REPORT_INTERVAL)
-            if not self._ship():
-                backoff.sleep(self.stopped)
-            else:
-                backoff.reset()
-
-    def _collect(self, timeout: float) -> None:
-        logs: dict[tuple[str, int], list[str]] = {}
-        progress: dict[tuple[str, int], tuple[float, str]] = {}
-        try:
-            item = self._reports.get(timeout=timeout)
-        except queue.Empty:
-            return
-        while True:
-            kind, payload = item
-            if kind == "log":
-                task, text = payload  # type: ignore[misc]
-                logs.setdefault((task.task_id, task.attempt), []).append(text)
-            elif kind == "progress":
-                task_id, attempt, fraction, message = payload  # type: ignore[misc]
-                progress[(task_id, attempt)] = (fraction, message)
-            else:  # a task's logs and progress go before its outcome, which ends it
-                self._flush_logs(logs)
-                self._flush_progress(progress)
-                with self._outcomes_ready:
-                    self._outcomes.append(payload)  # type: ignore[arg-type]
-                    self._outcomes_ready.notify()
-            try:
-                item = self._reports.get_nowait()
-            except queue.Empty:
-                break
-        self._flush_logs(logs)
-        self._flush_progress(progress)
-
-    def _flush_progress(self, progress: dict[tuple[str, int], tuple[float, str]]) -> None:
-        for (task_id, attempt), (fraction, message) in progress.items():
-            try:
-                self.conn.progress(task_id, attempt, fraction, message)
-            except NodePoolError as exc:
-                log.debug("progress for %s dropped: %s", task_id, exc)
-        progress.clear()
-
-    def _flush_logs(self, logs: dict[tuple[str, int], list[str]]) -> None:
-        for (task_id, attempt), pieces in list(logs.items()):
-            text = "".join(pieces)
-            for line in text.splitlines():
-                task_log.info("[%s#%d] %s", task_id, attempt, line)
-            try:
-                self.conn.append_log(task_id, attempt, text)
-            except NodePoolError as exc:
-                log.debug("log for %s dropped: %s", task_id, exc)
-        logs.clear()
-
-    def _ship(self) -> bool:
-        """Send the outcomes gathered so far, unless the lease loop is about to carry them;
-        keep them if the node pool is away."""
-        with self._outcomes_ready:
-            batch = [] if self._carrier_waiting else self._pop_outcomes()
-        if not batch:
-            return True
-        try:
-            replies = self.conn.complete([result for _, result in batch])
-        except NodePoolError as exc:
-            log.warning("could not report %d outcomes (%s); will retry", len(batch), exc)
-            self._return_outcomes(batch)
-            return False
-        self._settle(batch, replies)
-        return True
-
-    def _outcomes_to_carry(self, wait: float) -> list[tuple[RunningTask, pb.TaskResult]]:
-        """Outcomes for the lease loop to send with its lease, after waiting up to ``wait``
-        seconds for one when there is none yet."""
-        if not self._carry_outcomes:
-            return []
-        with self._outcomes_ready:
-            if wait > 0 and not self._outcomes:
-                self._carrier_waiting = True
-                self._outcomes_ready.wait(wait)
-                self._carrier_waiting = False
-            return self._pop_outcomes()
-
-    def _pop_outcomes(self) -> list[tuple[RunningTask, pb.TaskResult]]:
-        """Up to a call's worth of outcomes, marked as on their way (holding the lock)."""
-        batch, self._outcomes = (
-            self._outcomes[:OUTCOMES_PER_CALL],
-            self._outcomes[OUTCOMES_PER_CALL:],
-        )
-        for task, _ in batch:
-            task.reported = True
-        return batch
-
-    def _return_outcomes(self, batch: list[tuple[RunningTask, pb.TaskResult]]) -> None:
-        """Outcomes whose call failed: first in line for the next one."""
-        if not batch:
-            return
-        with self._outcomes_ready:
-            for task, _ in batch:
-                task.reported = False
-            self._outcomes[:0] = batch
-
-    def _settle(
-        self,
-        batch: list[tuple[RunningTask, pb.TaskResult]],
-        replies: Sequence[pb.FenceReply],
-    ) -> None:
-        """The node pool has the outcomes: the tasks are no longer held here."""
-        for (task, result), reply in zip(batch, replies, strict=True):
-            if not reply.accepted:
-                log.warning("outcome of %s refused: %s", result.ref.task_id, reply.reason)
-            with self._lock:
-                if self.running.get(task.task_id) is task:
-                    del self.running[task.task_id]
-
-    def _drain_reports(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (not self._reports.empty() or self._outcomes):
-            time.sleep(0.05)
+        self.reports.outcome(task, result)
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> int:

@@ -37,6 +37,7 @@ import hivemind
 from hivemind.errors import BundleError
 from hivemind.task import ENV_ATTEMPT, ENV_CHECKPOINT_DIR, ENV_PROGRESS_FILE, ENV_TASK_ID
 from hivemind.worker.bundle import MIB, extract_archive, extract_bundle, zip_output
+from hivemind.worker.checkpoints import CheckpointWatch
 
 _log = logging.getLogger(__name__)
 
@@ -140,19 +141,6 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=report)
 
 
-def _folder_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    entries = []
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue  # deleted while we looked: the next poll sees the new state
-            entries.append((os.path.relpath(path, folder), info.st_size, info.st_mtime_ns))
-    return tuple(sorted(entries))
-
-
 def _limit_memory(pid: int, limit_mb: int) -> None:
     """Cap the address space of a just-started task (its children inherit the cap).
 
@@ -252,9 +240,7 @@ class _Attempt:
         self.progress_file = work_dir / ".progress.jsonl"
         self._progress_offset = 0
         self._last_progress: tuple[float, str] | None = None
-        self._checkpoint_seen: tuple[tuple[str, int, int], ...] = ()
-        self._checkpoint_sent: tuple[tuple[str, int, int], ...] = ()
-        self._checkpoints_taken = 0
+        self.checkpoints: CheckpointWatch | None = None  # from prepare() on
         self.env: dict[str, str] = {}
 
     def outcome(self, status: str, exit_code: int | None, message: str) -> RunOutcome:
@@ -276,7 +262,9 @@ class _Attempt:
                 _log.warning("task %s: checkpoint not restored: %s", self.run.task_id, exc)
                 _guarded(self.on_output, f"[hivemind] previous checkpoint not restored: {exc}\n")
         self.checkpoint_dir.mkdir(exist_ok=True)
-        self._checkpoint_seen = self._checkpoint_sent = _folder_signature(self.checkpoint_dir)
+        self.checkpoints = CheckpointWatch(
+            self.checkpoint_dir, self.work_dir, self.run.max_output_size
+        )
         (self.work_dir / "tmp").mkdir()
         self.progress_file.touch()
         self.env = clean_environment(
@@ -322,27 +310,12 @@ class _Attempt:
             _guarded(self.on_progress, *latest)
 
     def poll_checkpoint(self, final: bool) -> None:
-        signature = _folder_signature(self.checkpoint_dir)
-        changed = signature != self._checkpoint_sent
-        # Taken only once the folder has stayed the same for a whole poll (or the task is
-        # gone), so a checkpoint being written is not shipped half-done.
-        stable = final or signature == self._checkpoint_seen
-        self._checkpoint_seen = signature
-        if not changed or not stable:
+        if self.checkpoints is None:
             return
-        self._checkpoints_taken += 1
-        target = self.work_dir / f".checkpoint-{self._checkpoints_taken}.zip"
         try:
-            path = zip_output(self.checkpoint_dir, target, self.run.max_output_size, "checkpoint")
-        except OSError:
-            return  # a file vanished while being zipped: the task is still writing; retry
+            self.checkpoints.send(final, functools.partial(_guarded, self.on_checkpoint))
         except BundleError as exc:
             _guarded(self.on_output, f"[hivemind] checkpoint not saved: {exc}\n")
-            path = None
-        self._checkpoint_sent = signature
-        if path is not None:
-            _guarded(self.on_checkpoint, path)
-            path.unlink(missing_ok=True)
 
     # -- running -----------------------------------------------------------------------------
 

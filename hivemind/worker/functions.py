@@ -133,7 +133,8 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _checkpoint_folder(work_root: Path, task_id: str) -> Path:
+def checkpoint_folder(work_root: Path, task_id: str) -> Path:
+    """Where a function task's ``checkpoint_dir()`` is; its parent is the task's own folder."""
     return work_root / re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:64] / "checkpoint"
 
 
@@ -188,7 +189,7 @@ def _run_call(
     def report(fraction: float, message: str) -> None:
         progress.report(task_id, attempt, fraction, message)
 
-    task_api._set_context(task_id, attempt, _checkpoint_folder(work_root, task_id), report)
+    task_api._set_context(task_id, attempt, checkpoint_folder(work_root, task_id), report)
     error = ""
     try:
         function = cache.get(name)
