@@ -58,6 +58,8 @@ def test_checkpoint_of_attempt_one_reaches_attempt_two(
             [tid] = c.submit([bundle_spec(bundle_id, retries=2)])
             r = cluster.redis()
             assert wait_until(lambda: r.hget(f"task:{tid}", "has_checkpoint") == "1", 30)
+            # The bundle's progress report arrived too.
+            assert wait_until(lambda: c.get(tid).progress_message == "checkpoint saved", 10)
             os.kill(holder_pid(cluster, tid), signal.SIGKILL)
             [task] = c.wait([tid], 60)
             assert task.status == "SUCCEEDED", task.error_message

@@ -419,7 +419,7 @@ class Worker:
             outcome: RunOutcome = run_bundle(
                 run,
                 on_output=lambda text: self.reports.log(task, text),
-                on_progress=lambda f, m: self._on_progress(task.task_id, task.attempt, f, m),
+                on_progress=lambda f, m: self.reports.progress(task.task_id, task.attempt, f, m),
                 on_checkpoint=lambda path: self._upload(
                     task.task_id, task.attempt, "checkpoint", path
                 ),
