@@ -163,3 +163,43 @@ def test_second_sigterm_exits_at_once_and_kills_task_processes(
             # Its lease expires and the task runs again elsewhere.
             assert wait_until(lambda: c.get(tid).attempt == 2, 30)
             c.cancel(tid)
+
+
+def test_worker_killed_with_sigkill_leaves_no_task_process_behind(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    marker = f"hivemind-orphan-{os.getpid()}"
+    source = (
+        "import subprocess, time\n"
+        f"subprocess.Popen(['bash', '-c', 'exec -a {marker} sleep 300'])\n"
+        "time.sleep(300)\n"
+    )
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def marker_alive() -> bool:
+        return any(
+            marker in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        )
+
+    with started_cluster(redis_server, tmp_path, workers=1) as cluster:
+        bundle_id = upload_bundle(cluster, tmp_path, source)
+        with cluster.client() as c:
+            ids = c.submit(
+                [
+                    bundle_spec(bundle_id, retries=0),
+                    function_spec("hivemind.examples:sleep", [300], retries=0),
+                ]
+            )
+            assert wait_until(lambda: all(t.status == "RUNNING" for t in c.wait(ids, 0)), 30)
+            assert wait_until(marker_alive, 30)
+            worker = psutil.Process(cluster.pid(f"worker-{c.get(ids[0]).worker}"))
+            task_processes = [p.pid for p in worker.children(recursive=True)]
+            os.kill(worker.pid, signal.SIGKILL)
+            # The bundle, what it started, and the pool processes (one runs the sleep) go too.
+            assert wait_until(lambda: not any(alive(pid) for pid in task_processes), 10)
+            assert not marker_alive()

@@ -37,6 +37,7 @@ from hivemind.worker.checkpoints import FunctionCheckpoints
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
 from hivemind.worker.functions import FunctionCall, FunctionOutcome, FunctionPool
+from hivemind.worker.guard import guard
 from hivemind.worker.reporting import Reporter
 from hivemind.worker.running import Backoff, RunningTask
 
@@ -488,6 +489,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     task_logger.addHandler(rotating_handler(home.task_execution_log, buffered=True))
     # Task lines go to task_execution.log only, not again to worker.log and the console.
     task_logger.propagate = False
+    guard.start()  # before the function pool: its processes are task processes too
     worker = Worker(settings, options)
     signals = {"count": 0}
     shutdown_requested = threading.Event()

@@ -38,6 +38,7 @@ from hivemind.errors import BundleError
 from hivemind.task import ENV_ATTEMPT, ENV_CHECKPOINT_DIR, ENV_PROGRESS_FILE, ENV_TASK_ID
 from hivemind.worker.bundle import MIB, extract_archive, extract_bundle, zip_output
 from hivemind.worker.checkpoints import CheckpointWatch
+from hivemind.worker.guard import guard
 
 _log = logging.getLogger(__name__)
 
@@ -329,6 +330,7 @@ class _Attempt:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        guard.hold(process.pid)
         _limit_memory(process.pid, self.run.memory_limit_mb)
         return process
 
@@ -454,6 +456,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
     # Reaped only now: while the leader is a zombie its pid, the group id, cannot be reused.
     process.wait()
+    guard.release(group)
 
 
 def run_bundle(

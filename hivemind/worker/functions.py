@@ -37,6 +37,7 @@ from typing import Any
 
 from hivemind import task as task_api
 from hivemind.errors import HivemindError
+from hivemind.worker.guard import guard
 
 _log = logging.getLogger(__name__)
 
@@ -419,6 +420,8 @@ class FunctionPool:
         args = (child_end, self._allowed, self._work_root)
         process = self._context.Process(target=_serve, args=args, name="hivemind-function")
         process.start()
+        if process.pid is not None:
+            guard.hold(process.pid)  # it leads a group of its own (setsid in _serve)
         # Our copy of the child's end must go, or its death would never show as end of file.
         child_end.close()
         slot = _Slot(process, parent_end)
@@ -515,6 +518,8 @@ class FunctionPool:
         self._selector.unregister(slot.conn)
         slot.conn.close()
         slot.process.join(_STOP_TIMEOUT)
+        if slot.process.pid is not None and slot.process.exitcode is not None:
+            guard.release(slot.process.pid)
         reason = _exit_description(slot.process.exitcode)
         with self._locked():
             if slot.job is not None:
@@ -537,6 +542,8 @@ class FunctionPool:
             if slot.process.is_alive():
                 _kill_process(slot.process)
                 slot.process.join(_STOP_TIMEOUT)
+            if slot.process.pid is not None and slot.process.exitcode is not None:
+                guard.release(slot.process.pid)
             slot.conn.close()
         self._slots.clear()
         self._selector.close()
