@@ -16,6 +16,23 @@ BACKUPS = 5
 BUFFERED_FLUSH_INTERVAL = 0.2
 
 
+class LineFormatter(logging.Formatter):
+    """LOG_FORMAT, with the date and time of each second formatted once, not once a line: a
+    busy worker logs a line per task."""
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+        self._stamp = (-1, "")  # (second, its text), replaced whole: threads may share it
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        cached_second, text = self._stamp
+        if second != cached_second:
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._stamp = (second, text)
+        return self.default_msec_format % (text, record.msecs)
+
+
 class BufferedRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating log that writes its lines in batches, from a thread of its own.
 
@@ -94,7 +111,7 @@ def rotating_handler(path: Path, buffered: bool = False) -> logging.Handler:
         handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LineFormatter())
     return handler
 
 
@@ -106,6 +123,6 @@ def configure_logging(path: Path, level: str = "INFO", stderr: bool = True) -> N
     root.addHandler(rotating_handler(path))
     if stderr:
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter(LOG_FORMAT))
+        console.setFormatter(LineFormatter())
         root.addHandler(console)
     root.propagate = False

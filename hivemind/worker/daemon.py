@@ -485,6 +485,9 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Run a worker in the foreground until SIGTERM (graceful) or a second SIGTERM (now)."""
     home = layout(settings.home).ensure()
     configure_logging(home.worker_log, settings.log_level)
+    # A line per task: skip what LOG_FORMAT does not show (the logging docs' "Optimization").
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     task_logger = logging.getLogger("hivemind.task_execution")
     task_logger.addHandler(rotating_handler(home.task_execution_log, buffered=True))
     # Task lines go to task_execution.log only, not again to worker.log and the console.

@@ -134,9 +134,19 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def task_folder_name(task_id: str) -> str:
+    """The name of a task's own folder under the worker's work root (ids are safe already)."""
+    if _SAFE_NAME.fullmatch(task_id):
+        return task_id
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:64] or "_"
+
+
 def checkpoint_folder(work_root: Path, task_id: str) -> Path:
     """Where a function task's ``checkpoint_dir()`` is; its parent is the task's own folder."""
-    return work_root / re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:64] / "checkpoint"
+    return work_root / task_folder_name(task_id) / "checkpoint"
 
 
 # -- the pool process -------------------------------------------------------------------------
