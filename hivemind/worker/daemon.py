@@ -161,6 +161,8 @@ class Worker:
             self._waiting.clear()
         if waiting:
             self._hand_back(waiting)
+            for task in waiting:  # a restored checkpoint stays on the node pool for the next
+                self.checkpoints.forget(task.task_id, task.attempt)
         deadline = time.monotonic() + grace
         while self.running_ids() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -236,6 +238,7 @@ class Worker:
                     break
             else:
                 return False
+        self.checkpoints.forget(task.task_id, task.attempt)  # restored, never used
         self._finish(task, "cancelled", "", "cancelled before it started", None)
         return True
 
