@@ -79,6 +79,7 @@ def test_an_outcome_waited_for_by_the_lease_loop_is_carried_not_sent_apart(
     carried: list[list[tuple[RunningTask, pb.TaskResult]]] = []
     carrier = threading.Thread(target=lambda: carried.append(running.reporter.to_carry(5.0)))
     carrier.start()
+    assert wait_until(lambda: running.reporter._carrier_waiting, 5)
     task, result = finished("t2")
     running.reporter.outcome(task, result)
     carrier.join(5)
