@@ -43,6 +43,14 @@ def upload_bundle(cluster: Cluster, tmp_path: Path, source: str) -> str:
         return c.upload_bundle(path)
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def holder_pid(cluster: Cluster, task_id: str) -> int:
     with cluster.client() as c:
         worker = c.get(task_id).worker
@@ -153,13 +161,15 @@ def test_second_sigterm_exits_at_once_and_kills_task_processes(
 
             assert wait_until(marker_alive, 30)
             process = psutil.Process(holder_pid(cluster, tid))
+            # This attempt's processes: once the lease expires, the next attempt starts its own.
+            task_processes = [p.pid for p in process.children(recursive=True)]
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            process.wait(10)
+            process.wait(10)  # (a dead worker is reaped by init, here up to ~2 s later)
             assert time.monotonic() - started < 5
-            assert wait_until(lambda: not marker_alive(), 10)
+            assert wait_until(lambda: not any(running(pid) for pid in task_processes), 10)
             # Its lease expires and the task runs again elsewhere.
             assert wait_until(lambda: c.get(tid).attempt == 2, 30)
             c.cancel(tid)
@@ -174,12 +184,6 @@ def test_worker_killed_with_sigkill_leaves_no_task_process_behind(
         f"subprocess.Popen(['bash', '-c', 'exec -a {marker} sleep 300'])\n"
         "time.sleep(300)\n"
     )
-
-    def alive(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
 
     def marker_alive() -> bool:
         return any(
@@ -201,5 +205,5 @@ def test_worker_killed_with_sigkill_leaves_no_task_process_behind(
             task_processes = [p.pid for p in worker.children(recursive=True)]
             os.kill(worker.pid, signal.SIGKILL)
             # The bundle, what it started, and the pool processes (one runs the sleep) go too.
-            assert wait_until(lambda: not any(alive(pid) for pid in task_processes), 10)
+            assert wait_until(lambda: not any(running(pid) for pid in task_processes), 10)
             assert not marker_alive()
