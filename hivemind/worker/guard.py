@@ -60,10 +60,6 @@ class GroupGuard:
                 start_new_session=True,
             )
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
     def hold(self, group: int) -> None:
         """Kill process group ``group`` if this worker dies before :meth:`release`."""
         self._send(f"+ {group}\n")
