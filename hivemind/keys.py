@@ -161,6 +161,16 @@ LOGIN_FAILURES_MAX = 5
 LOGIN_FAILURE_WINDOW = 300
 #: Verified tokens a node pool remembers, so a worker's token is checked once (cleared when full).
 VERIFIED_TOKENS_MAX = 20_000
+#: Notices of ended tasks a node pool keeps for its waiters; one older than that makes a
+#: waiter re-read every task it waits for.
+FINISHED_NOTICES_KEPT = 4096
+#: Hashes of just-ended tasks a node pool keeps, so that their waiters reply without reading
+#: them from Redis again (about 1 KB each).
+FINISHED_RECORDS_KEPT = 4096
+#: Seconds a node pool trusts that the queue is still empty when nothing was queued through
+#: it since it saw the queue empty: within that time, a long poll skips its first look.
+#: Work queued by other processes (a restore, the doctor's repairs) shows within it.
+QUEUE_EMPTY_TRUST = 1.0
 #: Bytes per gRPC message when streaming bundles, results, checkpoints and logs.
 CHUNK_SIZE = 1024 * 1024
 #: Log chunks kept per task in Redis (the whole log is archived to disk when it ends).

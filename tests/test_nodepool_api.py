@@ -12,9 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from hivemind import keys
 from hivemind.auth import issue_worker_token
 from hivemind.client import Client, function_spec
 from hivemind.config import Settings
@@ -23,6 +25,7 @@ from hivemind.nodepool.server import NodePoolServer
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto.generate import stale_files
+from hivemind.taskstore import NewTask, TaskStore
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.daemon import Worker, WorkerOptions
 
@@ -169,6 +172,8 @@ def test_lease_carries_outcomes_and_is_fenced_like_complete(pool: Pool) -> None:
     poller.start()
     [task] = alice.wait([second], 5)
     assert task.status == "SUCCEEDED" and time.monotonic() - started < 2
+    assert (task.result_json, task.owner, task.worker) == ("7", "alice", "w1")
+    assert task.finished_at >= task.start_time > 0
     poller.join()
     assert sent[0].replies[0].accepted and not sent[0].tasks
     # Another worker's token cannot report through a lease either.
@@ -176,6 +181,21 @@ def test_lease_carries_outcomes_and_is_fenced_like_complete(pool: Pool) -> None:
     with pytest.raises(NodePoolError) as info:
         w2.lease(1, wait=0, results=[forged])
     assert info.value.code == "PERMISSION_DENIED"
+
+
+def test_work_queued_by_another_process_reaches_a_long_poll_that_skipped_its_first_look(
+    pool: Pool,
+) -> None:
+    w1 = pool.worker("w1")
+    assert not w1.lease(1, wait=0.1).tasks  # the node pool now knows the queue is empty
+    # Queued behind the node pool's back (as a restore or the doctor would): no wake-up.
+    other = TaskStore(redis.Redis.from_url(pool.settings.redis_url, decode_responses=True))
+    late = NewTask("alice", "late", "FUNCTION", {"function": "m:f"}, 60, 0, 0)
+    [task_id] = other.submit([late])
+    started = time.monotonic()
+    [leased] = w1.lease(1, wait=5).tasks
+    assert leased.task_id == task_id
+    assert time.monotonic() - started < keys.QUEUE_EMPTY_TRUST + 1.0
 
 
 def test_submit_and_wait_returns_results_in_the_same_call(pool: Pool) -> None:

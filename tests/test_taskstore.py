@@ -9,7 +9,7 @@ import redis
 
 from hivemind import keys
 from hivemind.states import TaskState
-from hivemind.taskstore import NewTask, Outcome, TaskStore, WorkerCaps
+from hivemind.taskstore import Completion, LeaseRound, NewTask, Outcome, TaskStore, WorkerCaps
 
 SMALL = WorkerCaps(cpu=2, memory_mb=4096, gpu=0, labels=())
 
@@ -52,6 +52,28 @@ def test_submit_lease_complete_uses_the_guides_keys(store: TaskStore) -> None:
     assert not r.sismember(keys.worker_tasks_key("w1"), tid)
     events = [json.loads(e)["event"] for e in r.lrange(keys.task_history_key(tid), 0, -1)]
     assert events == ["submitted", "leased", "succeeded"]
+
+
+def test_a_lease_round_says_when_the_queue_is_left_empty(store: TaskStore) -> None:
+    assert store.lease_round("w1", SMALL, 1, 30).queue_empty  # nothing was ever queued
+    store.submit([task(), task()])
+    first = store.lease_round("w1", SMALL, 1, 30)
+    assert len(first.leases) == 1 and not first.queue_empty
+    second = store.lease_round("w1", SMALL, 1, 30)
+    assert len(second.leases) == 1 and second.queue_empty
+    # A task that fits no worker is still queued work: the queue is not empty.
+    store.submit([task(req_gpu=1)])
+    assert store.lease_round("w1", SMALL, 1, 30) == LeaseRound([], queue_empty=False)
+
+
+def test_completing_hands_back_the_finished_hash_or_why_not(store: TaskStore) -> None:
+    [tid] = store.submit([task()])
+    store.lease("w1", SMALL, 1, 30)
+    done = Outcome(tid, 1, "w1", TaskState.SUCCEEDED, "42")
+    [accepted, refused] = store.complete_records([done, done])
+    assert accepted.refused == "" and accepted.record == store.redis.hgetall(f"task:{tid}")
+    assert accepted.record["status"] == "SUCCEEDED" and accepted.record["result_json"] == "42"
+    assert refused == Completion("task is SUCCEEDED", None)
 
 
 def test_exactly_one_terminal_result(store: TaskStore) -> None:

@@ -46,7 +46,27 @@ class Notifier:
 
 
 class QueueSignal(Notifier):
-    """Wakes lease calls when work is queued."""
+    """Wakes lease calls when work is queued, and remembers when the queue was seen empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._empty_at: tuple[int, float] | None = None  # (generation, monotonic time)
+
+    def saw_empty(self, seen: int) -> None:
+        """A lease round that started at generation ``seen`` left nothing queued."""
+        with self._cond:
+            if seen == self._generation:
+                self._empty_at = (seen, time.monotonic())
+
+    def known_empty(self, max_age: float) -> bool:
+        """Nothing was queued in this process since the queue was seen empty, at most
+        ``max_age`` seconds ago (other processes' work shows within that time)."""
+        empty_at = self._empty_at
+        return (
+            empty_at is not None
+            and empty_at[0] == self._generation
+            and time.monotonic() - empty_at[1] < max_age
+        )
 
     def notify(self, count: int | None = None) -> None:
         """Wake ``count`` waiters (longest waiting first), or all of them when None.
@@ -63,37 +83,66 @@ class QueueSignal(Notifier):
                 self._cond.notify(count)
 
 
+Record = dict[str, str]
+
+
 class FinishedLog(Notifier):
-    """A notifier that also remembers which tasks ended at each generation, so that a waiter
-    re-reads only those instead of every task it waits for."""
+    """A notifier that also remembers which tasks ended at each generation, and their hashes
+    when the notifier had them, so that a waiter re-reads only the tasks it has no hash of
+    instead of every task it waits for."""
 
-    def __init__(self, keep: int = 4096) -> None:
+    def __init__(
+        self,
+        keep: int = keys.FINISHED_NOTICES_KEPT,
+        keep_records: int = keys.FINISHED_RECORDS_KEPT,
+    ) -> None:
         super().__init__()
-        self._entries: deque[tuple[int, tuple[str, ...] | None]] = deque(maxlen=keep)
+        self._entries: deque[tuple[int, dict[str, Record | None] | None]] = deque(maxlen=keep)
+        # Entries that still hold hashes, oldest first: the oldest lose theirs past the limit.
+        self._holding: deque[dict[str, Record | None]] = deque()
+        self._held = 0
+        self._keep_records = keep_records
 
-    def notify(self, task_ids: Iterable[str] | None = None) -> None:
-        """``task_ids`` that may have ended; None when unknown (waiters re-read everything)."""
+    def notify(
+        self, task_ids: Iterable[str] | None = None, records: dict[str, Record] | None = None
+    ) -> None:
+        """``task_ids`` that may have ended, with the hashes of those that did (``records``);
+        None when unknown (waiters re-read everything)."""
+        known = records or {}
+        entry = None if task_ids is None else {i: known.get(i) for i in task_ids}
         with self._cond:
             self._generation += 1
-            self._entries.append((self._generation, None if task_ids is None else tuple(task_ids)))
+            self._entries.append((self._generation, entry))
+            if entry is not None and known:
+                self._holding.append(entry)
+                self._held += sum(record is not None for record in entry.values())
+                while self._held > self._keep_records:
+                    oldest = self._holding.popleft()
+                    for task_id, record in oldest.items():
+                        if record is not None:
+                            oldest[task_id] = None
+                            self._held -= 1
             self._cond.notify_all()
 
-    def since(self, seen: int) -> set[str] | None:
-        """Tasks that may have ended after generation ``seen``; None means "any of them"."""
+    def since(self, seen: int) -> tuple[int, dict[str, Record | None] | None]:
+        """The generation now, and the tasks that may have ended after generation ``seen``,
+        each with its hash when its newest notice had one; None means "any of them"."""
         with self._cond:
-            if self._generation == seen:
-                return set()
+            now = self._generation
+            if now == seen:
+                return now, {}
             if not self._entries or self._entries[0][0] > seen + 1:
-                return None
-            changed: set[str] = set()
+                return now, None
+            changed: dict[str, Record | None] = {}
             # Newest first, stopping at what the caller has seen: a waiter wakes often.
-            for generation, task_ids in reversed(self._entries):
+            for generation, entry in reversed(self._entries):
                 if generation <= seen:
                     break
-                if task_ids is None:
-                    return None
-                changed.update(task_ids)
-            return changed
+                if entry is None:
+                    return now, None
+                for task_id, record in entry.items():
+                    changed.setdefault(task_id, record)
+            return now, changed
 
 
 @dataclass

@@ -180,11 +180,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         found_all = self._records(task_ids, with_history)
         for task_id, found in zip(task_ids, found_all, strict=True):
             # Someone else's task is reported as missing, so ids of others cannot be probed.
-            if (
-                not task_id
-                or found is None
-                or (found[0].get("owner") != identity.subject and not identity.is_admin)
-            ):
+            if not task_id or found is None or not _may_see(identity, found[0]):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
             visible.append(found)
         return visible
@@ -272,14 +268,20 @@ class TaskService(pb_grpc.TaskServiceServicer):
         }
         last_full_read = time.monotonic()
         while pending:
-            changed = finished.since(seen)
-            seen = finished.generation
-            # Re-read only what may have ended; everything once a second, for changes made
-            # by other processes (a restored backup, the doctor's fixes).
+            seen, changed = finished.since(seen)
+            # Re-read only what may have ended and came without its hash; everything once a
+            # second, for changes made by other processes (a restored backup, the doctor's fixes).
             if changed is None or time.monotonic() - last_full_read >= 1.0:
                 check, last_full_read = list(pending), time.monotonic()
             else:
-                check = list(pending & changed)
+                check = []
+                for task_id in pending & changed.keys():
+                    record = changed[task_id]
+                    if record is not None and _may_see(identity, record):
+                        records[task_id] = (record, [])
+                        pending.discard(task_id)
+                    else:  # unknown, or not the caller's: read it (and refuse it) as usual
+                        check.append(task_id)
             if check:
                 fresh = self._visible_many(identity, check, context, False)
                 for task_id, found in zip(check, fresh, strict=True):
@@ -356,3 +358,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             finished_total={status: int(n) for status, n in totals.items()},
             finished_per_minute=[sum(int(n) for n in m.values()) for m in per_minute],
         )
+
+
+def _may_see(identity: Identity, record: dict[str, str]) -> bool:
+    return record.get("owner") == identity.subject or identity.is_admin

@@ -131,20 +131,30 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         # Outcomes first: their waiters wake now, not when this call's long poll ends.
         replies = self._complete(request.results, context) if request.results else []
         deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
+        queued = self.state.queued
+        # A worker that just reported is usually back for more with nothing queued: its
+        # first look in Redis would only slow the waiters its outcomes just woke.
+        look = request.wait <= 0 or not queued.known_empty(keys.QUEUE_EMPTY_TRUST)
         while True:
-            seen = self.state.queued.generation
-            leases = self.state.tasks.lease(
-                request.node_id,
-                caps,
-                request.max_tasks,
-                self.state.lease_seconds,
-                request.max_bundles if request.HasField("max_bundles") else None,
-            )
+            seen = queued.generation
+            leases = []
+            if look:
+                round_ = self.state.tasks.lease_round(
+                    request.node_id,
+                    caps,
+                    request.max_tasks,
+                    self.state.lease_seconds,
+                    request.max_bundles if request.HasField("max_bundles") else None,
+                )
+                leases = round_.leases
+                if round_.queue_empty:
+                    queued.saw_empty(seen)
+            look = True
             remaining = deadline - time.monotonic()
             if leases or remaining <= 0 or self.state.stopping.is_set() or not context.is_active():
                 break
             # A fallback poll every second covers work queued by another process.
-            self.state.queued.wait(seen, min(remaining, 1.0))
+            queued.wait(seen, min(remaining, keys.QUEUE_EMPTY_TRUST))
         if leases and not context.is_active():
             # The worker hung up before it could receive them: give them straight back.
             self.state.tasks.release([(x.task_id, x.attempt, request.node_id) for x in leases])
@@ -224,10 +234,15 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
                     has_result_archive=result.has_result_archive,
                 )
             )
-        replies = self.state.tasks.complete(outcomes)
-        self.state.finished.notify([o.task_id for o in outcomes])
+        completions = self.state.tasks.complete_records(outcomes)
+        finished = {
+            o.task_id: c.record
+            for o, c in zip(outcomes, completions, strict=True)
+            if c.record is not None
+        }
+        self.state.finished.notify([o.task_id for o in outcomes], finished)
         self.state.logs.notify()
-        return [pb.FenceReply(accepted=not why, reason=why) for why in replies]
+        return [pb.FenceReply(accepted=not c.refused, reason=c.refused) for c in completions]
 
     def UploadData(
         self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext

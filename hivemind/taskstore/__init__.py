@@ -73,6 +73,21 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class LeaseRound:
+    leases: list[Lease]
+    #: Nothing at all was left queued (for any worker) when the round ran.
+    queue_empty: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What became of one outcome: refused (and why), or the finished task's hash."""
+
+    refused: str
+    record: dict[str, str] | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """A worker's final word on one attempt."""
 
@@ -186,8 +201,19 @@ class TaskStore:
     ) -> list[Lease]:
         """Up to ``max_tasks`` tasks that fit ``caps``, of which at most ``max_bundles``
         are bundles (default: all of them may be)."""
+        return self.lease_round(worker, caps, max_tasks, lease_seconds, max_bundles).leases
+
+    def lease_round(
+        self,
+        worker: str,
+        caps: WorkerCaps,
+        max_tasks: int,
+        lease_seconds: float,
+        max_bundles: int | None = None,
+    ) -> LeaseRound:
+        """:meth:`lease`, and whether the queue was left empty."""
         now, now_ms = _now()
-        rows = self._lease(
+        queue_empty, *rows = self._lease(
             args=[
                 worker,
                 now,
@@ -204,7 +230,7 @@ class TaskStore:
                 int(keys.TIMEOUT_GRACE * 1000),
             ]
         )
-        return [
+        leases = [
             Lease(
                 task_id=_text(r[0]),
                 attempt=int(r[1]),
@@ -212,6 +238,7 @@ class TaskStore:
             )
             for r in rows
         ]
+        return LeaseRound(leases, bool(queue_empty))
 
     def heartbeat(
         self,
@@ -273,6 +300,10 @@ class TaskStore:
 
     def complete(self, outcomes: Sequence[Outcome]) -> list[str]:
         """One reply per outcome: '' when it became the task's terminal result."""
+        return [c.refused for c in self.complete_records(outcomes)]
+
+    def complete_records(self, outcomes: Sequence[Outcome]) -> list[Completion]:
+        """:meth:`complete`, with the hash of each task it finished."""
         if not outcomes:
             return []
         now, _ = _now()
@@ -290,7 +321,10 @@ class TaskStore:
         ]
         if any(not TaskState(o.status).terminal for o in outcomes):
             raise ValueError("an outcome must be a terminal state")
-        return [_text(x) for x in self._complete(args=[now, json.dumps(payload)])]
+        return [
+            Completion(_text(x), None) if isinstance(x, (str, bytes)) else Completion("", _pairs(x))
+            for x in self._complete(args=[now, json.dumps(payload)])
+        ]
 
     def release(
         self,
@@ -354,3 +388,8 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return "" if value is None else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A hash from the flat field, value list that HGETALL gives a script."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}

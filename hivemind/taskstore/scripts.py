@@ -183,6 +183,8 @@ while #out < max_tasks and scanned < scan_limit do
   if not best_id then break end
   out[#out + 1] = take(best_id, best_owner)
 end
+-- First: 1 when nothing at all is left queued, so the node pool may skip the next look.
+table.insert(out, 1, redis.call('ZCARD', '%(owners)s') == 0 and 1 or 0)
 return out
 """
 
@@ -241,6 +243,7 @@ return ''
 
 COMPLETE = """
 -- ARGV: now, JSON list of {id, attempt, worker, status, result_json, error_message, archive}
+-- Replies, per outcome: why it was refused, or the finished task's hash (its waiters need it).
 local now = ARGV[1]
 local replies = {}
 for _, r in ipairs(cjson.decode(ARGV[2])) do
@@ -253,7 +256,7 @@ for _, r in ipairs(cjson.decode(ARGV[2])) do
     if r.archive then redis.call('HSET', tk, 'has_result_archive', '1') end
     if r.status == 'SUCCEEDED' then redis.call('HSET', tk, 'progress', '1') end
     finish(r.id, r.status, now, r.worker, r.attempt, r.error_message)
-    replies[#replies + 1] = ''
+    replies[#replies + 1] = redis.call('HGETALL', tk)
   end
 end
 return replies
