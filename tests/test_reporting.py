@@ -20,12 +20,17 @@ from tests.helpers import wait_until
 class RecordingConnection:
     calls: list[tuple[str, str]] = field(default_factory=list)
     down: bool = False
+    logs_open: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.logs_open.set()
 
     def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> bool:
         self.calls.append(("progress", task_id))
         return True
 
     def append_log(self, task_id: str, attempt: int, text: str) -> bool:
+        self.logs_open.wait(10)
         self.calls.append(("log", task_id))
         return True
 
@@ -87,6 +92,26 @@ def test_an_outcome_waited_for_by_the_lease_loop_is_carried_not_sent_apart(
     assert ("complete", "t2") not in running.conn.calls
     running.reporter.settle(carried[0], [pb.FenceReply(accepted=True)])
     assert running.settled == ["t2"]
+
+
+def test_a_carried_outcome_waits_for_its_tasks_logs_to_be_sent(running: Running) -> None:
+    running.reporter.carry = True
+    running.conn.logs_open.clear()  # the node pool is slow to take log lines
+    task, result = finished("t4")
+    running.reporter.log(task, "last words\n")
+    assert wait_until(lambda: running.reporter._queue.empty(), 5)  # being sent
+
+    def carry() -> None:
+        for carried, _ in running.reporter.to_carry(5.0):
+            running.conn.calls.append(("carried", carried.task_id))
+
+    carrier = threading.Thread(target=carry)
+    carrier.start()
+    assert wait_until(lambda: running.reporter._carrier_waiting, 5)
+    running.reporter.outcome(task, result)
+    running.conn.logs_open.set()
+    carrier.join(5)
+    assert running.conn.calls == [("log", "t4"), ("carried", "t4")]
 
 
 def test_outcomes_of_a_failed_call_are_kept_and_sent_when_the_node_pool_is_back(

@@ -36,16 +36,28 @@ class Reporter:
         self._outcomes: list[Outcome] = []  # not yet sent
         self._ready = threading.Condition()
         self._carrier_waiting = False  # the lease loop waits for an outcome to carry
+        self._unsent = 0  # log lines and progress queued but not yet sent
         self.carry = False  # the node pool takes outcomes with a lease (it says so)
 
     # -- what tasks report (any thread) ------------------------------------------------------
     def log(self, task: RunningTask, text: str) -> None:
+        with self._ready:
+            self._unsent += 1
         self._queue.put(("log", (task, text)))
 
     def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> None:
+        with self._ready:
+            self._unsent += 1
         self._queue.put(("progress", (task_id, attempt, fraction, message)))
 
     def outcome(self, task: RunningTask, result: pb.TaskResult) -> None:
+        with self._ready:
+            if self._carrier_waiting and not self._unsent:
+                # Nothing it reported is still unsent: straight to the waiting lease loop,
+                # without a detour through this reporter's thread.
+                self._outcomes.append((task, result))
+                self._ready.notify()
+                return
         self._queue.put(("outcome", (task, result)))
 
     # -- the reporter's thread ---------------------------------------------------------------
@@ -67,6 +79,7 @@ class Reporter:
     def _collect(self, timeout: float) -> None:
         logs: dict[tuple[str, int], list[str]] = {}
         progress: dict[tuple[str, int], tuple[float, str]] = {}
+        taken = 0  # log lines and progress taken off the queue
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -76,12 +89,13 @@ class Reporter:
             if kind == "log":
                 task, text = payload  # type: ignore[misc]
                 logs.setdefault((task.task_id, task.attempt), []).append(text)
+                taken += 1
             elif kind == "progress":
                 task_id, attempt, fraction, message = payload  # type: ignore[misc]
                 progress[(task_id, attempt)] = (fraction, message)
+                taken += 1
             else:  # a task's logs and progress go before its outcome, which ends it
-                self._flush_logs(logs)
-                self._flush_progress(progress)
+                taken = self._flush(logs, progress, taken)
                 with self._ready:
                     self._outcomes.append(payload)  # type: ignore[arg-type]
                     self._ready.notify()
@@ -89,8 +103,20 @@ class Reporter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
+        self._flush(logs, progress, taken)
+
+    def _flush(
+        self,
+        logs: dict[tuple[str, int], list[str]],
+        progress: dict[tuple[str, int], tuple[float, str]],
+        taken: int,
+    ) -> int:
+        """Send what was taken off the queue; returns how many taken items remain (none)."""
         self._flush_logs(logs)
         self._flush_progress(progress)
+        with self._ready:
+            self._unsent -= taken
+        return 0
 
     def _flush_progress(self, progress: dict[tuple[str, int], tuple[float, str]]) -> None:
         for (task_id, attempt), (fraction, message) in progress.items():
