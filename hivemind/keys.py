@@ -141,6 +141,14 @@ FUNCTION_PREFETCH_MAX_PER_SLOT = 64
 OUTCOME_CARRY_WAIT = 0.01
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
+#: Lease streams a node pool holds open at once; each holds one of its 128 call threads, and
+#: workers past this many lease with one call each instead.
+LEASE_STREAMS_MAX = 64
+#: Seconds a worker keeps one lease stream (its deadline); it opens the next one before a
+#: long poll could outlast it. Also the longest a worker waits on a node pool that hangs.
+LEASE_STREAM_LIFETIME = 300.0
+#: Seconds a worker leases with one call each, after the node pool refused it a stream.
+LEASE_STREAM_RETRY = 60.0
 #: Longest a WaitTasks call, or a SubmitTasks call that waits, blocks before it replies with
 #: the tasks as they are, in seconds; a client waiting longer calls again.
 TASK_WAIT_MAX = 300.0

@@ -21,13 +21,17 @@ from hivemind.auth import issue_worker_token
 from hivemind.client import Client, function_spec
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
+from hivemind.nodepool.core import Slots
 from hivemind.nodepool.server import NodePoolServer
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.proto import hivemind_pb2 as pb
+from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.proto.generate import stale_files
 from hivemind.taskstore import NewTask, TaskStore
+from hivemind.worker import connection
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.daemon import Worker, WorkerOptions
+from tests.helpers import wait_until
 
 
 @dataclass
@@ -198,6 +202,66 @@ def test_work_queued_by_another_process_reaches_a_long_poll_that_skipped_its_fir
     assert time.monotonic() - started < keys.QUEUE_EMPTY_TRUST + 1.0
 
 
+def test_a_worker_leases_and_reports_over_one_stream(pool: Pool) -> None:
+    alice = pool.user("alice")
+    first, second = alice.submit([function_spec("hivemind.examples:noop") for _ in range(2)])
+    w1 = pool.worker("w1")
+    streams = pool.server.state.lease_streams
+    [leased] = w1.lease(1, wait=2).tasks
+    assert leased.task_id == first and streams.held == 1
+    done = pb.TaskResult(ref=w1.ref(first, 1), outcome=pb.SUCCEEDED, result_json='"ok"')
+    reply = w1.lease(1, wait=2, results=[done])
+    assert [t.task_id for t in reply.tasks] == [second] and reply.replies[0].accepted
+    assert streams.held == 1  # the same stream, not one per lease
+    assert alice.get(first).result_json == '"ok"'
+    w1.close()
+    assert wait_until(lambda: streams.held == 0, 5)
+
+
+def test_a_worker_opens_its_next_stream_before_a_long_poll_could_outlast_this_one(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "LEASE_STREAM_LIFETIME", 2.5)  # the stream's deadline
+    monkeypatch.setattr(connection, "LEASE_MARGIN", 0.2)
+    w1 = pool.worker("w1")
+    started = time.monotonic()
+    for _ in range(4):  # long polls of a second each, the third of which would be cut short
+        assert not w1.lease(1, wait=1).tasks
+    assert time.monotonic() - started > 3.5
+
+
+def test_a_worker_refused_a_stream_leases_and_reports_with_calls(pool: Pool) -> None:
+    pool.server.state.lease_streams = Slots(0)  # as if 64 workers held one already
+    alice = pool.user("alice")
+    first, second = alice.submit([function_spec("hivemind.examples:noop") for _ in range(2)])
+    w1 = pool.worker("w1")
+    [leased] = w1.lease(1, wait=2).tasks
+    done = pb.TaskResult(ref=w1.ref(first, leased.attempt), outcome=pb.SUCCEEDED)
+    reply = w1.lease(1, wait=2, results=[done])
+    assert [t.task_id for t in reply.tasks] == [second] and reply.replies[0].accepted
+    assert alice.get(first).status == "SUCCEEDED"
+
+
+def test_a_stopping_node_pool_ends_lease_streams_instead_of_answering_them_empty(
+    pool: Pool,
+) -> None:
+    w1 = pool.worker("w1")
+    assert not w1.lease(1, wait=0.1).tasks  # the stream is open
+    polled: list[pb.LeaseReply] = []
+    poller = threading.Thread(target=lambda: polled.append(w1.lease(1, wait=20)))
+    poller.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    stopper = threading.Thread(target=pool.server.stop, kwargs={"grace": 5})
+    stopper.start()
+    poller.join(10)
+    assert polled and not polled[0].tasks and time.monotonic() - started < 3
+    with pytest.raises(NodePoolError) as info:
+        w1.lease(1, wait=20)
+    assert info.value.code == "UNAVAILABLE" and time.monotonic() - started < 5
+    stopper.join(10)
+
+
 def test_submit_and_wait_returns_results_in_the_same_call(pool: Pool) -> None:
     alice = pool.user("alice")
     w1 = pool.worker("w1")
@@ -312,6 +376,10 @@ def test_worker_reports_apart_to_a_node_pool_that_does_not_take_outcomes_in_a_le
 
     monkeypatch.setattr(WorkerService, "Register", older_register)
     monkeypatch.setattr(WorkerTaskService, "LeaseTasks", older_lease)
+    # Nor does it have lease streams: the generated base answers UNIMPLEMENTED.
+    monkeypatch.setattr(
+        WorkerTaskService, "LeaseStream", pb_grpc.WorkerTaskServiceServicer.LeaseStream
+    )
     s = settings.replace(grpc_host="127.0.0.1")
     server = NodePoolServer(s)
     server.start()

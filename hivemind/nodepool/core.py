@@ -145,6 +145,30 @@ class FinishedLog(Notifier):
             return now, changed
 
 
+class Slots:
+    """Up to ``limit`` things held at once (lease streams, each holding a call thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._held >= self.limit:
+                return False
+            self._held += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+
 @dataclass
 class NodePoolState:
     settings: Settings
@@ -157,6 +181,7 @@ class NodePoolState:
     finished: FinishedLog = field(default_factory=FinishedLog)
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
+    lease_streams: Slots = field(default_factory=lambda: Slots(keys.LEASE_STREAMS_MAX))
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
     _verified: dict[str, Identity] = field(default_factory=dict)
 

@@ -172,6 +172,23 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         ]
         return pb.LeaseReply(tasks=tasks, replies=replies)
 
+    def LeaseStream(
+        self, requests: Iterator[pb.LeaseRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.LeaseReply]:
+        if not self.state.lease_streams.take():
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node pool holds {self.state.lease_streams.limit} lease streams already; "
+                "lease with LeaseTasks",
+            )
+        try:
+            for request in requests:
+                yield self.LeaseTasks(request, context)
+                if self.state.stopping.is_set():
+                    return  # the worker's next request would only get an empty reply at once
+        finally:
+            self.state.lease_streams.give()
+
     def ReportProgress(
         self, request: pb.ProgressRequest, context: grpc.ServicerContext
     ) -> pb.FenceReply:

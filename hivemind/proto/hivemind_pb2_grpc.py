@@ -1159,6 +1159,11 @@ class WorkerTaskServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.FromString,
                 _registered_method=True)
+        self.LeaseStream = channel.stream_stream(
+                '/hivemind.v1.WorkerTaskService/LeaseStream',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.FromString,
+                _registered_method=True)
         self.ReportProgress = channel.unary_unary(
                 '/hivemind.v1.WorkerTaskService/ReportProgress',
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.ProgressRequest.SerializeToString,
@@ -1201,6 +1206,15 @@ class WorkerTaskServiceServicer:
 
     def LeaseTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseStream(self, request_iterator, context):
+        """LeaseTasks over one long-lived call: each request gets exactly one reply, in order.
+        A message on an open stream costs both ends much less than a call. RESOURCE_EXHAUSTED
+        when the node pool holds as many streams as it allows: use LeaseTasks then.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1252,6 +1266,11 @@ def add_WorkerTaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'LeaseTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseTasks,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.SerializeToString,
+            ),
+            'LeaseStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.LeaseStream,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.SerializeToString,
             ),
@@ -1316,6 +1335,33 @@ class WorkerTaskService:
             request,
             target,
             '/hivemind.v1.WorkerTaskService/LeaseTasks',
+            hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hivemind.v1.WorkerTaskService/LeaseStream',
             hivemind_dot_proto_dot_hivemind__pb2.LeaseRequest.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.LeaseReply.FromString,
             options,
