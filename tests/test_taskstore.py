@@ -76,6 +76,21 @@ def test_completing_hands_back_the_finished_hash_or_why_not(store: TaskStore) ->
     assert refused == Completion("task is SUCCEEDED", None)
 
 
+def test_scripts_survive_a_redis_that_forgot_them(store: TaskStore) -> None:
+    [tid] = store.submit([task()])
+    store.redis.script_flush()  # as after a Redis restart without persistence of scripts
+    [lease] = store.lease("w1", SMALL, 1, 30)
+    assert lease.task_id == tid and status(store, tid) == "RUNNING"
+
+
+def test_a_script_error_is_redis_error_and_the_connection_stays_usable(store: TaskStore) -> None:
+    store.redis.set(keys.QUEUE_OWNERS, "not a sorted set")  # a damaged key
+    with pytest.raises(redis.ResponseError):
+        store.lease("w1", SMALL, 1, 30)
+    store.redis.delete(keys.QUEUE_OWNERS)
+    assert store.redis.ping() and store.lease("w1", SMALL, 1, 30) == []
+
+
 def test_exactly_one_terminal_result(store: TaskStore) -> None:
     [tid] = store.submit([task()])
     store.lease("w1", SMALL, 1, 30)

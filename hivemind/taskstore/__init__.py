@@ -24,6 +24,7 @@ import redis
 from hivemind import keys
 from hivemind.states import TaskState
 from hivemind.taskstore import scripts
+from hivemind.taskstore.lua import LuaScript
 
 
 @dataclass(frozen=True)
@@ -138,21 +139,21 @@ class TaskStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._submit = client.register_script(scripts.load(scripts.SUBMIT))
-        self._lease = client.register_script(scripts.load(scripts.LEASE))
-        self._heartbeat = client.register_script(scripts.load(scripts.HEARTBEAT))
-        self._progress = client.register_script(scripts.load(scripts.PROGRESS))
-        self._append_log = client.register_script(scripts.load(scripts.APPEND_LOG))
-        self._mark_data = client.register_script(scripts.load(scripts.MARK_DATA))
-        self._complete = client.register_script(scripts.load(scripts.COMPLETE))
-        self._release = client.register_script(scripts.load(scripts.RELEASE))
-        self._reap = client.register_script(scripts.load(scripts.REAP))
-        self._repair_queue_entry = client.register_script(scripts.load(scripts.REPAIR_QUEUE_ENTRY))
-        self._reset_worker = client.register_script(scripts.load(scripts.RESET_WORKER))
-        self._cancel = client.register_script(scripts.load(scripts.CANCEL))
-        self._reap_timeouts = client.register_script(scripts.load(scripts.REAP_TIMEOUTS))
-        self._mark_unschedulable = client.register_script(scripts.load(scripts.MARK_UNSCHEDULABLE))
-        self._requeue_restored = client.register_script(scripts.load(scripts.REQUEUE_RESTORED))
+        self._submit = LuaScript(client, scripts.load(scripts.SUBMIT))
+        self._lease = LuaScript(client, scripts.load(scripts.LEASE))
+        self._heartbeat = LuaScript(client, scripts.load(scripts.HEARTBEAT))
+        self._progress = LuaScript(client, scripts.load(scripts.PROGRESS))
+        self._append_log = LuaScript(client, scripts.load(scripts.APPEND_LOG))
+        self._mark_data = LuaScript(client, scripts.load(scripts.MARK_DATA))
+        self._complete = LuaScript(client, scripts.load(scripts.COMPLETE))
+        self._release = LuaScript(client, scripts.load(scripts.RELEASE))
+        self._reap = LuaScript(client, scripts.load(scripts.REAP))
+        self._repair_queue_entry = LuaScript(client, scripts.load(scripts.REPAIR_QUEUE_ENTRY))
+        self._reset_worker = LuaScript(client, scripts.load(scripts.RESET_WORKER))
+        self._cancel = LuaScript(client, scripts.load(scripts.CANCEL))
+        self._reap_timeouts = LuaScript(client, scripts.load(scripts.REAP_TIMEOUTS))
+        self._mark_unschedulable = LuaScript(client, scripts.load(scripts.MARK_UNSCHEDULABLE))
+        self._requeue_restored = LuaScript(client, scripts.load(scripts.REQUEUE_RESTORED))
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:
