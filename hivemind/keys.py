@@ -167,6 +167,9 @@ WORKER_FORGET_AFTER = 24 * 3600
 #: Failed logins allowed per user and window before login is refused.
 LOGIN_FAILURES_MAX = 5
 LOGIN_FAILURE_WINDOW = 300
+#: Seconds a node pool trusts a user's role and disabled flag before it reads them again;
+#: changes made through it show at once, changes by other processes within this time.
+USER_RECHECK = 1.0
 #: Verified tokens a node pool remembers, so a worker's token is checked once (cleared when full).
 VERIFIED_TOKENS_MAX = 20_000
 #: Notices of ended tasks a node pool keeps for its waiters; one older than that makes a

@@ -24,10 +24,12 @@ from hivemind.errors import NodePoolError
 from hivemind.nodepool.core import Slots
 from hivemind.nodepool.server import NodePoolServer
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
+from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.proto.generate import stale_files
 from hivemind.taskstore import NewTask, TaskStore
+from hivemind.userdb import UserStore
 from hivemind.worker import connection
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.daemon import Worker, WorkerOptions
@@ -352,6 +354,19 @@ def test_admin_user_management_and_credits(pool: Pool) -> None:
     admin.call(admin.users.DisableUser, pb.UsernameRequest(username="alice"))
     with pytest.raises(NodePoolError, match="disabled"):
         alice.list()
+
+
+def test_a_user_disabled_by_another_process_is_refused_within_a_second(pool: Pool) -> None:
+    alice = pool.user("alice")
+    assert alice.list() == []
+    # As `hivemind user disable alice` does: straight in users.db, not through the node pool.
+    UserStore(layout(pool.settings.home).users_db).set_disabled("alice")
+    started = time.monotonic()
+    with pytest.raises(NodePoolError, match="disabled"):
+        while time.monotonic() - started < 5:
+            alice.list()
+            time.sleep(0.05)
+    assert time.monotonic() - started < keys.USER_RECHECK + 0.5
 
 
 def test_worker_reports_apart_to_a_node_pool_that_does_not_take_outcomes_in_a_lease(

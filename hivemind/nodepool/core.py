@@ -18,7 +18,7 @@ from hivemind.config import Settings
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
 from hivemind.taskstore import TaskStore, WorkerCaps
-from hivemind.userdb import UserError, UserStore
+from hivemind.userdb import UserError, UserRecord, UserStore
 
 
 class Notifier:
@@ -184,6 +184,7 @@ class NodePoolState:
     lease_streams: Slots = field(default_factory=lambda: Slots(keys.LEASE_STREAMS_MAX))
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
     _verified: dict[str, Identity] = field(default_factory=dict)
+    _users_seen: dict[str, tuple[float, UserRecord]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
@@ -232,7 +233,7 @@ class NodePoolState:
             self._verified[token] = identity
         if identity.kind == "user":
             try:
-                user = self.users.get(identity.subject)
+                user = self.user(identity.subject)
             except UserError:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "user no longer exists")
             if user.disabled:
@@ -240,6 +241,25 @@ class NodePoolState:
             # The role in the database wins over the one in an older token.
             identity = Identity(identity.subject, "user", user.role, identity.expires_at)
         return identity
+
+    def user(self, username: str) -> UserRecord:
+        """The user's record as of at most ``USER_RECHECK`` seconds ago (raises UserError).
+
+        Changes made through this node pool show at once (:meth:`forget_user`); changes
+        made by other processes, such as `hivemind user disable`, within that time.
+        """
+        now = time.monotonic()
+        seen = self._users_seen.get(username)
+        if seen is not None and now - seen[0] < keys.USER_RECHECK:
+            return seen[1]
+        record = self.users.get(username)
+        if len(self._users_seen) >= keys.VERIFIED_TOKENS_MAX:
+            self._users_seen.clear()
+        self._users_seen[username] = (now, record)
+        return record
+
+    def forget_user(self, username: str) -> None:
+        self._users_seen.pop(username, None)
 
     def require_user(self, context: grpc.ServicerContext, admin: bool = False) -> Identity:
         identity = self.identify(context)

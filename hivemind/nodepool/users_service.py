@@ -111,8 +111,7 @@ class UserService(pb_grpc.UserServiceServicer):
             context, lambda: self.state.users.add_credits(request.username, request.amount)
         )
 
-    @staticmethod
-    def _users_call(context, call):  # type: ignore[no-untyped-def]
+    def _users_call(self, context, call):  # type: ignore[no-untyped-def]
         try:
             result = call()
         except UserError as exc:
@@ -125,4 +124,7 @@ class UserService(pb_grpc.UserServiceServicer):
                 else grpc.StatusCode.INVALID_ARGUMENT
             )
             context.abort(code, text)
-        return user_message(result) if hasattr(result, "username") else result
+        if not hasattr(result, "username"):
+            return result
+        self.state.forget_user(result.username)  # its next call sees the change
+        return user_message(result)
