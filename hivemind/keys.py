@@ -178,9 +178,10 @@ FINISHED_NOTICES_KEPT = 4096
 #: Hashes of just-ended tasks a node pool keeps, so that their waiters reply without reading
 #: them from Redis again (about 1 KB each).
 FINISHED_RECORDS_KEPT = 4096
-#: Seconds a node pool trusts that the queue is still empty when nothing was queued through
-#: it since it saw the queue empty: within that time, a long poll skips its first look.
-#: Work queued by other processes (a restore, the doctor's repairs) shows within it.
+#: Seconds between a waiting long poll's looks at the queue when nothing wakes it, and how
+#: long a node pool trusts that the queue is still empty when nothing was queued through it
+#: since it saw the queue empty (a long poll then skips its first look). Either way, work
+#: queued by other processes (a restore, the doctor's repairs) shows within this time.
 QUEUE_EMPTY_TRUST = 1.0
 #: Bytes per gRPC message when streaming bundles, results, checkpoints and logs.
 CHUNK_SIZE = 1024 * 1024
