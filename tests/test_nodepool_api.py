@@ -204,6 +204,22 @@ def test_work_queued_by_another_process_reaches_a_long_poll_that_skipped_its_fir
     assert time.monotonic() - started < keys.QUEUE_EMPTY_TRUST + 1.0
 
 
+def test_a_waiter_sees_a_task_ended_by_another_process_within_a_second(pool: Pool) -> None:
+    alice = pool.user("alice")
+    ids = alice.submit([function_spec("hivemind.examples:noop") for _ in range(50)])
+    waited: list[list[pb.Task]] = []
+    waiter = threading.Thread(target=lambda: waited.append(alice.wait(ids[:1], 10)))
+    waiter.start()
+    time.sleep(0.3)
+    # Cancelled behind the node pool's back (as the doctor's repairs would): no wake-up.
+    other = TaskStore(redis.Redis.from_url(pool.settings.redis_url, decode_responses=True))
+    started = time.monotonic()
+    assert other.cancel(ids[0])[0]
+    waiter.join(10)
+    assert [t.status for t in waited[0]] == ["CANCELLED"]
+    assert time.monotonic() - started < 2.0
+
+
 def test_a_worker_leases_and_reports_over_one_stream(pool: Pool) -> None:
     alice = pool.user("alice")
     first, second = alice.submit([function_spec("hivemind.examples:noop") for _ in range(2)])
