@@ -41,15 +41,16 @@ def test_finished_log_says_any_task_may_have_ended_when_notices_are_gone_or_unkn
 
 def test_queue_signal_trusts_an_empty_queue_only_until_work_is_queued_or_time_passes() -> None:
     signal = QueueSignal()
-    assert not signal.known_empty(1.0)  # never seen empty
     seen = signal.generation
+    assert not signal.known_empty(seen, 1.0)  # never seen empty
     signal.saw_empty(seen)
-    assert signal.known_empty(1.0)
-    assert not signal.known_empty(0.0)  # too old for a caller that trusts nothing
+    assert signal.known_empty(seen, 1.0)
+    assert not signal.known_empty(seen, 0.0)  # too old for a caller that trusts nothing
     signal.notify(1)  # work was queued through this process
-    assert not signal.known_empty(1.0)
+    assert not signal.known_empty(signal.generation, 1.0)
     signal.saw_empty(seen)  # a round that started before that work was queued proves nothing
-    assert not signal.known_empty(1.0)
-    signal.saw_empty(signal.generation)
+    assert not signal.known_empty(signal.generation, 1.0)
+    now = signal.generation
+    signal.saw_empty(now)
     time.sleep(0.06)
-    assert signal.known_empty(1.0) and not signal.known_empty(0.05)
+    assert signal.known_empty(now, 1.0) and not signal.known_empty(now, 0.05)

@@ -58,13 +58,14 @@ class QueueSignal(Notifier):
             if seen == self._generation:
                 self._empty_at = (seen, time.monotonic())
 
-    def known_empty(self, max_age: float) -> bool:
-        """Nothing was queued in this process since the queue was seen empty, at most
-        ``max_age`` seconds ago (other processes' work shows within that time)."""
+    def known_empty(self, seen: int, max_age: float) -> bool:
+        """The queue was seen empty at generation ``seen`` (so nothing was queued in this
+        process between then and when the caller read ``seen``), at most ``max_age`` seconds
+        ago (other processes' work shows within that time)."""
         empty_at = self._empty_at
         return (
             empty_at is not None
-            and empty_at[0] == self._generation
+            and empty_at[0] == seen
             and time.monotonic() - empty_at[1] < max_age
         )
 

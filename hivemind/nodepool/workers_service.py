@@ -132,13 +132,13 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         replies = self._complete(request.results, context) if request.results else []
         deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
         queued = self.state.queued
-        # A worker that just reported is usually back for more with nothing queued: its
-        # first look in Redis would only slow the waiters its outcomes just woke.
-        look = request.wait <= 0 or not queued.known_empty(keys.QUEUE_EMPTY_TRUST)
+        first = request.wait > 0
         while True:
             seen = queued.generation
             leases = []
-            if look:
+            # A worker that just reported is usually back for more with nothing queued: its
+            # first look in Redis would only slow the waiters its outcomes just woke.
+            if not (first and queued.known_empty(seen, keys.QUEUE_EMPTY_TRUST)):
                 round_ = self.state.tasks.lease_round(
                     request.node_id,
                     caps,
@@ -149,7 +149,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
                 leases = round_.leases
                 if round_.queue_empty:
                     queued.saw_empty(seen)
-            look = True
+            first = False
             remaining = deadline - time.monotonic()
             if leases or remaining <= 0 or self.state.stopping.is_set() or not context.is_active():
                 break
