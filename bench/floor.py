@@ -7,26 +7,31 @@ its own, with nothing else running:
   call (EVALSHA);
 - a gRPC unary round trip from Python to a Python server in another process (the sync
   server with a thread pool, as the node pool runs it, echoing 100 bytes), and the CPU
-  time each side spends per call;
+  time each side spends per call; and a message's round trip on an open bidirectional
+  stream to the same server (what a worker's lease costs on its lease stream);
 - a round trip over a pipe to a warm process (what a function pool call costs).
 
 It then adds them up along each system's path, with no handler or library work at all:
 
-- HiveMind: client -> node pool -> worker -> node pool -> client is two gRPC round trips
-  (submit and its reply; the lease reply and the completion), four Redis calls (submit,
-  lease and complete scripts, the waiter's read) and one pipe round trip.
+- HiveMind: client -> node pool -> worker -> node pool -> client is one gRPC call (submit
+  and its reply), one message round trip on the worker's lease stream (the lease reply,
+  then the next lease carrying the outcome), three Redis scripts (submit, lease, complete)
+  and one pipe round trip.
 - Celery and RQ: the client, the worker and the result all meet in Redis: about four Redis
   round trips (enqueue, the worker's blocking pop, the result write, the client's read) and,
   for Celery's prefork pool, one pipe round trip.
 
 A system cannot beat its floor; the gap between the floor and the measured p50 is the
-Python work along the path. Not a timed test.
+Python work along the path. ``--gap 0.007`` sleeps that long before each timed round trip,
+as every hop of a one-at-a-time round trip follows a few idle milliseconds: on a VM, a hop
+made after the CPUs idled costs several times a back-to-back one. Not a timed test.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue
 import socket
 import subprocess
 import sys
@@ -47,8 +52,14 @@ from concurrent import futures
 import grpc
 def echo(request, context):
     return request
+def echoes(requests, context):
+    yield from requests
 handler = grpc.method_handlers_generic_handler(
-    "floor.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    "floor.Echo",
+    {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "Echoes": grpc.stream_stream_rpc_method_handler(echoes),
+    },
 )
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=128))
 server.add_generic_rpc_handlers((handler,))
@@ -59,12 +70,14 @@ server.wait_for_termination()
 """
 
 
-def _time(call: Callable[[], object], rounds: int, warmup: int = 200) -> float:
-    """p50 of ``call`` in milliseconds."""
+def _time(call: Callable[[], object], rounds: int, gap: float, warmup: int = 200) -> float:
+    """p50 of ``call`` in milliseconds, each call after ``gap`` idle seconds."""
     for _ in range(warmup):
         call()
     samples = []
     for _ in range(rounds):
+        if gap > 0:
+            time.sleep(gap)
         started = time.perf_counter()
         call()
         samples.append(time.perf_counter() - started)
@@ -81,7 +94,7 @@ def _pipe_echo(conn: Connection) -> None:
         conn.send(message)
 
 
-def measure(rounds: int) -> dict[str, float]:
+def measure(rounds: int, gap: float) -> dict[str, float]:
     import grpc
     import redis
 
@@ -97,11 +110,13 @@ def measure(rounds: int) -> dict[str, float]:
                     raw.sendall(b"*1\r\n$4\r\nPING\r\n")
                     raw.recv(64)
 
-                figures["redis PING (bare socket)"] = _time(raw_ping, rounds)
+                figures["redis PING (bare socket)"] = _time(raw_ping, rounds, gap)
             client = redis.Redis(host="127.0.0.1", port=redis_port)
-            figures["redis PING"] = _time(client.ping, rounds)
+            figures["redis PING"] = _time(client.ping, rounds, gap)
             script = client.register_script("return ARGV[1]")
-            figures["redis EVALSHA (trivial script)"] = _time(lambda: script(args=["x"]), rounds)
+            figures["redis EVALSHA (trivial script)"] = _time(
+                lambda: script(args=["x"]), rounds, gap
+            )
             client.close()
         finally:
             server.stop()
@@ -121,12 +136,24 @@ def measure(rounds: int) -> dict[str, float]:
                 call = channel.unary_unary("/floor.Echo/Echo")
                 payload = b"x" * 100
                 before = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
-                figures["gRPC unary (Python to Python)"] = _time(lambda: call(payload), rounds)
+                figures["gRPC unary (Python to Python)"] = _time(lambda: call(payload), rounds, gap)
                 after = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
-            # The warm-up calls count too: 200 of them.
-            calls = rounds + 200
-            figures["  its server's CPU per call"] = 1000 * (after[0] - before[0]) / calls
-            figures["  its client's CPU per call"] = 1000 * (after[1] - before[1]) / calls
+                # The warm-up calls count too: 200 of them.
+                calls = rounds + 200
+                figures["  its server's CPU per call"] = 1000 * (after[0] - before[0]) / calls
+                figures["  its client's CPU per call"] = 1000 * (after[1] - before[1]) / calls
+                requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+                replies = channel.stream_stream("/floor.Echo/Echoes")(iter(requests.get, None))
+
+                def exchange() -> None:
+                    requests.put(payload)
+                    next(replies)
+
+                before = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
+                figures["gRPC message on an open stream"] = _time(exchange, rounds, gap)
+                after = _cpu_seconds(server_process), _cpu_seconds(psutil.Process())
+                figures["  its server's CPU per message"] = 1000 * (after[0] - before[0]) / calls
+                requests.put(None)
         finally:
             echo.terminate()
             echo.wait()
@@ -140,7 +167,7 @@ def measure(rounds: int) -> dict[str, float]:
         parent.send(message)
         parent.recv()
 
-    figures["pipe to a warm process"] = _time(pipe_round_trip, rounds)
+    figures["pipe to a warm process"] = _time(pipe_round_trip, rounds, gap)
     parent.send(None)
     process.join()
     return figures
@@ -148,11 +175,15 @@ def measure(rounds: int) -> dict[str, float]:
 
 def floors(figures: dict[str, float]) -> dict[str, float]:
     grpc_rtt = figures["gRPC unary (Python to Python)"]
+    stream_rtt = figures["gRPC message on an open stream"]
     script = figures["redis EVALSHA (trivial script)"]
     ping = figures["redis PING"]
     pipe = figures["pipe to a warm process"]
     return {
-        "HiveMind: 2 gRPC + 4 Redis + 1 pipe": 2 * grpc_rtt + 3 * script + ping + pipe,
+        "HiveMind: 1 call + 1 stream message + 3 Redis + 1 pipe": grpc_rtt
+        + stream_rtt
+        + 3 * script
+        + pipe,
         "Celery prefork: 4 Redis + 1 pipe": 4 * ping + pipe,
         "RQ, Dramatiq (threads): 4 Redis": 4 * ping,
     }
@@ -161,17 +192,25 @@ def floors(figures: dict[str, float]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per block")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="idle time before each timed round trip (0: back to back)",
+    )
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be positive")
+    if args.rounds < 1 or args.gap < 0:
+        parser.error("--rounds must be positive and --gap not negative")
     print(f"{cpu_model()}, Python {sys.version.split()[0]}")
-    figures = measure(args.rounds)
-    print(f"\nBuilding blocks, p50 of {args.rounds} round trips each:")
+    figures = measure(args.rounds, args.gap)
+    after = f", each after {args.gap * 1000:g} ms idle" if args.gap else ", back to back"
+    print(f"\nBuilding blocks, p50 of {args.rounds} round trips each{after}:")
     for name, value in figures.items():
-        print(f"  {name:34s} {value:6.3f} ms")
+        print(f"  {name:36s} {value:6.3f} ms")
     print("\nFloor of an idle round trip (the hops alone, no handler work):")
     for name, value in floors(figures).items():
-        print(f"  {name:34s} {value:6.3f} ms")
+        print(f"  {name:52s} {value:6.3f} ms")
     return 0
 
 

@@ -245,7 +245,8 @@ def machine_header(args: argparse.Namespace) -> dict[str, str]:
         "hivemind": hivemind_revision(),
         "options": f"--tasks {args.tasks} --latency-samples {args.latency_samples} "
         f"--warmup {args.warmup} --hivemind-concurrency {args.hivemind_concurrency} "
-        f"--rq-worker-class {args.rq_worker_class}",
+        f"--rq-worker-class {args.rq_worker_class}"
+        + (" --interleave" if getattr(args, "interleave", False) else ""),
     }
 
 

@@ -10,7 +10,8 @@ For each system (HiveMind with 2 workers, Celery prefork with 2 processes, RQ wi
 Dramatiq with 2 processes x 8 threads) it measures, on an otherwise idle machine:
 
 - **latency**: submit one no-op task, block until its result is seen, repeat
-  (``--latency-samples``, after ``--warmup`` unrecorded rounds); p50 and p99;
+  (``--latency-samples``, after ``--warmup`` unrecorded rounds); p50 and p99. With
+  ``--interleave`` the systems take turns, one round trip each, all of them up at once;
 - **throughput**: submit ``--tasks`` no-op tasks as one batch and time until the client has
   seen every result.
 
@@ -45,7 +46,7 @@ from bench.peers import CeleryPeer, DramatiqPeer, RqPeer, missing_peers  # noqa:
 from bench.processes import base_environment, flush_db, free_ports, start_redis  # noqa: E402
 from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
-from bench.task_phases import SystemResult, run_system  # noqa: E402
+from bench.task_phases import SystemResult, run_interleaved_latency, run_system  # noqa: E402
 
 SYSTEMS = ("hivemind", "celery", "rq", "dramatiq")
 SECTIONS = (*SYSTEMS, "heartbeat")
@@ -89,6 +90,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=400.0,
         help="seconds a batch may take before it is cut short",
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="take the latency samples of all systems in turns, all of them up at once "
+        "(fairer on a machine whose speed drifts), then each system's batch on its own",
     )
     parser.add_argument("--heartbeat-workers", type=int, default=1000)
     parser.add_argument("--heartbeat-seconds", type=float, default=20.0)
@@ -183,25 +190,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if quiet.noisy:
             log("  warning: the machine is not quiet; expect NOISY phases")
-        for name in SYSTEMS:
-            if name not in args.sections:
-                continue
-            sysdir = workdir / name
+        names = [name for name in SYSTEMS if name in args.sections]
+
+        def make(name: str, where: str) -> System:
+            sysdir = workdir / where
             sysdir.mkdir()
-            system: System
             if name == "hivemind":
                 flush_db(redis_port, HIVEMIND_DB)
-                system = HiveMind(sysdir, redis_port, args.hivemind_concurrency)
-            elif name == "celery":
+                return HiveMind(sysdir, redis_port, args.hivemind_concurrency)
+            if name == "celery":
                 flush_db(redis_port, 2)
-                system = CeleryPeer(sysdir, peer_env)
-            elif name == "rq":
+                return CeleryPeer(sysdir, peer_env)
+            if name == "rq":
                 flush_db(redis_port, 3)
-                system = RqPeer(sysdir, peer_env, args.rq_worker_class)
-            else:
-                flush_db(redis_port, 4)
-                system = DramatiqPeer(sysdir, peer_env)
-            results.append(run_system(system, args, log))
+                return RqPeer(sysdir, peer_env, args.rq_worker_class)
+            flush_db(redis_port, 4)
+            return DramatiqPeer(sysdir, peer_env)
+
+        measured = {}
+        if args.interleave and names:
+            systems = [make(name, f"{name}-latency") for name in names]
+            measured = run_interleaved_latency(systems, args, log)
+        for name in names:
+            results.append(run_system(make(name, name), args, log, measured.get(name)))
         if "heartbeat" in args.sections:
             hbdir = workdir / "heartbeat"
             hbdir.mkdir()
