@@ -13,6 +13,7 @@ from hivemind import keys
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+from hivemind.streams import StreamedCalls
 
 T = TypeVar("T")
 
@@ -55,8 +56,16 @@ class Client:
         self.users = pb_grpc.UserServiceStub(self.channel)
         self.tasks = pb_grpc.TaskServiceStub(self.channel)
         self.workers_stub = pb_grpc.WorkerServiceStub(self.channel)
+        self._submits: StreamedCalls[pb.SubmitRequest, pb.SubmitReply] = StreamedCalls(
+            self._open_submit_stream,
+            keys.SUBMIT_STREAM_LIFETIME,
+            keys.STREAM_RETRY,
+            after_calls=1,  # a one-off submit (the CLI's) opens no stream
+        )
+        self._stream_token = token
 
     def close(self) -> None:
+        self._submits.close()
         self.channel.close()
 
     def __enter__(self) -> Client:
@@ -71,6 +80,25 @@ class Client:
     def call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         try:
             return method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, self.address) from None
+
+    def _open_submit_stream(
+        self, requests: Iterator[pb.SubmitRequest], deadline: float
+    ) -> Iterator[pb.SubmitReply]:
+        self._stream_token = self.token
+        return self.tasks.SubmitStream(requests, metadata=self._metadata(), timeout=deadline)  # type: ignore[no-any-return]
+
+    def _submit_call(self, request: pb.SubmitRequest, timeout: float) -> pb.SubmitReply:
+        if self.token != self._stream_token:  # signed in anew: the stream carries the old token
+            self._submits.close()
+            self._stream_token = self.token
+        try:
+            return self._submits.send(
+                request,
+                timeout,
+                lambda r, t: self.call(self.tasks.SubmitTasks, r, timeout=t),
+            )
         except grpc.RpcError as exc:
             raise rpc_error(exc, self.address) from None
 
@@ -144,7 +172,7 @@ class Client:
         ids: list[str] = []
         for start in range(0, len(specs), keys.SUBMIT_BATCH_MAX):
             request = pb.SubmitRequest(tasks=specs[start : start + keys.SUBMIT_BATCH_MAX])
-            ids.extend(self.call(self.tasks.SubmitTasks, request).task_ids)
+            ids.extend(self._submit_call(request, self.timeout).task_ids)
         return ids
 
     def submit_and_wait(self, specs: Sequence[pb.TaskSpec], timeout: float = 30.0) -> list[pb.Task]:
@@ -153,7 +181,7 @@ class Client:
         if len(specs) > keys.SUBMIT_BATCH_MAX:
             return self.wait(self.submit(specs), timeout)
         request = pb.SubmitRequest(tasks=specs, wait=timeout)
-        return list(self.call(self.tasks.SubmitTasks, request, timeout=timeout + 30).tasks)
+        return list(self._submit_call(request, timeout + 30).tasks)
 
     def get(self, task_id: str) -> pb.Task:
         return self.call(self.tasks.GetTask, pb.TaskRequest(task_id=task_id))

@@ -147,8 +147,15 @@ LEASE_STREAMS_MAX = 64
 #: Seconds a worker keeps one lease stream (its deadline); it opens the next one before a
 #: long poll could outlast it. Also the longest a worker waits on a node pool that hangs.
 LEASE_STREAM_LIFETIME = 300.0
-#: Seconds a worker leases with one call each, after the node pool refused it a stream.
-LEASE_STREAM_RETRY = 60.0
+#: Seconds a worker or client sends with one call each after the node pool refused it a
+#: stream (it has none, or holds as many as it allows).
+STREAM_RETRY = 60.0
+#: Submit streams a node pool holds open at once (each holds a call thread); a client opens
+#: one from its second submit on, so `hivemind submit` and other one-off calls never do.
+SUBMIT_STREAMS_MAX = 16
+#: Seconds a client keeps one submit stream; a submit that waits longer goes as a call.
+#: Also the longest a client's submit waits on a node pool that hangs.
+SUBMIT_STREAM_LIFETIME = 120.0
 #: Longest a WaitTasks call, or a SubmitTasks call that waits, blocks before it replies with
 #: the tasks as they are, in seconds; a client waiting longer calls again.
 TASK_WAIT_MAX = 300.0

@@ -248,6 +248,81 @@ def test_a_worker_opens_its_next_stream_before_a_long_poll_could_outlast_this_on
     assert time.monotonic() - started > 3.5
 
 
+def test_a_worker_that_hands_tasks_back_gets_no_more_until_it_registers_again(
+    pool: Pool,
+) -> None:
+    alice = pool.user("alice")
+    [task_id] = alice.submit([function_spec("hivemind.examples:noop")])
+    w1, w2 = pool.worker("w1"), pool.worker("w2")
+    [leased] = w1.lease(1, wait=2).tasks
+    # w1's long poll is open when w1 hands the task back (as a stopping worker does).
+    polled: list[pb.LeaseReply] = []
+    poller = threading.Thread(target=lambda: polled.append(w1.lease(1, wait=10)))
+    poller.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    w1.release([(task_id, leased.attempt)])
+    poller.join(10)
+    assert not polled[0].tasks and time.monotonic() - started < 2  # back at once, empty
+    assert not w1.lease(1, wait=0.5).tasks
+    [again] = w2.lease(1, wait=2).tasks  # the task went to another worker, attempt 2
+    assert (again.task_id, again.attempt) == (task_id, 2)
+    w1.register(pb.WorkerResources(cpu=2, memory_mb=4096, capacity=4), [])
+    [later] = alice.submit([function_spec("hivemind.examples:noop")])
+    assert [t.task_id for t in w1.lease(1, wait=2).tasks] == [later]
+
+
+def test_a_client_submits_over_one_stream_from_its_second_submit_on(pool: Pool) -> None:
+    alice = pool.user("alice")
+    streams = pool.server.state.submit_streams
+    noop = function_spec("hivemind.examples:noop")
+    [first] = alice.submit([noop])
+    assert streams.held == 0  # a one-off submit (the CLI's) opens no stream
+    [second] = alice.submit([noop])
+    assert streams.held == 1
+    w1 = pool.worker("w1")
+
+    def play_worker() -> None:
+        leased = []
+        while len(leased) < 3:
+            leased += w1.lease(3, wait=5).tasks
+        w1.complete(
+            [pb.TaskResult(ref=w1.ref(x.task_id, x.attempt), outcome=pb.SUCCEEDED) for x in leased]
+        )
+
+    worker = threading.Thread(target=play_worker)
+    worker.start()
+    [third] = alice.submit_and_wait([noop], timeout=10)  # the same stream, waiting
+    worker.join(10)
+    assert third.status == "SUCCEEDED" and streams.held == 1
+    assert {t.status for t in alice.wait([first, second], 5)} == {"SUCCEEDED"}
+    # A bad request ends the stream with its error, and the next submit opens another.
+    with pytest.raises(NodePoolError) as info:
+        alice.submit([function_spec("no-colon")])
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert alice.submit([noop]) and wait_until(lambda: streams.held == 1, 5)
+    alice.close()
+    assert wait_until(lambda: streams.held == 0, 5)
+
+
+def test_a_client_signed_in_anew_submits_as_its_new_user(pool: Pool) -> None:
+    pool.user("bob")
+    client = pool.user("alice")
+    noop = function_spec("hivemind.examples:noop")
+    client.submit([noop])
+    client.submit([noop])  # the stream now carries alice's token
+    client.login("bob", "bob-password")
+    [task_id] = client.submit([noop])
+    assert client.get(task_id).owner == "bob"
+
+
+def test_a_client_refused_a_stream_submits_with_calls(pool: Pool) -> None:
+    pool.server.state.submit_streams = Slots(0)
+    alice = pool.user("alice")
+    ids = [alice.submit([function_spec("hivemind.examples:noop")])[0] for _ in range(3)]
+    assert [alice.get(i).status for i in ids] == ["QUEUED"] * 3
+
+
 def test_a_worker_refused_a_stream_leases_and_reports_with_calls(pool: Pool) -> None:
     pool.server.state.lease_streams = Slots(0)  # as if 64 workers held one already
     alice = pool.user("alice")

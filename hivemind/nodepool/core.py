@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import redis
@@ -19,6 +19,9 @@ from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
 from hivemind.taskstore import TaskStore, WorkerCaps
 from hivemind.userdb import UserError, UserRecord, UserStore
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 
 class Notifier:
@@ -170,6 +173,29 @@ class Slots:
             self._held -= 1
 
 
+def serve_exchanges(
+    slots: Slots,
+    stopping: threading.Event,
+    requests: Iterator[Request],
+    context: grpc.ServicerContext,
+    handle: Callable[[Request, grpc.ServicerContext], Reply],
+) -> Iterator[Reply]:
+    """A stream that answers each request as its unary call would (``handle``), if one of
+    ``slots`` is free; see :mod:`hivemind.streams` for the client's side."""
+    if not slots.take():
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"this node pool holds {slots.limit} such streams already; make calls instead",
+        )
+    try:
+        for request in requests:
+            yield handle(request, context)
+            if stopping.is_set():
+                return  # the next request would only get an empty reply at once
+    finally:
+        slots.give()
+
+
 @dataclass
 class NodePoolState:
     settings: Settings
@@ -183,9 +209,11 @@ class NodePoolState:
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
     lease_streams: Slots = field(default_factory=lambda: Slots(keys.LEASE_STREAMS_MAX))
+    submit_streams: Slots = field(default_factory=lambda: Slots(keys.SUBMIT_STREAMS_MAX))
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
     _verified: dict[str, Identity] = field(default_factory=dict)
     _users_seen: dict[str, tuple[float, UserRecord]] = field(default_factory=dict)
+    _leaving: set[str] = field(default_factory=set)
 
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
@@ -258,6 +286,20 @@ class NodePoolState:
             self._users_seen.clear()
         self._users_seen[username] = (now, record)
         return record
+
+    # -- stopping workers ---------------------------------------------------------------------
+    def set_leaving(self, node_id: str, leaving: bool) -> None:
+        """A worker that hands tasks back or deregisters is stopping: its lease calls get
+        nothing more (its open long poll returns at once), so it cannot take back what it
+        just handed back. Registering again ends that."""
+        if leaving:
+            self._leaving.add(node_id)
+            self.queued.notify()  # wake its long poll
+        else:
+            self._leaving.discard(node_id)
+
+    def is_leaving(self, node_id: str) -> bool:
+        return node_id in self._leaving
 
     def forget_user(self, username: str) -> None:
         self._users_seen.pop(username, None)

@@ -14,7 +14,7 @@ from hivemind import keys
 from hivemind.auth import Identity
 from hivemind.errors import HivemindError
 from hivemind.nodepool.blobs import DataTooLarge
-from hivemind.nodepool.core import NodePoolState
+from hivemind.nodepool.core import NodePoolState, serve_exchanges
 from hivemind.nodepool.views import KIND_NAMES, task_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
@@ -79,6 +79,14 @@ class TaskService(pb_grpc.TaskServiceServicer):
         records: dict[str, Found] = {}
         self._await_finished(identity, ids, records, seen, request.wait, context)
         return pb.SubmitReply(task_ids=ids, tasks=[task_message(*records[i]) for i in ids])
+
+    def SubmitStream(
+        self, requests: Iterator[pb.SubmitRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SubmitReply]:
+        state = self.state
+        yield from serve_exchanges(
+            state.submit_streams, state.stopping, requests, context, self.SubmitTasks
+        )
 
     @staticmethod
     def _plain_count(tasks: list[NewTask]) -> int | None:

@@ -10,7 +10,12 @@ import grpc
 
 from hivemind import keys
 from hivemind.nodepool.blobs import DataTooLarge
-from hivemind.nodepool.core import NodePoolState, caps_from_record, worker_summary
+from hivemind.nodepool.core import (
+    NodePoolState,
+    caps_from_record,
+    serve_exchanges,
+    worker_summary,
+)
 from hivemind.nodepool.views import task_spec, worker_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
@@ -56,6 +61,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             "registered_at": f"{time.time():.3f}",
         }
         self.state.remember_caps(request.node_id, caps)
+        self.state.set_leaving(request.node_id, False)
         running = len(request.running_task_ids)
         cancel = self.state.tasks.heartbeat(
             request.node_id,
@@ -90,6 +96,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
 
     def Deregister(self, request: pb.DeregisterRequest, context: grpc.ServicerContext) -> pb.Empty:
         self.state.require_worker(context, request.node_id)
+        self.state.set_leaving(request.node_id, True)
         worker_key = keys.worker_key(request.node_id)
         record = self.state.redis.hgetall(worker_key)
         pipe = self.state.redis.pipeline()
@@ -136,6 +143,8 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         while True:
             seen = queued.generation
             leases = []
+            if self.state.is_leaving(request.node_id):
+                break
             # A worker that just reported is usually back for more with nothing queued: its
             # first look in Redis would only slow the waiters its outcomes just woke.
             if not (first and queued.known_empty(seen, keys.QUEUE_EMPTY_TRUST)):
@@ -175,19 +184,10 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
     def LeaseStream(
         self, requests: Iterator[pb.LeaseRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.LeaseReply]:
-        if not self.state.lease_streams.take():
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this node pool holds {self.state.lease_streams.limit} lease streams already; "
-                "lease with LeaseTasks",
-            )
-        try:
-            for request in requests:
-                yield self.LeaseTasks(request, context)
-                if self.state.stopping.is_set():
-                    return  # the worker's next request would only get an empty reply at once
-        finally:
-            self.state.lease_streams.give()
+        state = self.state
+        yield from serve_exchanges(
+            state.lease_streams, state.stopping, requests, context, self.LeaseTasks
+        )
 
     def ReportProgress(
         self, request: pb.ProgressRequest, context: grpc.ServicerContext
@@ -319,6 +319,8 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self, request: pb.ReleaseRequest, context: grpc.ServicerContext
     ) -> pb.CompleteReply:
         self.state.require_worker(context, *{ref.node_id for ref in request.refs})
+        for node_id in {ref.node_id for ref in request.refs}:
+            self.state.set_leaving(node_id, True)  # before the tasks are back in the queue
         replies = self.state.tasks.release(
             [(ref.task_id, ref.attempt, ref.node_id) for ref in request.refs]
         )

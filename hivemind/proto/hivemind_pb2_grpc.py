@@ -748,6 +748,11 @@ class TaskServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/hivemind.v1.TaskService/SubmitStream',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/hivemind.v1.TaskService/GetTask',
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.TaskRequest.SerializeToString,
@@ -796,6 +801,15 @@ class TaskServiceServicer:
 
     def SubmitTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """SubmitTasks over one long-lived call, as LeaseStream is LeaseTasks: each request gets
+        exactly one reply, in order; RESOURCE_EXHAUSTED when the node pool holds as many
+        submit streams as it allows.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -852,6 +866,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
             ),
             'SubmitTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitTasks,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.SerializeToString,
             ),
@@ -943,6 +962,33 @@ class TaskService:
             request,
             target,
             '/hivemind.v1.TaskService/SubmitTasks',
+            hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hivemind.v1.TaskService/SubmitStream',
             hivemind_dot_proto_dot_hivemind__pb2.SubmitRequest.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.SubmitReply.FromString,
             options,
@@ -1256,7 +1302,9 @@ class WorkerTaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseTasks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A stopping worker hands tasks back; from then on, as after Deregister, its lease calls
+        get nothing (an open long poll returns at once) until it registers again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,37 +9,13 @@ import grpc
 
 from hivemind import keys
 from hivemind.client import open_channel, rpc_error
-from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+from hivemind.streams import StreamedCalls
 
 RPC_TIMEOUT = 30.0
 #: Seconds a lease call may take beyond its long poll before it counts as failed.
 LEASE_MARGIN = 15.0
-
-
-class _LeaseStream:
-    """One open LeaseStream call: each request gets exactly one reply, in order."""
-
-    def __init__(self, stub: pb_grpc.WorkerTaskServiceStub, metadata: list[tuple[str, str]]):
-        self._requests: queue.SimpleQueue[pb.LeaseRequest | None] = queue.SimpleQueue()
-        self.ends_at = time.monotonic() + keys.LEASE_STREAM_LIFETIME
-        self._replies = stub.LeaseStream(
-            iter(self._requests.get, None),
-            metadata=metadata,
-            timeout=keys.LEASE_STREAM_LIFETIME,
-        )
-
-    def exchange(self, request: pb.LeaseRequest) -> pb.LeaseReply:
-        self._requests.put(request)
-        try:
-            return next(self._replies)  # type: ignore[no-any-return]
-        except StopIteration:
-            raise NodePoolError("the node pool closed the lease stream", "UNAVAILABLE") from None
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._replies.cancel()
 
 
 class WorkerConnection:
@@ -53,15 +26,16 @@ class WorkerConnection:
         self.channel = open_channel(address)
         self.workers = pb_grpc.WorkerServiceStub(self.channel)
         self.tasks = pb_grpc.WorkerTaskServiceStub(self.channel)
-        self._stream: _LeaseStream | None = None
-        self._stream_lock = threading.Lock()  # one exchange at a time on the stream
-        self._no_stream_until = 0.0  # the node pool refused one (or has none): calls till then
+        self._leases: StreamedCalls[pb.LeaseRequest, pb.LeaseReply] = StreamedCalls(
+            lambda requests, deadline: self.tasks.LeaseStream(
+                requests, metadata=self._metadata, timeout=deadline
+            ),
+            keys.LEASE_STREAM_LIFETIME,
+            keys.STREAM_RETRY,
+        )
 
     def close(self) -> None:
-        with self._stream_lock:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
+        self._leases.close()
         self.channel.close()
 
     def _call(self, method, request, timeout: float = RPC_TIMEOUT):  # type: ignore[no-untyped-def]
@@ -107,38 +81,13 @@ class WorkerConnection:
             max_bundles=max_bundles,
             results=list(results),
         )
-        if time.monotonic() >= self._no_stream_until and self._stream_lock.acquire(False):
-            try:
-                reply = self._lease_streamed(request)
-            finally:
-                self._stream_lock.release()
-            if reply is not None:
-                return reply
-        return self._call(self.tasks.LeaseTasks, request, timeout=wait + LEASE_MARGIN)
-
-    def _lease_streamed(self, request: pb.LeaseRequest) -> pb.LeaseReply | None:
-        """The reply over the stream, or None when the node pool will not stream (then the
-        request was not read: the caller sends it as a call)."""
-        stream = self._stream
-        # A long poll must end before the stream's deadline cuts it (and its reply) short.
-        if stream is not None and time.monotonic() + request.wait + LEASE_MARGIN > stream.ends_at:
-            stream.close()
-            stream = None
-        if stream is None:
-            stream = self._stream = _LeaseStream(self.tasks, self._metadata)
         try:
-            return stream.exchange(request)
+            return self._leases.send(request, wait + LEASE_MARGIN, self._lease_call)
         except grpc.RpcError as exc:
-            stream.close()
-            self._stream = None
-            if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                self._no_stream_until = time.monotonic() + keys.LEASE_STREAM_RETRY
-                return None
             raise rpc_error(exc, self.address) from None
-        except NodePoolError:
-            stream.close()
-            self._stream = None
-            raise
+
+    def _lease_call(self, request: pb.LeaseRequest, timeout: float) -> pb.LeaseReply:
+        return self._call(self.tasks.LeaseTasks, request, timeout=timeout)  # type: ignore[no-any-return]
 
     def progress(self, task_id: str, attempt: int, fraction: float, message: str) -> bool:
         request = pb.ProgressRequest(

@@ -182,6 +182,11 @@ class Worker:
             self.conn.deregister()
         except NodePoolError as exc:
             log.warning("deregister failed: %s", exc)
+        # Deregistered, its open long poll has come back empty: let the lease loop read that
+        # reply before the connection closes under it (a reply cut off could hold tasks).
+        for thread in self._threads:
+            if thread.name == "lease":
+                thread.join(5.0)
         self.stopped.set()
         self.pool.shutdown(wait=False)
         self.conn.close()
