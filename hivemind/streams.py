@@ -46,6 +46,10 @@ class _Stream(Generic[Request, Reply]):
         except StopIteration:
             raise NodePoolError("the node pool closed the stream", "UNAVAILABLE") from None
 
+    def ended(self) -> bool:
+        """The call is over: the server restarted, or the connection broke, while idle."""
+        return bool(self._replies.done())  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self._requests.put(None)  # ends gRPC's thread that sends the requests
         self._replies.cancel()  # type: ignore[attr-defined]
@@ -101,7 +105,8 @@ class StreamedCalls(Generic[Request, Reply]):
 
     def _over_stream(self, request: Request, timeout: float) -> Reply | None:
         stream = self._stream
-        if stream is not None and time.monotonic() + timeout > stream.ends_at:
+        # A request must not go to a stream that is over, or that its deadline would cut.
+        if stream is not None and (stream.ended() or time.monotonic() + timeout > stream.ends_at):
             stream.close()
             stream = None
         if stream is None:

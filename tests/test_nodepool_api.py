@@ -305,6 +305,26 @@ def test_a_client_submits_over_one_stream_from_its_second_submit_on(pool: Pool) 
     assert wait_until(lambda: streams.held == 0, 5)
 
 
+def test_streams_opened_before_a_node_pool_restart_do_not_fail_the_next_request(
+    pool: Pool,
+) -> None:
+    alice = pool.user("alice")
+    noop = function_spec("hivemind.examples:noop")
+    alice.submit([noop])
+    alice.submit([noop])  # a submit stream is open
+    w1 = pool.worker("w1")
+    assert w1.lease(2, wait=1).tasks  # and a lease stream
+    pool.server.stop(grace=0.5)
+    again = NodePoolServer(pool.settings)
+    again.start()
+    try:
+        assert alice.submit([noop])  # over a new stream, not an error from the old one
+        w1.register(pb.WorkerResources(cpu=2, memory_mb=4096, capacity=4), [])
+        assert w1.lease(1, wait=1).tasks
+    finally:
+        again.stop(grace=0.5)
+
+
 def test_a_client_signed_in_anew_submits_as_its_new_user(pool: Pool) -> None:
     pool.user("bob")
     client = pool.user("alice")
