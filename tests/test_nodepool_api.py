@@ -283,7 +283,7 @@ def test_a_client_submits_over_one_stream_from_its_second_submit_on(pool: Pool) 
     w1 = pool.worker("w1")
 
     def play_worker() -> None:
-        leased = []
+        leased: list[pb.LeasedTask] = []
         while len(leased) < 3:
             leased += w1.lease(3, wait=5).tasks
         w1.complete(
