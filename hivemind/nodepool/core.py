@@ -290,11 +290,10 @@ class NodePoolState:
     # -- stopping workers ---------------------------------------------------------------------
     def set_leaving(self, node_id: str, leaving: bool) -> None:
         """A worker that hands tasks back or deregisters is stopping: its lease calls get
-        nothing more (its open long poll returns at once), so it cannot take back what it
-        just handed back. Registering again ends that."""
+        nothing more (its open long poll returns once woken), so it cannot take back what
+        it just handed back. Registering again ends that."""
         if leaving:
             self._leaving.add(node_id)
-            self.queued.notify()  # wake its long poll
         else:
             self._leaving.discard(node_id)
 

@@ -97,6 +97,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     def Deregister(self, request: pb.DeregisterRequest, context: grpc.ServicerContext) -> pb.Empty:
         self.state.require_worker(context, request.node_id)
         self.state.set_leaving(request.node_id, True)
+        self.state.queued.notify()  # its open long poll returns now
         worker_key = keys.worker_key(request.node_id)
         record = self.state.redis.hgetall(worker_key)
         pipe = self.state.redis.pipeline()

@@ -95,7 +95,8 @@ class Reporter:
                 progress[(task_id, attempt)] = (fraction, message)
                 taken += 1
             else:  # a task's logs and progress go before its outcome, which ends it
-                taken = self._flush(logs, progress, taken)
+                self._flush(logs, progress, taken)
+                taken = 0
                 with self._ready:
                     self._outcomes.append(payload)  # type: ignore[arg-type]
                     self._ready.notify()
@@ -110,13 +111,12 @@ class Reporter:
         logs: dict[tuple[str, int], list[str]],
         progress: dict[tuple[str, int], tuple[float, str]],
         taken: int,
-    ) -> int:
-        """Send what was taken off the queue; returns how many taken items remain (none)."""
+    ) -> None:
+        """Send the ``taken`` items gathered in ``logs`` and ``progress``."""
         self._flush_logs(logs)
         self._flush_progress(progress)
         with self._ready:
             self._unsent -= taken
-        return 0
 
     def _flush_progress(self, progress: dict[tuple[str, int], tuple[float, str]]) -> None:
         for (task_id, attempt), (fraction, message) in progress.items():
