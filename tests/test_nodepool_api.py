@@ -204,6 +204,48 @@ def test_work_queued_by_another_process_reaches_a_long_poll_that_skipped_its_fir
     assert time.monotonic() - started < keys.QUEUE_EMPTY_TRUST + 1.0
 
 
+def test_a_task_submitted_during_a_long_poll_is_leased_in_the_submits_round_trip(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, w1 = pool.user("alice"), pool.worker("w1")
+    state = pool.server.state
+    polled: list[pb.LeaseReply] = []
+    poller = threading.Thread(target=lambda: polled.append(w1.lease(2, wait=5)))
+    poller.start()
+    assert wait_until(lambda: len(state.queued._waiters) == 1, 5)
+    rounds: list[str] = []
+    lease_round = state.tasks.lease_round
+    monkeypatch.setattr(
+        state.tasks, "lease_round", lambda *a, **k: rounds.append("lease") or lease_round(*a, **k)
+    )
+    [task_id] = alice.submit([function_spec("hivemind.examples:noop")])
+    poller.join(5)
+    assert [t.task_id for t in polled[0].tasks] == [task_id] and polled[0].tasks[0].attempt == 1
+    assert rounds == []  # the long poll did not look in Redis itself: the submit leased for it
+    assert (alice.get(task_id).status, alice.get(task_id).worker) == ("RUNNING", "w1")
+
+
+def test_a_task_handed_to_a_worker_that_hung_up_goes_back_to_the_queue(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "QUEUE_EMPTY_TRUST", 10.0)  # no fallback look during the test
+    alice, w1 = pool.user("alice"), pool.worker("w1")
+    state = pool.server.state
+    request = pb.LeaseRequest(node_id="w1", max_tasks=1, wait=10)
+    with pytest.raises(grpc.RpcError):  # the worker gives up long before the long poll ends
+        w1.tasks.LeaseTasks(request, metadata=w1._metadata, timeout=0.3)
+    assert len(state.queued._waiters) == 1  # the node pool's side still waits, unaware
+    [task_id] = alice.submit([function_spec("hivemind.examples:noop")])
+
+    def released() -> bool:
+        task = alice.get(task_id)
+        return task.status == "QUEUED" and task.attempt == 1
+
+    assert wait_until(released, 5)
+    [again] = w1.lease(1, wait=2).tasks
+    assert again.task_id == task_id and again.attempt == 2
+
+
 def test_a_waiter_sees_a_task_ended_by_another_process_within_a_second(pool: Pool) -> None:
     alice = pool.user("alice")
     ids = alice.submit([function_spec("hivemind.examples:noop") for _ in range(50)])

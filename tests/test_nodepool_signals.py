@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from hivemind.nodepool.core import FinishedLog, QueueSignal
+from hivemind.taskstore import Lease, LeaseAsk, WorkerCaps
+
+ASK = LeaseAsk("w1", WorkerCaps(cpu=1, memory_mb=512, gpu=0, labels=()), 4, 30.0)
 
 
 def test_finished_log_hands_waiters_the_newest_hash_of_each_ended_task() -> None:
@@ -54,3 +58,50 @@ def test_queue_signal_trusts_an_empty_queue_only_until_work_is_queued_or_time_pa
     signal.saw_empty(now)
     time.sleep(0.06)
     assert signal.known_empty(now, 1.0) and not signal.known_empty(now, 0.05)
+
+
+def _wait_until_waiting(signal: QueueSignal, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(signal._waiters) < count:
+        assert time.monotonic() < deadline, "the lease call never started waiting"
+        time.sleep(0.001)
+
+
+def test_a_submit_hands_new_work_to_the_longest_waiting_lease_call_only() -> None:
+    signal = QueueSignal()
+    lease = Lease("t1", 1, {"owner": "alice"})
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(signal.wait, signal.generation, 5.0, ASK)
+        _wait_until_waiting(signal, 1)
+        second = pool.submit(signal.wait, signal.generation, 0.3, ASK)
+        _wait_until_waiting(signal, 2)
+        waiter = signal.claim()
+        assert waiter is not None and waiter.ask is ASK
+        time.sleep(0.05)
+        assert not first.done()  # claimed: it waits for what the submit leases for it
+        signal.hand(waiter, [lease])
+        assert first.result(1) == [lease]
+        assert second.result(2) == []  # never claimed: it timed out with nothing
+    assert signal.claim() is None  # a call that timed out is no longer in line
+
+
+def test_a_lease_call_handed_nothing_after_a_failed_submit_is_free_to_look_again() -> None:
+    signal = QueueSignal()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(signal.wait, signal.generation, 5.0, ASK)
+        _wait_until_waiting(signal, 1)
+        waiter = signal.claim()
+        assert waiter is not None
+        signal.hand(waiter, [])  # the submit's script failed
+        assert waiting.result(1) == []
+
+
+def test_the_queue_counts_as_seen_empty_after_a_change_that_left_it_empty() -> None:
+    signal = QueueSignal()
+    seen = signal.generation
+    signal.notify(0, left_empty=seen)
+    assert signal.known_empty(signal.generation, 1.0)
+    stale = signal.generation
+    signal.notify(1)  # another submit's work came in between
+    signal.notify(0, left_empty=stale)
+    assert not signal.known_empty(signal.generation, 1.0)

@@ -9,7 +9,15 @@ import redis
 
 from hivemind import keys
 from hivemind.states import TaskState
-from hivemind.taskstore import Completion, LeaseRound, NewTask, Outcome, TaskStore, WorkerCaps
+from hivemind.taskstore import (
+    Completion,
+    LeaseAsk,
+    LeaseRound,
+    NewTask,
+    Outcome,
+    TaskStore,
+    WorkerCaps,
+)
 
 SMALL = WorkerCaps(cpu=2, memory_mb=4096, gpu=0, labels=())
 
@@ -64,6 +72,26 @@ def test_a_lease_round_says_when_the_queue_is_left_empty(store: TaskStore) -> No
     # A task that fits no worker is still queued work: the queue is not empty.
     store.submit([task(req_gpu=1)])
     assert store.lease_round("w1", SMALL, 1, 30) == LeaseRound([], queue_empty=False)
+
+
+def test_submit_and_lease_queues_then_leases_by_the_usual_rules(store: TaskStore) -> None:
+    [older] = store.submit([task(owner="bob")])
+    ids, round_ = store.submit_and_lease(
+        [task(), task()], LeaseAsk("w1", SMALL, max_tasks=2, lease_seconds=30)
+    )
+    # Round-robin between owners still holds: one task of each, not alice's two.
+    assert sorted(lease.owner for lease in round_.leases) == ["alice", "bob"]
+    assert {lease.task_id for lease in round_.leases} == {older, ids[0]}
+    assert not round_.queue_empty and status(store, ids[1]) == "QUEUED"
+    assert [status(store, i) for i in (older, ids[0])] == ["RUNNING", "RUNNING"]
+    history = store.redis.lrange(keys.task_history_key(ids[0]), 0, -1)
+    assert [json.loads(e)["event"] for e in history] == ["submitted", "leased"]
+    # A task that does not fit the asking worker stays queued for another one.
+    [gpu_task], round_ = store.submit_and_lease(
+        [task(req_gpu=1)], LeaseAsk("w2", SMALL, max_tasks=5, lease_seconds=30)
+    )
+    assert [lease.task_id for lease in round_.leases] == [ids[1]]
+    assert status(store, gpu_task) == "QUEUED" and not round_.queue_empty
 
 
 def test_completing_hands_back_the_finished_hash_or_why_not(store: TaskStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -17,7 +18,7 @@ from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
 from hivemind.config import Settings
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
-from hivemind.taskstore import TaskStore, WorkerCaps
+from hivemind.taskstore import Lease, LeaseAsk, TaskStore, WorkerCaps
 from hivemind.userdb import UserError, UserRecord, UserStore
 
 Request = TypeVar("Request")
@@ -48,16 +49,85 @@ class Notifier:
             return self._generation
 
 
-class QueueSignal(Notifier):
-    """Wakes lease calls when work is queued, and remembers when the queue was seen empty."""
+class LeaseWaiter:
+    """One lease call waiting for work, and what a submit leased to it directly."""
+
+    __slots__ = ("ask", "claimed", "handed", "woken")
+
+    def __init__(self, ask: LeaseAsk) -> None:
+        self.ask = ask
+        self.woken = threading.Event()
+        self.claimed = False  # a submit is leasing for it; ``handed`` follows
+        self.handed: list[Lease] = []
+
+
+class QueueSignal:
+    """Wakes lease calls when work is queued, hands new work straight to a waiting one, and
+    remembers when the queue was seen empty."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._waiters: deque[LeaseWaiter] = deque()  # longest waiting first
         self._empty_at: tuple[int, float] | None = None  # (generation, monotonic time)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def notify(self, count: int | None = None, left_empty: int | None = None) -> None:
+        """Wake ``count`` waiters (longest waiting first), or all of them when None.
+
+        Work that any worker can take needs one lease call per task, not every idle worker's
+        at once: each woken call costs a lease script in Redis. The others still look once a
+        second (their fallback poll).
+
+        ``left_empty``: the change left nothing queued, and began at this generation; the
+        queue counts as seen empty unless another change came in between.
+        """
+        with self._lock:
+            if left_empty is not None and left_empty == self._generation:
+                self._empty_at = (left_empty + 1, time.monotonic())
+            self._generation += 1
+            woken = len(self._waiters) if count is None else min(count, len(self._waiters))
+            for _ in range(woken):
+                self._waiters.popleft().woken.set()
+
+    def wait(self, seen: int, timeout: float, ask: LeaseAsk) -> list[Lease]:
+        """Block until the generation moves past ``seen`` or ``timeout`` passes. Returns the
+        leases a submit made for ``ask`` meanwhile (see :meth:`claim`), if any."""
+        waiter = LeaseWaiter(ask)
+        with self._lock:
+            if self._generation != seen:
+                return []
+            self._waiters.append(waiter)
+        waiter.woken.wait(timeout)
+        with self._lock:
+            if not waiter.claimed:
+                with contextlib.suppress(ValueError):  # not woken: timed out
+                    self._waiters.remove(waiter)
+                return []
+        waiter.woken.wait()  # the submit that claimed it is leasing for it; it always hands
+        return waiter.handed
+
+    def claim(self) -> LeaseWaiter | None:
+        """The longest-waiting lease call, taken out of the line: the caller leases for it,
+        then must :meth:`hand` it the leases (none on failure)."""
+        with self._lock:
+            if not self._waiters:
+                return None
+            waiter = self._waiters.popleft()
+            waiter.claimed = True
+            return waiter
+
+    @staticmethod
+    def hand(waiter: LeaseWaiter, leases: list[Lease]) -> None:
+        waiter.handed = leases
+        waiter.woken.set()
 
     def saw_empty(self, seen: int) -> None:
         """A lease round that started at generation ``seen`` left nothing queued."""
-        with self._cond:
+        with self._lock:
             if seen == self._generation:
                 self._empty_at = (seen, time.monotonic())
 
@@ -71,20 +141,6 @@ class QueueSignal(Notifier):
             and empty_at[0] == seen
             and time.monotonic() - empty_at[1] < max_age
         )
-
-    def notify(self, count: int | None = None) -> None:
-        """Wake ``count`` waiters (longest waiting first), or all of them when None.
-
-        Work that any worker can take needs one lease call per task, not every idle worker's
-        at once: each woken call costs a lease script in Redis. The others still look once a
-        second (their fallback poll).
-        """
-        with self._cond:
-            self._generation += 1
-            if count is None:
-                self._cond.notify_all()
-            else:
-                self._cond.notify(count)
 
 
 Record = dict[str, str]

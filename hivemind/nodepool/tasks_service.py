@@ -19,7 +19,7 @@ from hivemind.nodepool.views import KIND_NAMES, task_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState, is_terminal
-from hivemind.taskstore import NewTask
+from hivemind.taskstore import Lease, NewTask
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 LABEL = re.compile(r"^[\w.\-]{1,64}$")
@@ -71,8 +71,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         except SpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         seen = self.state.finished.generation
-        ids = self.state.tasks.submit(tasks)
-        self.state.queued.notify(self._plain_count(tasks))
+        ids = self._queue(tasks)
         if request.wait <= 0:
             return pb.SubmitReply(task_ids=ids)
         # Nothing is finished yet at `seen`: only what ends from here on needs reading.
@@ -87,6 +86,27 @@ class TaskService(pb_grpc.TaskServiceServicer):
         yield from serve_exchanges(
             state.submit_streams, state.stopping, requests, context, self.SubmitTasks
         )
+
+    def _queue(self, tasks: list[NewTask]) -> list[str]:
+        """Queue the tasks and wake lease calls for them. Work that any worker can take goes
+        straight to the longest-waiting lease call, in the submit's own round trip to Redis."""
+        queued = self.state.queued
+        plain = self._plain_count(tasks)
+        waiter = None if plain is None else queued.claim()
+        if plain is None or waiter is None:
+            ids = self.state.tasks.submit(tasks)
+            queued.notify(plain)
+            return ids
+        seen = queued.generation
+        leases: list[Lease] = []
+        try:
+            ids, round_ = self.state.tasks.submit_and_lease(tasks, waiter.ask)
+            leases = round_.leases
+        finally:
+            queued.hand(waiter, leases)
+        # Left empty, the queue needs no look from the worker when it reports this task's end.
+        queued.notify(plain - len(leases), seen if round_.queue_empty else None)
+        return ids
 
     @staticmethod
     def _plain_count(tasks: list[NewTask]) -> int | None:

@@ -20,7 +20,7 @@ from hivemind.nodepool.views import task_spec, worker_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState
-from hivemind.taskstore import Outcome, WorkerCaps
+from hivemind.taskstore import Lease, LeaseAsk, Outcome, WorkerCaps
 
 OUTCOMES = {
     pb.SUCCEEDED: TaskState.SUCCEEDED,
@@ -140,21 +140,24 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         replies = self._complete(request.results, context) if request.results else []
         deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
         queued = self.state.queued
+        ask = LeaseAsk(
+            request.node_id,
+            caps,
+            request.max_tasks,
+            self.state.lease_seconds,
+            request.max_bundles if request.HasField("max_bundles") else None,
+        )
         first = request.wait > 0
         while True:
             seen = queued.generation
-            leases = []
+            leases: list[Lease] = []
             if self.state.is_leaving(request.node_id):
                 break
             # A worker that just reported is usually back for more with nothing queued: its
             # first look in Redis would only slow the waiters its outcomes just woke.
             if not (first and queued.known_empty(seen, keys.QUEUE_EMPTY_TRUST)):
                 round_ = self.state.tasks.lease_round(
-                    request.node_id,
-                    caps,
-                    request.max_tasks,
-                    self.state.lease_seconds,
-                    request.max_bundles if request.HasField("max_bundles") else None,
+                    ask.worker, ask.caps, ask.max_tasks, ask.lease_seconds, ask.max_bundles
                 )
                 leases = round_.leases
                 if round_.queue_empty:
@@ -163,8 +166,11 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             remaining = deadline - time.monotonic()
             if leases or remaining <= 0 or self.state.stopping.is_set() or not context.is_active():
                 break
-            # A fallback poll every second covers work queued by another process.
-            queued.wait(seen, min(remaining, keys.QUEUE_EMPTY_TRUST))
+            # A fallback poll every second covers work queued by another process. A submit
+            # may lease for this call while it waits (one round trip to Redis, not two).
+            leases = queued.wait(seen, min(remaining, keys.QUEUE_EMPTY_TRUST), ask)
+            if leases:
+                break
         if leases and not context.is_active():
             # The worker hung up before it could receive them: give them straight back.
             self.state.tasks.release([(x.task_id, x.attempt, request.node_id) for x in leases])

@@ -81,6 +81,18 @@ class LeaseRound:
 
 
 @dataclass(frozen=True)
+class LeaseAsk:
+    """What one lease asks for: up to ``max_tasks`` tasks that fit ``caps``, of which at most
+    ``max_bundles`` are bundles (None: all of them may be)."""
+
+    worker: str
+    caps: WorkerCaps
+    max_tasks: int
+    lease_seconds: float
+    max_bundles: int | None = None
+
+
+@dataclass(frozen=True)
 class Completion:
     """What became of one outcome: refused (and why), or the finished task's hash."""
 
@@ -141,6 +153,7 @@ class TaskStore:
         self.redis = client
         self._submit = LuaScript(client, scripts.load(scripts.SUBMIT))
         self._lease = LuaScript(client, scripts.load(scripts.LEASE))
+        self._submit_and_lease = LuaScript(client, scripts.load(scripts.SUBMIT_AND_LEASE))
         self._heartbeat = LuaScript(client, scripts.load(scripts.HEARTBEAT))
         self._progress = LuaScript(client, scripts.load(scripts.PROGRESS))
         self._append_log = LuaScript(client, scripts.load(scripts.APPEND_LOG))
@@ -157,6 +170,28 @@ class TaskStore:
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:
+        ids, chunks = self._new_records(tasks)
+        now, now_ms = _now()
+        for chunk in chunks:
+            self._submit(args=[now, now_ms, chunk])
+        return ids
+
+    def submit_and_lease(
+        self, tasks: Sequence[NewTask], ask: LeaseAsk
+    ) -> tuple[list[str], LeaseRound]:
+        """:meth:`submit`, then a lease for ``ask``: for a worker that waits for work, in the
+        same round trip as the first slice of tasks."""
+        ids, chunks = self._new_records(tasks)
+        first, *rest = chunks or ["[]"]
+        now, now_ms = _now()
+        reply = self._submit_and_lease(args=[now, now_ms, first, *self._lease_args(ask)])
+        for chunk in rest:
+            self._submit(args=[now, now_ms, chunk])
+        return ids, self._lease_reply(reply)
+
+    def _new_records(self, tasks: Sequence[NewTask]) -> tuple[list[str], list[str]]:
+        """New task ids, and their hashes as JSON in slices of at most 1,000 tasks: one
+        script call per slice keeps any single call short for other clients."""
         ids = [new_task_id() for _ in tasks]
         records = []
         for task_id, task in zip(ids, tasks, strict=True):
@@ -178,12 +213,11 @@ class TaskStore:
                     "req_labels": ",".join(task.req_labels),
                 }
             )
-        now, now_ms = _now()
-        # One script call per slice keeps any single call short for other clients.
-        for start in range(0, len(records), 1000):
-            chunk = json.dumps(records[start : start + 1000], separators=(",", ":"))
-            self._submit(args=[now, now_ms, chunk])
-        return ids
+        chunks = [
+            json.dumps(records[start : start + 1000], separators=(",", ":"))
+            for start in range(0, len(records), 1000)
+        ]
+        return ids, chunks
 
     def cancel(self, task_id: str) -> tuple[bool, str]:
         """(True, new status) or (False, why not)."""
@@ -213,24 +247,31 @@ class TaskStore:
         max_bundles: int | None = None,
     ) -> LeaseRound:
         """:meth:`lease`, and whether the queue was left empty."""
+        ask = LeaseAsk(worker, caps, max_tasks, lease_seconds, max_bundles)
+        return self._lease_reply(self._lease(args=self._lease_args(ask)))
+
+    @staticmethod
+    def _lease_args(ask: LeaseAsk) -> list[Any]:
         now, now_ms = _now()
-        queue_empty, *rows = self._lease(
-            args=[
-                worker,
-                now,
-                now_ms,
-                int(lease_seconds * 1000),
-                max(0, min(max_tasks, keys.LEASE_BATCH_MAX)),
-                caps.cpu,
-                caps.memory_mb,
-                caps.gpu,
-                ",".join(caps.labels),
-                keys.LEASE_SCAN_LIMIT,
-                _LEASE_FIELDS_JSON,
-                max_tasks if max_bundles is None else max_bundles,
-                int(keys.TIMEOUT_GRACE * 1000),
-            ]
-        )
+        return [
+            ask.worker,
+            now,
+            now_ms,
+            int(ask.lease_seconds * 1000),
+            max(0, min(ask.max_tasks, keys.LEASE_BATCH_MAX)),
+            ask.caps.cpu,
+            ask.caps.memory_mb,
+            ask.caps.gpu,
+            ",".join(ask.caps.labels),
+            keys.LEASE_SCAN_LIMIT,
+            _LEASE_FIELDS_JSON,
+            ask.max_tasks if ask.max_bundles is None else ask.max_bundles,
+            int(keys.TIMEOUT_GRACE * 1000),
+        ]
+
+    @staticmethod
+    def _lease_reply(reply: list[Any]) -> LeaseRound:
+        queue_empty, *rows = reply
         leases = [
             Lease(
                 task_id=_text(r[0]),

@@ -76,10 +76,11 @@ local function fence(id, attempt, worker)
 end
 """
 
-SUBMIT = """
--- ARGV: now, now_ms, JSON list of task field maps
-local now, now_ms = ARGV[1], ARGV[2]
-for _, t in ipairs(cjson.decode(ARGV[3])) do
+_SUBMIT_TASKS = """
+-- A: now, now_ms, JSON list of task field maps
+local function submit_tasks(A)
+local now, now_ms = A[1], A[2]
+for _, t in ipairs(cjson.decode(A[3])) do
   local tk = tkey(t.id)
   local seq = redis.call('INCR', '%(seq)s')
   local fields = {'status', 'QUEUED', 'attempt', '0', 'lost', '0', 'seq', tostring(seq),
@@ -94,22 +95,23 @@ for _, t in ipairs(cjson.decode(ARGV[3])) do
   history(t.id, 0, 'submitted', '', now, '')
   enqueue(t.id)
 end
-return 1
+end
 """
 
-LEASE = """
--- ARGV: worker, now, now_ms, lease_ms, max_tasks, cpu, memory_mb, gpu, labels (comma list),
---       scan_limit, JSON list of the task fields to return with each lease, max_bundles,
---       timeout grace (ms)
-local worker, now, now_ms, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local timeout_grace_ms = tonumber(ARGV[13])
-local max_tasks, scan_limit = tonumber(ARGV[5]), tonumber(ARGV[10])
-local w_cpu, w_mem, w_gpu = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+_LEASE_TASKS = """
+-- A: worker, now, now_ms, lease_ms, max_tasks, cpu, memory_mb, gpu, labels (comma list),
+--    scan_limit, JSON list of the task fields to return with each lease, max_bundles,
+--    timeout grace (ms)
+local function lease_tasks(A)
+local worker, now, now_ms, lease_ms = A[1], A[2], tonumber(A[3]), tonumber(A[4])
+local timeout_grace_ms = tonumber(A[13])
+local max_tasks, scan_limit = tonumber(A[5]), tonumber(A[10])
+local w_cpu, w_mem, w_gpu = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
 local w_labels = {}
-for label in string.gmatch(ARGV[9], '[^,]+') do w_labels[label] = true end
+for label in string.gmatch(A[9], '[^,]+') do w_labels[label] = true end
 
-local LEASE_FIELDS = cjson.decode(ARGV[11])
-local max_bundles, bundles = tonumber(ARGV[12]), 0
+local LEASE_FIELDS = cjson.decode(A[11])
+local max_bundles, bundles = tonumber(A[12]), 0
 
 local function fits(id)
   local f = redis.call('HMGET', tkey(id), 'constrained', 'req_cpu', 'req_memory_mb', 'req_gpu',
@@ -186,7 +188,34 @@ end
 -- First: 1 when nothing at all is left queued, so the node pool may skip the next look.
 table.insert(out, 1, redis.call('ZCARD', '%(owners)s') == 0 and 1 or 0)
 return out
+end
 """
+
+SUBMIT = (
+    _SUBMIT_TASKS
+    + """
+submit_tasks(ARGV)
+return 1
+"""
+)
+
+LEASE = (
+    _LEASE_TASKS
+    + """
+return lease_tasks(ARGV)
+"""
+)
+
+SUBMIT_AND_LEASE = (
+    _SUBMIT_TASKS
+    + _LEASE_TASKS
+    + """
+-- ARGV: SUBMIT's three, then LEASE's: new work goes straight to a worker that waits for it,
+-- in one round trip instead of two.
+submit_tasks(ARGV)
+return lease_tasks({unpack(ARGV, 4)})
+"""
+)
 
 HEARTBEAT = """
 -- ARGV: worker, now, now_ms, lease_ms, worker fields JSON, summary JSON, running ids...
