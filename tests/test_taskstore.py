@@ -241,3 +241,20 @@ def test_deadline_goes_with_the_attempt(store: TaskStore) -> None:
     store.lease("w2", SMALL, 1, 30)
     store.complete([Outcome(tid, 2, "w2", TaskState.SUCCEEDED, "1")])
     assert store.redis.zscore(keys.DEADLINES, tid) is None
+
+
+def test_tasks_finished_in_one_call_are_all_counted(store: TaskStore) -> None:
+    store.submit([task() for _ in range(3)])
+    leases = store.lease("w1", SMALL, 3, 30)
+    outcomes = [
+        Outcome(lease.task_id, 1, "w1", status)
+        for lease, status in zip(
+            leases, [TaskState.SUCCEEDED, TaskState.SUCCEEDED, TaskState.FAILED], strict=True
+        )
+    ]
+    assert store.complete(outcomes) == ["", "", ""]
+    r = store.redis
+    assert r.hgetall(keys.STATS_FINISHED) == {"SUCCEEDED": "2", "FAILED": "1"}
+    [minute] = r.keys(keys.STATS_MINUTE_PREFIX + "*")
+    assert r.hgetall(minute) == {"SUCCEEDED": "2", "FAILED": "1"}
+    assert 0 < r.ttl(minute) <= keys.STATS_MINUTE_TTL

@@ -18,14 +18,12 @@ local function history(id, attempt, event, worker, at, detail)
     at = tonumber(at), detail = detail or ''}}))
 end
 local function rank_of(score) return math.floor(score / STRIDE) end
-local function enqueue(id)
-  local tk = tkey(id)
-  redis.call('ZREM', '{keys.DEADLINES}', id)
-  local f = redis.call('HMGET', tk, 'owner', 'priority', 'seq', 'constrained')
-  local owner, rank = f[1], PRIORITY_MAX - (tonumber(f[2]) or 0)
-  redis.call('ZADD', '{keys.QUEUE_OWNER_PREFIX}' .. owner, fmt(rank * STRIDE + tonumber(f[3])), id)
+-- Queue task ``id`` (its hash already says QUEUED) by its owner, priority and sequence.
+local function queue_entry(id, owner, priority, seq, constrained)
+  local rank = PRIORITY_MAX - (tonumber(priority) or 0)
+  redis.call('ZADD', '{keys.QUEUE_OWNER_PREFIX}' .. owner, fmt(rank * STRIDE + tonumber(seq)), id)
   redis.call('RPUSH', '{keys.TASK_QUEUE}', id)
-  if f[4] == '1' then redis.call('SADD', '{keys.TASKS_CONSTRAINED}', id) end
+  if constrained then redis.call('SADD', '{keys.TASKS_CONSTRAINED}', id) end
   local current = redis.call('ZSCORE', '{keys.QUEUE_OWNERS}', owner)
   if not current then
     local ticket = tonumber(redis.call('GET', '{keys.QUEUE_RR}') or '0')
@@ -39,6 +37,12 @@ local function enqueue(id)
     end
   end
 end
+-- Queue again a task that has been queued before (requeued, handed back, repaired).
+local function enqueue(id)
+  redis.call('ZREM', '{keys.DEADLINES}', id)
+  local f = redis.call('HMGET', tkey(id), 'owner', 'priority', 'seq', 'constrained')
+  queue_entry(id, f[1], f[2], f[3], f[4] == '1')
+end
 local function dequeue(id, owner)
   redis.call('ZREM', '{keys.QUEUE_OWNER_PREFIX}' .. owner, id)
   redis.call('LREM', '{keys.TASK_QUEUE}', 1, id)
@@ -47,9 +51,13 @@ local function dequeue(id, owner)
     redis.call('ZREM', '{keys.QUEUE_OWNERS}', owner)
   end
 end
-local function finish(id, status, now, worker, attempt, detail)
+local finished_counts, finished_at = {{}}, nil
+-- ``fields``: more of the task's fields to set in the same HSET (field, value, ...).
+local function finish(id, status, now, worker, attempt, detail, fields)
   local tk = tkey(id)
-  redis.call('HSET', tk, 'status', status, 'finished_at', now, 'last_update', now)
+  fields = fields or {{}}
+  redis.call('HSET', tk, 'status', status, 'finished_at', now, 'last_update', now,
+             unpack(fields))
   redis.call('ZREM', '{keys.LEASES}', id)
   redis.call('ZREM', '{keys.DEADLINES}', id)
   if worker and worker ~= '' then
@@ -57,10 +65,18 @@ local function finish(id, status, now, worker, attempt, detail)
   end
   redis.call('SADD', '{keys.TASKS_ARCHIVE_PENDING}', id)
   history(id, attempt, string.lower(status), worker, now, detail)
-  -- Counters for the dashboard and /metrics: totals, and per minute for the last hours.
-  redis.call('HINCRBY', '{keys.STATS_FINISHED}', status, 1)
-  local minute_key = '{keys.STATS_MINUTE_PREFIX}' .. math.floor(tonumber(now) / 60)
-  redis.call('HINCRBY', minute_key, status, 1)
+  finished_counts[status] = (finished_counts[status] or 0) + 1
+  finished_at = now
+end
+-- Counters for the dashboard and /metrics: totals, and per minute for the last hours. Run
+-- once at the end of every script (see load()), for all the tasks it finished.
+local function count_finished()
+  if not finished_at then return end
+  local minute_key = '{keys.STATS_MINUTE_PREFIX}' .. math.floor(tonumber(finished_at) / 60)
+  for status, count in pairs(finished_counts) do
+    redis.call('HINCRBY', '{keys.STATS_FINISHED}', status, count)
+    redis.call('HINCRBY', minute_key, status, count)
+  end
   redis.call('EXPIRE', minute_key, {keys.STATS_MINUTE_TTL})
 end
 -- A worker's write is accepted only for the current attempt of a RUNNING task it holds.
@@ -80,9 +96,11 @@ _SUBMIT_TASKS = """
 -- A: now, now_ms, JSON list of task field maps
 local function submit_tasks(A)
 local now, now_ms = A[1], A[2]
-for _, t in ipairs(cjson.decode(A[3])) do
+local tasks = cjson.decode(A[3])
+local seq = redis.call('INCRBY', '%(seq)s', #tasks) - #tasks
+for _, t in ipairs(tasks) do
   local tk = tkey(t.id)
-  local seq = redis.call('INCR', '%(seq)s')
+  seq = seq + 1
   local fields = {'status', 'QUEUED', 'attempt', '0', 'lost', '0', 'seq', tostring(seq),
                   'created_at', now, 'last_update', now, 'progress', '0', 'worker', ''}
   for k, v in pairs(t) do
@@ -93,7 +111,7 @@ for _, t in ipairs(cjson.decode(A[3])) do
   redis.call('ZADD', '%(all)s', now_ms, t.id)
   redis.call('ZADD', '%(owner_tasks)s' .. t.owner, now_ms, t.id)
   history(t.id, 0, 'submitted', '', now, '')
-  enqueue(t.id)
+  queue_entry(t.id, t.owner, t.priority, seq, t.constrained == 1)
 end
 end
 """
@@ -110,28 +128,36 @@ local w_cpu, w_mem, w_gpu = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
 local w_labels = {}
 for label in string.gmatch(A[9], '[^,]+') do w_labels[label] = true end
 
-local LEASE_FIELDS = cjson.decode(A[11])
+-- The fields a lease returns, and what matching needs besides: read once per candidate.
+local FIELDS = cjson.decode(A[11])
+local RETURNED = #FIELDS
+table.insert(FIELDS, 'constrained')
+local F = {}
+for i, name in ipairs(FIELDS) do F[name] = i end
 local max_bundles, bundles = tonumber(A[12]), 0
 
+-- The task's FIELDS when it fits this worker, else nil.
 local function fits(id)
-  local f = redis.call('HMGET', tkey(id), 'constrained', 'req_cpu', 'req_memory_mb', 'req_gpu',
-                       'req_labels', 'kind')
-  if f[6] == 'BUNDLE' and bundles >= max_bundles then return false end
-  if f[1] ~= '1' then return true end
-  if (tonumber(f[2]) or 0) > w_cpu or (tonumber(f[3]) or 0) > w_mem
-     or (tonumber(f[4]) or 0) > w_gpu then
-    return false
+  local f = redis.call('HMGET', tkey(id), unpack(FIELDS))
+  if f[F.kind] == 'BUNDLE' and bundles >= max_bundles then return nil end
+  if f[F.constrained] ~= '1' then return f end
+  if (tonumber(f[F.req_cpu]) or 0) > w_cpu or (tonumber(f[F.req_memory_mb]) or 0) > w_mem
+     or (tonumber(f[F.req_gpu]) or 0) > w_gpu then
+    return nil
   end
-  for label in string.gmatch(f[5] or '', '[^,]+') do
-    if not w_labels[label] then return false end
+  for label in string.gmatch(f[F.req_labels] or '', '[^,]+') do
+    if not w_labels[label] then return nil end
   end
-  return true
+  return f
 end
 
-local function take(id, owner)
+local function take(id, owner, g)
   local tk = tkey(id)
-  dequeue(id, owner)
-  if redis.call('HGET', tk, 'kind') == 'BUNDLE' then bundles = bundles + 1 end
+  local owner_queue = '%(owner_queue)s' .. owner
+  redis.call('ZREM', owner_queue, id)
+  redis.call('LREM', '%(task_queue)s', 1, id)
+  if g[F.constrained] == '1' then redis.call('SREM', '%(constrained)s', id) end
+  if g[F.kind] == 'BUNDLE' then bundles = bundles + 1 end
   local attempt = redis.call('HINCRBY', tk, 'attempt', 1)
   redis.call('HSET', tk, 'status', 'RUNNING', 'worker', worker, 'start_time', now,
              'last_update', now, 'progress', '0', 'progress_message', '',
@@ -139,19 +165,21 @@ local function take(id, owner)
   redis.call('ZADD', '%(leases)s', fmt(now_ms + lease_ms), id)
   -- The worker enforces the timeout; this deadline catches a worker that hangs but still
   -- heartbeats.
-  local timeout_ms = (tonumber(redis.call('HGET', tk, 'timeout')) or 0) * 1000
+  local timeout_ms = (tonumber(g[F.timeout]) or 0) * 1000
   redis.call('ZADD', '%(deadlines)s', fmt(now_ms + timeout_ms + timeout_grace_ms), id)
   redis.call('SADD', '%(worker_prefix)s' .. worker .. ':tasks', id)
   history(id, attempt, 'leased', worker, now, '')
-  -- Round-robin: the owner just served goes behind the others of its priority.
-  local head = redis.call('ZRANGE', '%(owner_queue)s' .. owner, 0, 0, 'WITHSCORES')
+  -- Round-robin: the owner just served goes behind the others of its priority (or out of
+  -- the line, with nothing left queued).
+  local head = redis.call('ZRANGE', owner_queue, 0, 0, 'WITHSCORES')
   if head[1] then
     local ticket = redis.call('INCR', '%(rr)s')
     redis.call('ZADD', '%(owners)s', fmt(rank_of(tonumber(head[2])) * STRIDE + ticket), owner)
+  else
+    redis.call('ZREM', '%(owners)s', owner)
   end
   local out = {id, attempt}
-  local g = redis.call('HMGET', tk, unpack(LEASE_FIELDS))
-  for i = 1, #LEASE_FIELDS do out[#out + 1] = g[i] or '' end
+  for i = 1, RETURNED do out[#out + 1] = g[i] or '' end
   return out
 end
 
@@ -162,28 +190,38 @@ local out, scanned = {}, 0
 while #out < max_tasks and scanned < scan_limit do
   local owners = redis.call('ZRANGE', '%(owners)s', 0, 49, 'WITHSCORES')
   if #owners == 0 then break end
-  local best_id, best_owner, best_rank, best_ticket = nil, nil, nil, nil
+  local best_id, best_owner, best_rank, best_ticket, best_fields = nil, nil, nil, nil, nil
   for i = 1, #owners, 2 do
     local owner, owner_score = owners[i], tonumber(owners[i + 1])
     local ticket = owner_score - rank_of(owner_score) * STRIDE
     if best_rank and rank_of(owner_score) > best_rank then break end
-    local ids = redis.call('ZRANGE', '%(owner_queue)s' .. owner, 0, 19, 'WITHSCORES')
-    if #ids == 0 then redis.call('ZREM', '%(owners)s', owner) end
-    for j = 1, #ids, 2 do
-      scanned = scanned + 1
-      local rank = rank_of(tonumber(ids[j + 1]))
-      if best_rank and (rank > best_rank or (rank == best_rank and ticket >= best_ticket)) then
-        break
+    -- The head first: it usually fits, and then the next 19 need not be read.
+    for _, range in ipairs({{0, 0}, {1, 19}}) do
+      local ids = redis.call('ZRANGE', '%(owner_queue)s' .. owner, range[1], range[2],
+                             'WITHSCORES')
+      if #ids == 0 and range[1] == 0 then redis.call('ZREM', '%(owners)s', owner) end
+      local settled = #ids == 0
+      for j = 1, #ids, 2 do
+        scanned = scanned + 1
+        local rank = rank_of(tonumber(ids[j + 1]))
+        if best_rank and (rank > best_rank or (rank == best_rank and ticket >= best_ticket)) then
+          settled = true
+          break
+        end
+        local fields = fits(ids[j])
+        if fields then
+          best_id, best_owner, best_rank, best_ticket = ids[j], owner, rank, ticket
+          best_fields = fields
+          settled = true
+          break
+        end
       end
-      if fits(ids[j]) then
-        best_id, best_owner, best_rank, best_ticket = ids[j], owner, rank, ticket
-        break
-      end
+      if settled then break end
     end
     if scanned >= scan_limit then break end
   end
   if not best_id then break end
-  out[#out + 1] = take(best_id, best_owner)
+  out[#out + 1] = take(best_id, best_owner, best_fields)
 end
 -- First: 1 when nothing at all is left queued, so the node pool may skip the next look.
 table.insert(out, 1, redis.call('ZCARD', '%(owners)s') == 0 and 1 or 0)
@@ -280,12 +318,11 @@ for _, r in ipairs(cjson.decode(ARGV[2])) do
   if why then
     replies[#replies + 1] = why
   else
-    local tk = tkey(r.id)
-    redis.call('HSET', tk, 'result_json', r.result_json, 'error_message', r.error_message)
-    if r.archive then redis.call('HSET', tk, 'has_result_archive', '1') end
-    if r.status == 'SUCCEEDED' then redis.call('HSET', tk, 'progress', '1') end
-    finish(r.id, r.status, now, r.worker, r.attempt, r.error_message)
-    replies[#replies + 1] = redis.call('HGETALL', tk)
+    local fields = {'result_json', r.result_json, 'error_message', r.error_message}
+    if r.archive then table.insert(fields, 'has_result_archive'); table.insert(fields, '1') end
+    if r.status == 'SUCCEEDED' then table.insert(fields, 'progress'); table.insert(fields, '1') end
+    finish(r.id, r.status, now, r.worker, r.attempt, r.error_message, fields)
+    replies[#replies + 1] = redis.call('HGETALL', tkey(r.id))
   end
 end
 return replies
@@ -516,5 +553,11 @@ _NAMES = {
 
 
 def load(body: str) -> str:
-    """A script ready to register: the shared helpers, then ``body`` with key names filled."""
-    return _LUA_COMMON + body % _NAMES
+    """A script ready to register: the shared helpers, then ``body`` with key names filled,
+    run as a function so that the counters of finished tasks are written after it."""
+    return (
+        _LUA_COMMON
+        + "local function main()\n"
+        + body % _NAMES
+        + "\nend\nlocal reply = main()\ncount_finished()\nreturn reply\n"
+    )
