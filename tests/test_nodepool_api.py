@@ -122,6 +122,18 @@ def test_users_see_and_cancel_only_their_own_tasks(pool: Pool) -> None:
         bob.list(all_users=True)
     assert tid in [t.id for t in admin.list(all_users=True)]
     assert admin.cancel(tid).status == "CANCELLED"
+    # A task that just ended here is answered from memory: to its owner and admins only.
+    [done] = alice.submit([function_spec("hivemind.examples:add", [2, 2])])
+    worker = pool.worker("w1")
+    [leased] = worker.lease(1, wait=2).tasks
+    ok = pb.TaskResult(ref=worker.ref(done, leased.attempt), outcome=pb.SUCCEEDED, result_json="4")
+    assert worker.complete([ok])[0].accepted
+    assert pool.server.state.finished.records([done])  # held in memory
+    with pytest.raises(NodePoolError) as info:
+        bob.wait([done], 1)
+    assert info.value.code == "NOT_FOUND"
+    assert [(t.status, t.result_json) for t in alice.wait([done], 1)] == [("SUCCEEDED", "4")]
+    assert admin.wait([done], 1)[0].owner == "alice"
 
 
 def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:

@@ -32,6 +32,18 @@ def test_finished_log_drops_the_oldest_hashes_past_its_limit_but_keeps_the_notic
     assert changed == {"a": None, "b": None, "c": {"n": "3"}, "d": {"n": "4"}}
 
 
+def test_finished_log_keeps_each_tasks_newest_hash_while_it_holds_it() -> None:
+    log = FinishedLog(keep=16, keep_records=2)
+    log.notify(["a", "b"], {"a": {"n": "1"}, "b": {"n": "2"}})
+    log.notify(["a"], {"a": {"n": "3"}})
+    assert log.records(["a", "b", "c"]) == {"a": {"n": "3"}}  # b's was the oldest past 2
+    log.notify(["a"])  # a notice without a hash: what was held may be stale
+    assert log.records(["a"]) == {}
+    log.notify(["c"], {"c": {"n": "4"}})
+    log.notify()  # anything may have changed
+    assert log.records(["c"]) == {}
+
+
 def test_finished_log_says_any_task_may_have_ended_when_notices_are_gone_or_unknown() -> None:
     log = FinishedLog(keep=2)
     seen = log.generation

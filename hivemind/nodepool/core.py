@@ -161,6 +161,7 @@ class FinishedLog(Notifier):
         # Entries that still hold hashes, oldest first: the oldest lose theirs past the limit.
         self._holding: deque[dict[str, Record | None]] = deque()
         self._held = 0
+        self._latest: dict[str, Record] = {}  # each held task's newest hash
         self._keep_records = keep_records
 
     def notify(
@@ -173,6 +174,14 @@ class FinishedLog(Notifier):
         with self._cond:
             self._generation += 1
             self._entries.append((self._generation, entry))
+            if entry is None:
+                self._latest.clear()  # anything may have changed
+            else:
+                for task_id, record in entry.items():
+                    if record is not None:
+                        self._latest[task_id] = record
+                    else:
+                        self._latest.pop(task_id, None)
             if entry is not None and known:
                 self._holding.append(entry)
                 self._held += sum(record is not None for record in entry.values())
@@ -182,7 +191,15 @@ class FinishedLog(Notifier):
                         if record is not None:
                             oldest[task_id] = None
                             self._held -= 1
+                            if self._latest.get(task_id) is record:
+                                del self._latest[task_id]
             self._cond.notify_all()
+
+    def records(self, task_ids: Iterable[str]) -> dict[str, Record]:
+        """The hashes still held of those of ``task_ids`` that ended in this process."""
+        with self._cond:
+            latest = self._latest
+            return {i: latest[i] for i in task_ids if i in latest}
 
     def since(self, seen: int) -> tuple[int, dict[str, Record | None] | None]:
         """The generation now, and the tasks that may have ended after generation ``seen``,

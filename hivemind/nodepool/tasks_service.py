@@ -275,10 +275,37 @@ class TaskService(pb_grpc.TaskServiceServicer):
         identity = self.state.require_user(context)
         ids = list(request.task_ids)
         seen = self.state.finished.generation
-        # Histories are left out: a waiter wants outcomes; `GetTask` has the whole story.
-        records = dict(zip(ids, self._visible_many(identity, ids, context, False), strict=True))
+        records = self._ended_records(identity, ids, context)
         self._await_finished(identity, ids, records, seen, request.timeout, context)
         return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
+
+    def _ended_records(
+        self, identity: Identity, task_ids: list[str], context: grpc.ServicerContext
+    ) -> dict[str, Found]:
+        """The records of the tasks that have ended (refusing tasks the caller may not see).
+
+        A batch's waiter asks for a thousand tasks at a time, most still running: of those
+        only the owner is read. Tasks that ended in this process lately come from memory.
+        Histories are left out: a waiter wants outcomes; `GetTask` has the whole story.
+        """
+        known = self.state.finished.records(task_ids)
+        unknown = [i for i in task_ids if i not in known]
+        pipe = self.state.redis.pipeline(transaction=False)
+        for task_id in unknown:
+            pipe.hmget(keys.task_key(task_id), ["owner", "status"])
+        ended = []
+        for task_id, (owner, status) in zip(unknown, pipe.execute(), strict=True):
+            if _ended(status):  # read in full below; one gone from Redis, from the archive
+                ended.append(task_id)
+            elif not _may_see(identity, {"owner": owner}):
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+        for task_id, record in known.items():
+            if not _may_see(identity, record):
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+        records: dict[str, Found] = {i: (r, []) for i, r in known.items()}
+        found = self._visible_many(identity, ended, context, False)
+        records.update(zip(ended, found, strict=True))
+        return records
 
     def _await_finished(
         self,
