@@ -508,6 +508,35 @@ def test_unschedulable_task_stays_queued_with_a_reason(pool: Pool) -> None:
     assert "memory_mb 524288 > 4096" in task.unschedulable_reason
 
 
+def test_finished_tasks_are_archived_and_outlive_their_redis_keys(pool: Pool) -> None:
+    alice, worker = pool.user("alice"), pool.worker("w1")
+    state = pool.server.state
+    ids = alice.submit([function_spec("hivemind.examples:add", [i, 1]) for i in range(3)])
+    leased = worker.lease(3, wait=2).tasks
+    assert worker.append_log(leased[0].task_id, 1, "line one\n")
+    results = [
+        pb.TaskResult(ref=worker.ref(t.task_id, 1), outcome=pb.SUCCEEDED, result_json="1")
+        for t in leased
+    ]
+    assert all(r.accepted for r in worker.complete(results))
+    assert pool.server.housekeeper.archive_finished() == 3
+    r = state.redis
+    assert r.scard(keys.TASKS_ARCHIVE_PENDING) == 0
+    retention = int(pool.settings.task_retention)
+    for task_id in ids:
+        assert 0 < r.ttl(keys.task_key(task_id)) <= retention
+        assert 0 < r.ttl(keys.task_history_key(task_id)) <= retention
+    assert 0 < r.ttl(keys.task_log_key(leased[0].task_id)) <= retention
+    assert state.blobs.read_log(leased[0].task_id) == "line one\n"
+    # Redis loses them (the retention passed, or Redis itself was lost): the archive answers.
+    for task_id in ids:
+        r.delete(keys.task_key(task_id), keys.task_history_key(task_id))
+    task = alice.get(ids[0])
+    assert (task.status, task.owner, task.result_json) == ("SUCCEEDED", "alice", "1")
+    assert [e.event for e in task.history] == ["submitted", "leased", "succeeded"]
+    assert pool.server.housekeeper.archive_finished() == 0  # nothing waits any more
+
+
 def test_admin_user_management_and_credits(pool: Pool) -> None:
     admin, alice = pool.user("root", admin=True), pool.user("alice")
     created = admin.create_user("dave", "dave-password", credits=5)

@@ -152,33 +152,14 @@ class Housekeeper:
         A task leaves ``tasks:archive_pending`` only after its archive is committed, so a
         crash in between archives it again (an idempotent upsert), never loses it.
         """
-        r = self.state.redis
-        task_ids = r.srandmember(keys.TASKS_ARCHIVE_PENDING, batch) or []
-        if not task_ids:
-            return 0
-        pipe = r.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hgetall(keys.task_key(task_id))
-            pipe.lrange(keys.task_history_key(task_id), 0, -1)
-            pipe.lrange(keys.task_log_key(task_id), 0, -1)
-        replies = pipe.execute()
+        finished = self.state.tasks.to_archive(batch)
         archived = []
-        for i, task_id in enumerate(task_ids):
-            record, history, log_chunks = replies[3 * i : 3 * i + 3]
-            if record:
-                archived.append((record, history))
-                if log_chunks:
-                    self.state.blobs.write_log(task_id, "".join(log_chunks))
+        for task in finished:
+            if task.record:
+                archived.append((task.record, task.history))
+                if task.log:
+                    self.state.blobs.write_log(task.task_id, "".join(task.log))
         self.state.users.archive_tasks(archived)
         retention = int(self.state.settings.task_retention)
-        pipe = r.pipeline(transaction=False)
-        for task_id in task_ids:
-            for key in (
-                keys.task_key(task_id),
-                keys.task_history_key(task_id),
-                keys.task_log_key(task_id),
-            ):
-                pipe.expire(key, retention)
-        pipe.srem(keys.TASKS_ARCHIVE_PENDING, *task_ids)
-        pipe.execute()
-        return len(task_ids)
+        self.state.tasks.archived([task.task_id for task in finished], retention)
+        return len(finished)

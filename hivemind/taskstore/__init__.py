@@ -114,6 +114,16 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class ToArchive:
+    """A finished task as the archive keeps it."""
+
+    task_id: str
+    record: dict[str, str]
+    history: list[str]  # events as JSON text
+    log: list[str]  # the log chunks
+
+
+@dataclass(frozen=True)
 class NewTask:
     """A validated task ready to be queued."""
 
@@ -167,6 +177,8 @@ class TaskStore:
         self._reap_timeouts = LuaScript(client, scripts.load(scripts.REAP_TIMEOUTS))
         self._mark_unschedulable = LuaScript(client, scripts.load(scripts.MARK_UNSCHEDULABLE))
         self._requeue_restored = LuaScript(client, scripts.load(scripts.REQUEUE_RESTORED))
+        self._archive_batch = LuaScript(client, scripts.load(scripts.ARCHIVE_BATCH))
+        self._archived = LuaScript(client, scripts.load(scripts.ARCHIVED))
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:
@@ -416,6 +428,25 @@ class TaskStore:
     def mark_unschedulable(self, task_id: str, reason: str) -> bool:
         return bool(self._mark_unschedulable(args=[task_id, reason]))
 
+    def to_archive(self, limit: int) -> list[ToArchive]:
+        """Up to ``limit`` finished tasks that wait for the archive (see :meth:`archived`);
+        a task whose hash is gone from Redis comes with an empty record."""
+        return [
+            ToArchive(
+                _text(task_id),
+                _pairs(record),
+                [_text(x) for x in history],
+                [_text(x) for x in log],
+            )
+            for task_id, record, history, log in self._archive_batch(args=[limit])
+        ]
+
+    def archived(self, task_ids: Sequence[str], retention: int) -> None:
+        """The tasks are in the archive: no longer pending, and gone from Redis after
+        ``retention`` seconds."""
+        if task_ids:
+            self._archived(args=[retention, *task_ids])
+
     # -- restore's side --------------------------------------------------------------------
     def requeue_restored(self, task_ids: Sequence[str]) -> list[str]:
         """Put tasks that were RUNNING in a restored backup back in the queue; returns the
@@ -433,5 +464,8 @@ def _text(value: Any) -> str:
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
-    """A hash from the flat field, value list that HGETALL gives a script."""
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    """A hash from the flat field, value list that HGETALL gives a script (all strings, or
+    all bytes from a client that does not decode). Hot: every outcome's waiters get one."""
+    if flat and isinstance(flat[0], bytes):
+        flat = [x.decode() for x in flat]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
