@@ -326,6 +326,28 @@ def test_a_worker_that_hands_tasks_back_gets_no_more_until_it_registers_again(
     assert [t.task_id for t in w1.lease(1, wait=2).tasks] == [later]
 
 
+def test_new_work_is_not_handed_to_a_long_poll_of_a_stopping_worker(pool: Pool) -> None:
+    alice, w1, w2 = pool.user("alice"), pool.worker("w1"), pool.worker("w2")
+    state = pool.server.state
+    polled: dict[str, list[pb.LeasedTask]] = {}
+
+    def poll(node_id: str, conn: WorkerConnection) -> threading.Thread:
+        waiting = len(state.queued._waiters)
+        thread = threading.Thread(
+            target=lambda: polled.__setitem__(node_id, list(conn.lease(1, wait=5).tasks))
+        )
+        thread.start()
+        assert wait_until(lambda: len(state.queued._waiters) == waiting + 1, 5)
+        return thread
+
+    pollers = [poll("w1", w1), poll("w2", w2)]  # w1 waits longest
+    state.set_leaving("w1", True)  # w1 hands its tasks back; its wake-up is not out yet
+    [task_id] = alice.submit([function_spec("hivemind.examples:noop")])
+    for poller in pollers:
+        poller.join(5)
+    assert polled["w1"] == [] and [t.task_id for t in polled["w2"]] == [task_id]
+
+
 def test_a_client_submits_over_one_stream_from_its_second_submit_on(pool: Pool) -> None:
     alice = pool.user("alice")
     streams = pool.server.state.submit_streams

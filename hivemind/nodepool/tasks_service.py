@@ -93,6 +93,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         queued = self.state.queued
         plain = self._plain_count(tasks)
         waiter = None if plain is None else queued.claim()
+        while waiter is not None and self.state.is_leaving(waiter.ask.worker):
+            queued.hand(waiter, [])  # a stopping worker: its call returns empty
+            waiter = queued.claim()
         if plain is None or waiter is None:
             ids = self.state.tasks.submit(tasks)
             queued.notify(plain)
