@@ -19,6 +19,7 @@ from hivemind.paths import layout
 from hivemind.redis_server import start_redis
 from hivemind.supervisor import stop_pid
 from tests.helpers import REPO_ROOT, RedisServer, free_port
+from tests.nodepool_support import pool  # noqa: F401  (the node pool fixture, for every module)
 from tests.sshd import SSHD, SSHDUnavailable, running_sshd
 
 

@@ -9,10 +9,10 @@ import pytest
 from hivemind.client import function_spec
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
-from tests.test_nodepool_api import Pool, pool  # noqa: F401  (the fixture)
+from tests.nodepool_support import Pool
 
 
-def test_stats_count_the_queue_leases_and_outcomes_per_minute(pool: Pool) -> None:  # noqa: F811
+def test_stats_count_the_queue_leases_and_outcomes_per_minute(pool: Pool) -> None:
     alice = pool.user("alice")
     ids = alice.submit([function_spec("hivemind.examples:add", [i, 1]) for i in range(4)])
     before = alice.stats()
@@ -33,7 +33,7 @@ def test_stats_count_the_queue_leases_and_outcomes_per_minute(pool: Pool) -> Non
     assert after.finished_per_minute[-1] == 3 and abs(after.at - time.time()) < 5
 
 
-def test_workers_may_read_stats_but_anonymous_callers_may_not(pool: Pool) -> None:  # noqa: F811
+def test_workers_may_read_stats_but_anonymous_callers_may_not(pool: Pool) -> None:
     from hivemind.auth import issue_worker_token
     from hivemind.client import Client
 
@@ -44,7 +44,7 @@ def test_workers_may_read_stats_but_anonymous_callers_may_not(pool: Pool) -> Non
     assert info.value.code == "UNAUTHENTICATED"
 
 
-def test_only_admins_grant_credits(pool: Pool) -> None:  # noqa: F811
+def test_only_admins_grant_credits(pool: Pool) -> None:
     admin, bob = pool.user("root", admin=True), pool.user("bob")
     assert admin.grant_credits("bob", 25).credits == 125
     assert admin.grant_credits("bob", -5).credits == 120
