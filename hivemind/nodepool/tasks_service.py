@@ -296,14 +296,15 @@ class TaskService(pb_grpc.TaskServiceServicer):
         pipe = self.state.redis.pipeline(transaction=False)
         for task_id in unknown:
             pipe.hmget(keys.task_key(task_id), ["owner", "status"])
+        owners = {task_id: record.get("owner") for task_id, record in known.items()}
         ended = []
         for task_id, (owner, status) in zip(unknown, pipe.execute(), strict=True):
             if _ended(status):  # read in full below; one gone from Redis, from the archive
                 ended.append(task_id)
-            elif not _may_see(identity, {"owner": owner}):
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
-        for task_id, record in known.items():
-            if not _may_see(identity, record):
+            else:
+                owners[task_id] = owner
+        for task_id, owner in owners.items():
+            if not _may_see(identity, {"owner": owner or ""}):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
         records: dict[str, Found] = {i: (r, []) for i, r in known.items()}
         found = self._visible_many(identity, ended, context, False)

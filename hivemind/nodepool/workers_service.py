@@ -156,9 +156,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             # A worker that just reported is usually back for more with nothing queued: its
             # first look in Redis would only slow the waiters its outcomes just woke.
             if not (first and queued.known_empty(seen, keys.QUEUE_EMPTY_TRUST)):
-                round_ = self.state.tasks.lease_round(
-                    ask.worker, ask.caps, ask.max_tasks, ask.lease_seconds, ask.max_bundles
-                )
+                round_ = self.state.tasks.lease_for(ask)
                 leases = round_.leases
                 if round_.queue_empty:
                     queued.saw_empty(seen)

@@ -259,7 +259,10 @@ class TaskStore:
         max_bundles: int | None = None,
     ) -> LeaseRound:
         """:meth:`lease`, and whether the queue was left empty."""
-        ask = LeaseAsk(worker, caps, max_tasks, lease_seconds, max_bundles)
+        return self.lease_for(LeaseAsk(worker, caps, max_tasks, lease_seconds, max_bundles))
+
+    def lease_for(self, ask: LeaseAsk) -> LeaseRound:
+        """:meth:`lease_round` for what ``ask`` asks."""
         return self._lease_reply(self._lease(args=self._lease_args(ask)))
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Running the task scripts: EVALSHA straight on a pooled redis-py connection.
 
 redis-py's ``Script`` reaches the socket through its whole command layer (options, response
-callbacks, metrics hooks) on every call. A task's round trip runs three scripts, each after
+callbacks, metrics hooks) on every call. A task's round trip runs two scripts, each after
 the node pool has sat idle for a few milliseconds, and on the 2-core bench VM a script call
 made that cold took about 150 µs longer through that layer than on this short path.
 Connections, their retries and their error handling are still redis-py's own.

@@ -43,10 +43,15 @@ local function enqueue(id)
   local f = redis.call('HMGET', tkey(id), 'owner', 'priority', 'seq', 'constrained')
   queue_entry(id, f[1], f[2], f[3], f[4] == '1')
 end
-local function dequeue(id, owner)
+-- Take task ``id`` out of the queue keys; ``constrained`` false: it is in no constrained set.
+local function unqueue(id, owner, constrained)
   redis.call('ZREM', '{keys.QUEUE_OWNER_PREFIX}' .. owner, id)
   redis.call('LREM', '{keys.TASK_QUEUE}', 1, id)
-  redis.call('SREM', '{keys.TASKS_CONSTRAINED}', id)
+  if constrained ~= false then redis.call('SREM', '{keys.TASKS_CONSTRAINED}', id) end
+end
+-- ... and its owner out of the line when nothing of theirs is left queued.
+local function dequeue(id, owner)
+  unqueue(id, owner)
   if redis.call('ZCARD', '{keys.QUEUE_OWNER_PREFIX}' .. owner) == 0 then
     redis.call('ZREM', '{keys.QUEUE_OWNERS}', owner)
   end
@@ -154,9 +159,7 @@ end
 local function take(id, owner, g)
   local tk = tkey(id)
   local owner_queue = '%(owner_queue)s' .. owner
-  redis.call('ZREM', owner_queue, id)
-  redis.call('LREM', '%(task_queue)s', 1, id)
-  if g[F.constrained] == '1' then redis.call('SREM', '%(constrained)s', id) end
+  unqueue(id, owner, g[F.constrained] == '1')
   if g[F.kind] == 'BUNDLE' then bundles = bundles + 1 end
   local attempt = redis.call('HINCRBY', tk, 'attempt', 1)
   redis.call('HSET', tk, 'status', 'RUNNING', 'worker', worker, 'start_time', now,
