@@ -96,6 +96,7 @@ class NodePoolServer:
         self.server.stop(grace).wait()
         self.housekeeper.join(5)
         self.state.users.close()
+        self.state.tasks.close()
         log.info("node pool stopped")
 
     def wait(self) -> None:

@@ -24,7 +24,7 @@ import redis
 from hivemind import keys
 from hivemind.states import TaskState
 from hivemind.taskstore import scripts
-from hivemind.taskstore.lua import LuaScript
+from hivemind.taskstore.lua import LuaScript, ScriptConnections
 
 
 @dataclass(frozen=True)
@@ -157,28 +157,36 @@ def _now() -> tuple[str, int]:
 
 
 class TaskStore:
-    """The task state machine over one Redis connection pool."""
+    """The task state machine on one Redis; its scripts run on connections of their own."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._submit = LuaScript(client, scripts.load(scripts.SUBMIT))
-        self._lease = LuaScript(client, scripts.load(scripts.LEASE))
-        self._submit_and_lease = LuaScript(client, scripts.load(scripts.SUBMIT_AND_LEASE))
-        self._heartbeat = LuaScript(client, scripts.load(scripts.HEARTBEAT))
-        self._progress = LuaScript(client, scripts.load(scripts.PROGRESS))
-        self._append_log = LuaScript(client, scripts.load(scripts.APPEND_LOG))
-        self._mark_data = LuaScript(client, scripts.load(scripts.MARK_DATA))
-        self._complete = LuaScript(client, scripts.load(scripts.COMPLETE))
-        self._release = LuaScript(client, scripts.load(scripts.RELEASE))
-        self._reap = LuaScript(client, scripts.load(scripts.REAP))
-        self._repair_queue_entry = LuaScript(client, scripts.load(scripts.REPAIR_QUEUE_ENTRY))
-        self._reset_worker = LuaScript(client, scripts.load(scripts.RESET_WORKER))
-        self._cancel = LuaScript(client, scripts.load(scripts.CANCEL))
-        self._reap_timeouts = LuaScript(client, scripts.load(scripts.REAP_TIMEOUTS))
-        self._mark_unschedulable = LuaScript(client, scripts.load(scripts.MARK_UNSCHEDULABLE))
-        self._requeue_restored = LuaScript(client, scripts.load(scripts.REQUEUE_RESTORED))
-        self._archive_batch = LuaScript(client, scripts.load(scripts.ARCHIVE_BATCH))
-        self._archived = LuaScript(client, scripts.load(scripts.ARCHIVED))
+        self._connections = connections = ScriptConnections(client)
+
+        def script(body: str) -> LuaScript:
+            return LuaScript(connections, scripts.load(body))
+
+        self._submit = script(scripts.SUBMIT)
+        self._lease = script(scripts.LEASE)
+        self._submit_and_lease = script(scripts.SUBMIT_AND_LEASE)
+        self._heartbeat = script(scripts.HEARTBEAT)
+        self._progress = script(scripts.PROGRESS)
+        self._append_log = script(scripts.APPEND_LOG)
+        self._mark_data = script(scripts.MARK_DATA)
+        self._complete = script(scripts.COMPLETE)
+        self._release = script(scripts.RELEASE)
+        self._reap = script(scripts.REAP)
+        self._repair_queue_entry = script(scripts.REPAIR_QUEUE_ENTRY)
+        self._reset_worker = script(scripts.RESET_WORKER)
+        self._cancel = script(scripts.CANCEL)
+        self._reap_timeouts = script(scripts.REAP_TIMEOUTS)
+        self._mark_unschedulable = script(scripts.MARK_UNSCHEDULABLE)
+        self._requeue_restored = script(scripts.REQUEUE_RESTORED)
+        self._archive_batch = script(scripts.ARCHIVE_BATCH)
+        self._archived = script(scripts.ARCHIVED)
+
+    def close(self) -> None:
+        self._connections.close()
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:
