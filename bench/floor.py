@@ -4,7 +4,8 @@
 its own, with nothing else running:
 
 - a Redis round trip over a bare socket and from redis-py (PING), and a trivial Lua script
-  call (EVALSHA);
+  call (EVALSHA) over a bare socket and the way the node pool makes it
+  (``hivemind.taskstore.lua``);
 - a gRPC unary round trip from Python to a Python server in another process (the sync
   server with a thread pool, as the node pool runs it, echoing 100 bytes), and the CPU
   time each side spends per call; and a message's round trip on an open bidirectional
@@ -15,8 +16,9 @@ It then adds them up along each system's path, with no handler or library work a
 
 - HiveMind: client -> node pool -> worker -> node pool -> client is one message round trip
   on the client's submit stream (a one-off submit makes a call instead), one on the
-  worker's lease stream (the lease reply, then the next lease carrying the outcome), three
-  Redis scripts (submit, lease, complete) and one pipe round trip.
+  worker's lease stream (the lease reply, then the next lease carrying the outcome), two
+  Redis scripts (submit-and-lease, complete) and one pipe round trip. A third line prices
+  the same hops with Redis over a bare socket: no Redis client at all.
 - Celery and RQ: the client, the worker and the result all meet in Redis: about four Redis
   round trips (enqueue, the worker's blocking pop, the result write, the client's read) and,
   for Celery's prefork pool, one pipe round trip.
@@ -45,6 +47,7 @@ import psutil
 
 from bench.machine import cpu_model, percentile
 from bench.processes import ROOT, base_environment, free_ports, start_redis
+from hivemind.taskstore.lua import LuaScript, ScriptConnections
 
 _ECHO_SERVER = """
 import sys
@@ -84,6 +87,14 @@ def _time(call: Callable[[], object], rounds: int, gap: float, warmup: int = 200
     return 1000 * percentile(samples, 0.5)
 
 
+def _packed(*words: str) -> bytes:
+    """One Redis command in RESP, as a client sends it."""
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        parts.append(f"${len(word)}\r\n{word}\r\n".encode())
+    return b"".join(parts)
+
+
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -111,12 +122,22 @@ def measure(rounds: int, gap: float) -> dict[str, float]:
                     raw.recv(64)
 
                 figures["redis PING (bare socket)"] = _time(raw_ping, rounds, gap)
-            client = redis.Redis(host="127.0.0.1", port=redis_port)
+                client = redis.Redis(host="127.0.0.1", port=redis_port)
+                connections = ScriptConnections(client)
+                script = LuaScript(connections, "return ARGV[1]")
+                script(["x"])  # loaded, so that the bare call below finds it
+                evalsha = _packed("EVALSHA", script.sha, "0", "x")
+
+                def raw_evalsha() -> None:
+                    raw.sendall(evalsha)
+                    raw.recv(64)
+
+                figures["redis EVALSHA (bare socket)"] = _time(raw_evalsha, rounds, gap)
             figures["redis PING"] = _time(client.ping, rounds, gap)
-            script = client.register_script("return ARGV[1]")
-            figures["redis EVALSHA (trivial script)"] = _time(
-                lambda: script(args=["x"]), rounds, gap
+            figures["redis EVALSHA (the node pool's way)"] = _time(
+                lambda: script(["x"]), rounds, gap
             )
+            connections.close()
             client.close()
         finally:
             server.stop()
@@ -176,7 +197,8 @@ def measure(rounds: int, gap: float) -> dict[str, float]:
 def floors(figures: dict[str, float]) -> dict[str, float]:
     grpc_rtt = figures["gRPC unary (Python to Python)"]
     stream_rtt = figures["gRPC message on an open stream"]
-    script = figures["redis EVALSHA (trivial script)"]
+    script = figures["redis EVALSHA (the node pool's way)"]
+    bare_script = figures["redis EVALSHA (bare socket)"]
     ping = figures["redis PING"]
     pipe = figures["pipe to a warm process"]
     return {
@@ -189,6 +211,9 @@ def floors(figures: dict[str, float]) -> dict[str, float]:
         + stream_rtt
         + 2 * script
         + pipe,
+        "HiveMind's hops with no Redis client: 2 stream messages + 2 bare Redis + 1 pipe": (
+            2 * stream_rtt + 2 * bare_script + pipe
+        ),
         "Celery prefork: 4 Redis + 1 pipe": 4 * ping + pipe,
         "RQ, Dramatiq (threads): 4 Redis": 4 * ping,
     }
@@ -215,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:36s} {value:6.3f} ms")
     print("\nFloor of an idle round trip (the hops alone, no handler work):")
     for name, value in floors(figures).items():
-        print(f"  {name:74s} {value:6.3f} ms")
+        print(f"  {name:82s} {value:6.3f} ms")
     return 0
 
 
