@@ -392,6 +392,33 @@ def test_finished_tasks_are_archived_and_outlive_their_redis_keys(pool: Pool) ->
     assert pool.server.housekeeper.archive_finished() == 0  # nothing waits any more
 
 
+def test_a_pass_archives_many_tasks_in_slices_and_leaves_the_rest_for_the_next(
+    pool: Pool,
+) -> None:
+    alice, worker = pool.user("alice"), pool.worker("w1")
+    state = pool.server.state
+    count = 2 * keys.ARCHIVE_SLICE + 17
+    ids = alice.submit([function_spec("hivemind.examples:noop") for _ in range(count)])
+    done = 0
+    while done < count:
+        results = [
+            pb.TaskResult(
+                ref=worker.ref(task.task_id, task.attempt), outcome=pb.SUCCEEDED, result_json="null"
+            )
+            for task in worker.lease(4, wait=2).tasks
+        ]
+        assert results and all(r.accepted for r in worker.complete(results))
+        done += len(results)
+    housekeeper = pool.server.housekeeper
+    assert housekeeper.archive_finished(limit=keys.ARCHIVE_SLICE + 5) == keys.ARCHIVE_SLICE + 5
+    assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == count - keys.ARCHIVE_SLICE - 5
+    assert housekeeper.archive_finished() == count - keys.ARCHIVE_SLICE - 5
+    assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == 0
+    for task_id in ids:
+        state.redis.delete(keys.task_key(task_id), keys.task_history_key(task_id))
+    assert {alice.get(task_id).status for task_id in ids} == {"SUCCEEDED"}
+
+
 def test_admin_user_management_and_credits(pool: Pool) -> None:
     admin, alice = pool.user("root", admin=True), pool.user("alice")
     created = admin.create_user("dave", "dave-password", credits=5)

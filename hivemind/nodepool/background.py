@@ -146,13 +146,26 @@ class Housekeeper:
             if reason != (record["unschedulable_reason"] or ""):
                 self.state.tasks.mark_unschedulable(task_id, reason)
 
-    def archive_finished(self, batch: int = 500) -> int:
-        """Copy finished tasks to SQLite and their logs to disk, then let Redis expire them.
+    def archive_finished(self, limit: int = keys.ARCHIVE_PER_PASS) -> int:
+        """Copy up to ``limit`` finished tasks to SQLite and their logs to disk, then let
+        Redis expire them; returns how many.
 
         A task leaves ``tasks:archive_pending`` only after its archive is committed, so a
-        crash in between archives it again (an idempotent upsert), never loses it.
+        crash in between archives it again (an idempotent upsert), never loses it. The work
+        goes in slices of ``ARCHIVE_SLICE`` tasks: Redis runs one script at a time, and a
+        task's own scripts should not wait behind a long one.
         """
-        finished = self.state.tasks.to_archive(batch)
+        archived = 0
+        while archived < limit:
+            wanted = min(keys.ARCHIVE_SLICE, limit - archived)
+            count = self._archive_slice(wanted)
+            archived += count
+            if count < wanted:  # no more wait
+                break
+        return archived
+
+    def _archive_slice(self, limit: int) -> int:
+        finished = self.state.tasks.to_archive(limit)
         archived = []
         for task in finished:
             if task.record:
