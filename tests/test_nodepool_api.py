@@ -19,13 +19,16 @@ from hivemind.auth import issue_worker_token
 from hivemind.client import Client, function_spec
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
+from hivemind.nodepool.background import Housekeeper
+from hivemind.nodepool.core import NodePoolState
 from hivemind.nodepool.server import NodePoolServer
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.proto.generate import stale_files
-from hivemind.taskstore import NewTask, TaskStore
+from hivemind.states import TaskState
+from hivemind.taskstore import NewTask, Outcome, TaskStore, WorkerCaps
 from hivemind.userdb import UserStore
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.daemon import Worker, WorkerOptions
@@ -392,31 +395,31 @@ def test_finished_tasks_are_archived_and_outlive_their_redis_keys(pool: Pool) ->
     assert pool.server.housekeeper.archive_finished() == 0  # nothing waits any more
 
 
-def test_a_pass_archives_many_tasks_in_slices_and_leaves_the_rest_for_the_next(
-    pool: Pool,
-) -> None:
-    alice, worker = pool.user("alice"), pool.worker("w1")
-    state = pool.server.state
+def test_archive_goes_in_slices_and_leaves_the_rest_for_the_next_pass(settings: Settings) -> None:
+    # A housekeeper of its own, not started: nothing else archives meanwhile.
+    state = NodePoolState.open(settings)
+    housekeeper = Housekeeper(state)
     count = 2 * keys.ARCHIVE_SLICE + 17
-    ids = alice.submit([function_spec("hivemind.examples:noop") for _ in range(count)])
-    done = 0
-    while done < count:
-        results = [
-            pb.TaskResult(
-                ref=worker.ref(task.task_id, task.attempt), outcome=pb.SUCCEEDED, result_json="null"
-            )
-            for task in worker.lease(4, wait=2).tasks
+    ids = state.tasks.submit(
+        [
+            NewTask("alice", "t", "FUNCTION", {}, timeout=10, retries=0, priority=0)
+            for _ in range(count)
         ]
-        assert results and all(r.accepted for r in worker.complete(results))
-        done += len(results)
-    housekeeper = pool.server.housekeeper
-    assert housekeeper.archive_finished(limit=keys.ARCHIVE_SLICE + 5) == keys.ARCHIVE_SLICE + 5
-    assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == count - keys.ARCHIVE_SLICE - 5
-    assert housekeeper.archive_finished() == count - keys.ARCHIVE_SLICE - 5
+    )
+    caps = WorkerCaps(cpu=2, memory_mb=4096, gpu=0, labels=())
+    leases = state.tasks.lease("w1", caps, count, 30)
+    outcomes = [Outcome(x.task_id, x.attempt, "w1", TaskState.SUCCEEDED, "7") for x in leases]
+    assert state.tasks.complete(outcomes) == [""] * count
+    first = keys.ARCHIVE_SLICE + 5
+    assert housekeeper.archive_finished(limit=first) == first
+    assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == count - first
+    assert housekeeper.archive_finished() == count - first
     assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == 0
     for task_id in ids:
-        state.redis.delete(keys.task_key(task_id), keys.task_history_key(task_id))
-    assert {alice.get(task_id).status for task_id in ids} == {"SUCCEEDED"}
+        archived = state.users.archived_task(task_id)
+        assert archived is not None and archived[0]["result_json"] == "7"
+    state.tasks.close()
+    state.users.close()
 
 
 def test_admin_user_management_and_credits(pool: Pool) -> None:

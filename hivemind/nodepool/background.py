@@ -146,21 +146,27 @@ class Housekeeper:
             if reason != (record["unschedulable_reason"] or ""):
                 self.state.tasks.mark_unschedulable(task_id, reason)
 
-    def archive_finished(self, limit: int = keys.ARCHIVE_PER_PASS) -> int:
-        """Copy up to ``limit`` finished tasks to SQLite and their logs to disk, then let
-        Redis expire them; returns how many.
+    def archive_finished(self, limit: int | None = None) -> int:
+        """Copy finished tasks to SQLite and their logs to disk, then let Redis expire them;
+        returns how many. Stops when none wait, after ``limit`` tasks, or after
+        ``ARCHIVE_PASS_SECONDS``, so that the reaper runs on time.
 
         A task leaves ``tasks:archive_pending`` only after its archive is committed, so a
         crash in between archives it again (an idempotent upsert), never loses it. The work
-        goes in slices of ``ARCHIVE_SLICE`` tasks: Redis runs one script at a time, and a
-        task's own scripts should not wait behind a long one.
+        goes in slices of ``ARCHIVE_SLICE`` tasks with a pause between them: the slices are
+        CPU work in the node pool's own process, and calls in flight wait for it.
         """
+        deadline = time.monotonic() + keys.ARCHIVE_PASS_SECONDS
         archived = 0
-        while archived < limit:
-            wanted = min(keys.ARCHIVE_SLICE, limit - archived)
+        while limit is None or archived < limit:
+            wanted = (
+                keys.ARCHIVE_SLICE if limit is None else min(keys.ARCHIVE_SLICE, limit - archived)
+            )
             count = self._archive_slice(wanted)
             archived += count
-            if count < wanted:  # no more wait
+            if count < wanted or time.monotonic() >= deadline:
+                break
+            if self.state.stopping.wait(keys.ARCHIVE_PAUSE):
                 break
         return archived
 
