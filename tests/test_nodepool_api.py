@@ -193,9 +193,9 @@ def test_a_task_submitted_during_a_long_poll_is_leased_in_the_submits_round_trip
     poller.start()
     assert wait_until(lambda: len(state.queued._waiters) == 1, 5)
     rounds: list[str] = []
-    lease_round = state.tasks.lease_round
+    lease_for = state.tasks.lease_for
     monkeypatch.setattr(
-        state.tasks, "lease_round", lambda *a, **k: rounds.append("lease") or lease_round(*a, **k)
+        state.tasks, "lease_for", lambda *a, **k: rounds.append("lease") or lease_for(*a, **k)
     )
     [task_id] = alice.submit([function_spec("hivemind.examples:noop")])
     poller.join(5)

@@ -63,15 +63,15 @@ def test_submit_lease_complete_uses_the_guides_keys(store: TaskStore) -> None:
 
 
 def test_a_lease_round_says_when_the_queue_is_left_empty(store: TaskStore) -> None:
-    assert store.lease_round("w1", SMALL, 1, 30).queue_empty  # nothing was ever queued
+    assert store.lease_for(LeaseAsk("w1", SMALL, 1, 30)).queue_empty  # nothing was ever queued
     store.submit([task(), task()])
-    first = store.lease_round("w1", SMALL, 1, 30)
+    first = store.lease_for(LeaseAsk("w1", SMALL, 1, 30))
     assert len(first.leases) == 1 and not first.queue_empty
-    second = store.lease_round("w1", SMALL, 1, 30)
+    second = store.lease_for(LeaseAsk("w1", SMALL, 1, 30))
     assert len(second.leases) == 1 and second.queue_empty
     # A task that fits no worker is still queued work: the queue is not empty.
     store.submit([task(req_gpu=1)])
-    assert store.lease_round("w1", SMALL, 1, 30) == LeaseRound([], queue_empty=False)
+    assert store.lease_for(LeaseAsk("w1", SMALL, 1, 30)) == LeaseRound([], queue_empty=False)
 
 
 def test_submit_and_lease_queues_then_leases_by_the_usual_rules(store: TaskStore) -> None:

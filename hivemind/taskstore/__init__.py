@@ -256,21 +256,10 @@ class TaskStore:
     ) -> list[Lease]:
         """Up to ``max_tasks`` tasks that fit ``caps``, of which at most ``max_bundles``
         are bundles (default: all of them may be)."""
-        return self.lease_round(worker, caps, max_tasks, lease_seconds, max_bundles).leases
-
-    def lease_round(
-        self,
-        worker: str,
-        caps: WorkerCaps,
-        max_tasks: int,
-        lease_seconds: float,
-        max_bundles: int | None = None,
-    ) -> LeaseRound:
-        """:meth:`lease`, and whether the queue was left empty."""
-        return self.lease_for(LeaseAsk(worker, caps, max_tasks, lease_seconds, max_bundles))
+        return self.lease_for(LeaseAsk(worker, caps, max_tasks, lease_seconds, max_bundles)).leases
 
     def lease_for(self, ask: LeaseAsk) -> LeaseRound:
-        """:meth:`lease_round` for what ``ask`` asks."""
+        """Leases for what ``ask`` asks, and whether the queue was left empty."""
         return self._lease_reply(self._lease(args=self._lease_args(ask)))
 
     @staticmethod
