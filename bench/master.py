@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import redis
 
 from bench.machine import percentile
@@ -136,8 +136,8 @@ def keep_heartbeating(conns, running, stop: threading.Event, rng: random.Random)
         stop.wait(HEARTBEAT_INTERVAL)
 
 
-def sign_in(base: str) -> httpx.Client:
-    http = httpx.Client(base_url=base, timeout=30)
+def sign_in(base: str) -> httpx2.Client:
+    http = httpx2.Client(base_url=base, timeout=30)
     page = http.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert token, "no CSRF token on the sign-in page"
@@ -149,7 +149,7 @@ def sign_in(base: str) -> httpx.Client:
     return http
 
 
-def time_page(http: httpx.Client, path: str, requests: int) -> list[float]:
+def time_page(http: httpx2.Client, path: str, requests: int) -> list[float]:
     for _ in range(10):  # warm up: channels, templates, Redis scripts
         http.get(path).raise_for_status()
     took = []
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 Child("master", [python, "-m", "hivemind", "master"], env, work / "master.log")
             )
             base = f"http://127.0.0.1:{master_port}"
-            wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, "the master")
+            wait_for(lambda: httpx2.get(f"{base}/healthz").status_code == 200, "the master")
             print(f"seeding {args.workers} workers and {args.tasks} tasks ...", flush=True)
             began = time.monotonic()
             conns, running = seed_cluster(address, settings, args.tasks, args.workers, rng)

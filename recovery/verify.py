@@ -224,7 +224,10 @@ def doctor_checks(report: VerifyReport, home: Path, redis_url: str) -> None:
 def write_marker(archive: Path, ok: bool) -> Path | None:
     """``ARCHIVE.verified``: when it was verified and whether it passed."""
     marker = archive.with_name(archive.name + MARKER_SUFFIX)
-    body = {"verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ok": ok}
+    # Microseconds: the doctor compares this with the archive's mtime, and a time cut to the
+    # second reads as "changed after it was verified" for an archive verified the same second.
+    verified_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    body = {"verified_at": verified_at, "ok": ok}
     try:
         marker.write_text(json.dumps(body) + "\n", encoding="utf-8")
     except OSError:

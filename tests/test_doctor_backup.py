@@ -13,6 +13,7 @@ from doctor.model import Finding, Status
 from doctor.probes.backup_marker import BackupFile, newest, parse_marker
 from hivemind.config import Settings
 from hivemind.paths import layout
+from recovery.verify import write_marker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "doctor"
 
@@ -87,3 +88,13 @@ def test_a_failed_or_outdated_verification_warns(settings: Settings) -> None:
     assert "found it bad" in backup_finding(settings).summary
     mark_verified(archive, at=time.time() - 3600)  # verified before it was last written
     assert "changed after it was verified" in backup_finding(settings).summary
+
+
+def test_an_archive_verified_the_second_it_was_written_is_ok(settings: Settings) -> None:
+    # The marker `hivemind backup verify` writes, right after the archive: its time must not
+    # read as earlier than the archive's mtime (a time cut to the second did, most runs).
+    archive = write_backup(settings, "hivemind-backup-20261128-013000.tar.gz", age_s=0.0)
+    os.utime(archive, (time.time() - 0.001, time.time() - 0.001))
+    write_marker(archive, ok=True)
+    found = backup_finding(settings)
+    assert found.status is Status.OK, found.summary

@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.cluster import Cluster, started_cluster
@@ -119,7 +119,7 @@ def test_submit_a_bundle_watch_it_live_and_download_the_result(
 def test_a_normal_user_gets_403_for_admin_pages_and_others_tasks(
     browser: Browser, base_url: str, admin_password: str
 ) -> None:
-    admin = httpx.Client(base_url=base_url, timeout=30)
+    admin = httpx2.Client(base_url=base_url, timeout=30)
     token = admin.post(
         "/api/auth/login", json={"username": "admin", "password": admin_password}
     ).json()["token"]

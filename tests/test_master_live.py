@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 
 from hivemind.auth import issue_worker_token
@@ -102,7 +102,7 @@ def test_followed_log_streams_lines_as_they_are_written(console: Console) -> Non
         writer.start()
         seen: list[tuple[float, str]] = []
         began = time.monotonic()
-        with httpx.stream(
+        with httpx2.stream(
             "GET",
             f"{base}/api/tasks/{task_id}/log",
             params={"follow": "true"},
@@ -142,13 +142,13 @@ def test_hivemind_master_daemon_serves_and_stops_on_sigterm(console: Console) ->
 
         def healthy() -> bool:
             try:
-                return httpx.get(f"{base}/healthz").json()["nodepool"] == "ok"
-            except httpx.HTTPError:
+                return httpx2.get(f"{base}/healthz").json()["nodepool"] == "ok"
+            except httpx2.HTTPError:
                 return False
 
         assert wait_until(healthy, timeout=20)
         console.add_user("alice")
-        login = httpx.post(
+        login = httpx2.post(
             f"{base}/api/auth/login", json={"username": "alice", "password": password_of("alice")}
         )
         assert login.status_code == 200
