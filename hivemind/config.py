@@ -64,6 +64,9 @@ class Settings:
     default_retries: int = 2
     #: Memory limit for a bundle task's process group, in MiB, unless the task asks for more.
     task_memory_limit_mb: int = 4096
+    #: How bundle tasks are isolated: "auto" uses bubblewrap, a task user and a cgroup where
+    #: this host has them (and says what is missing); "off" runs them as the worker's user.
+    task_sandbox: str = "auto"
     #: Seconds a finished task stays in Redis before only the SQLite archive has it.
     task_retention: float = 24 * 3600.0
     #: Seconds a user token stays valid.
@@ -158,6 +161,7 @@ def _validate(settings: Settings) -> Settings:
         (settings.max_concurrent_tasks >= 0, "MAX_CONCURRENT_TASKS must not be negative"),
         (settings.max_task_data_size > 0, "MAX_TASK_DATA_SIZE must be positive"),
         (settings.default_retries >= 0, "DEFAULT_RETRIES must not be negative"),
+        (settings.task_sandbox in ("auto", "off"), "TASK_SANDBOX must be auto or off"),
         (
             urlsplit(settings.redis_url).scheme in ("redis", "rediss", "unix"),
             f"REDIS_URL must be a redis:// URL, got {redact_url(settings.redis_url)!r}",

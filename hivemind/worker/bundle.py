@@ -18,13 +18,14 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from hivemind.errors import BundleError
 
@@ -446,14 +447,50 @@ def _collect(source: Path, *, strict: bool, exclude: Path) -> list[Path]:
     return files
 
 
+def _open_inside(source: Path, parts: tuple[str, ...]) -> IO[bytes]:
+    """Open the regular file ``source/parts`` without following a link on the way.
+
+    The folder may belong to a running task, which could swap a file or a folder for a link
+    to a secret between listing and reading; every step is opened relative to the last.
+    """
+    folder = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(parts[-1], flags, dir_fd=folder)
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{'/'.join(parts)} is no longer a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _zip_info(name: str, handle: IO[bytes]) -> zipfile.ZipInfo:
+    status = os.fstat(handle.fileno())
+    stamp = time.localtime(status.st_mtime)[:6]
+    # As ZipInfo.from_file(strict_timestamps=False): zip dates run from 1980 to 2107.
+    stamp = max(min(stamp, (2107, 12, 31, 23, 59, 59)), (1980, 1, 1, 0, 0, 0))
+    info = zipfile.ZipInfo(name, stamp)
+    info.external_attr = (status.st_mode & 0xFFFF) << 16
+    info.file_size = status.st_size
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
 def _write_zip(source: Path, files: list[Path], dest: Path, max_size: int, what: str) -> None:
     limit = f"over MAX_TASK_DATA_SIZE of {_mib(max_size)} MiB"
     with dest.open("wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in files:
-            name = path.relative_to(source).as_posix()
-            info = zipfile.ZipInfo.from_file(path, name, strict_timestamps=False)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with path.open("rb") as src, archive.open(info, "w") as out:
+            relative = path.relative_to(source)
+            try:
+                src = _open_inside(source, relative.parts)
+            except OSError:
+                continue  # replaced by a link or removed since it was listed: left out
+            with src, archive.open(_zip_info(relative.as_posix(), src), "w") as out:
                 while chunk := src.read(_CHUNK):
                     out.write(chunk)
                     # Stop early rather than compress gigabytes that will be refused anyway.

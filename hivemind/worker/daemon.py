@@ -33,6 +33,7 @@ from hivemind.errors import NodePoolError
 from hivemind.logs import configure_logging, rotating_handler
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
+from hivemind.sandbox import detect as detect_sandbox
 from hivemind.worker.checkpoints import FunctionCheckpoints
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
@@ -74,6 +75,15 @@ class Worker:
         self.conn = WorkerConnection(settings.client_address, options.node_id, options.token)
         self.work_root = self.home.worker_work / options.node_id
         self.work_root.mkdir(parents=True, exist_ok=True)
+        self.sandbox = detect_sandbox(settings)
+        if self.sandbox.missing:
+            log.warning(
+                "task sandbox: %s; missing: %s",
+                self.sandbox.describe(),
+                "; ".join(self.sandbox.missing),
+            )
+        else:
+            log.info("task sandbox: %s", self.sandbox.describe())
         # Held tasks, running or finished-but-unreported: their leases are renewed.
         self.running: dict[str, RunningTask] = {}
         self._lock = threading.Lock()
@@ -189,6 +199,7 @@ class Worker:
                 thread.join(5.0)
         self.stopped.set()
         self.pool.shutdown(wait=False)
+        self.sandbox.close()
         self.conn.close()
 
     def _hand_back(self, tasks: list[RunningTask]) -> None:
@@ -424,6 +435,8 @@ class Worker:
                 extra_env={},
                 checkpoint_zip=checkpoint,
                 max_output_size=self.settings.max_task_data_size,
+                sandbox=self.sandbox,
+                cpus=float(leased.spec.requirements.cpu),
             )
             outcome: RunOutcome = run_bundle(
                 run,

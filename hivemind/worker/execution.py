@@ -2,9 +2,10 @@
 
 The task gets a fresh work dir, a scrubbed environment (the worker's holds tokens and
 passwords), an ``output/`` folder that becomes its result zip, and a checkpoint folder
-restored from its previous attempt. Its output is streamed live, its progress file and
-checkpoint folder are polled, and on timeout or cancel the whole process group is
-killed, so nothing it started outlives it.
+restored from its previous attempt. It runs inside the worker's :class:`~hivemind.sandbox.Sandbox`
+(bubblewrap, a task user, a cgroup: whatever the host has). Its output is streamed live, its
+progress file and checkpoint folder are polled, and on timeout, cancel or its end its cgroup
+and process group are killed, so nothing it started outlives it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import math
 import os
 import re
-import resource
 import select
 import shutil
 import signal
@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +35,7 @@ import psutil
 
 import hivemind
 from hivemind.errors import BundleError
+from hivemind.sandbox import Sandbox, TaskCgroup
 from hivemind.task import ENV_ATTEMPT, ENV_CHECKPOINT_DIR, ENV_PROGRESS_FILE, ENV_TASK_ID
 from hivemind.worker.bundle import MIB, extract_archive, extract_bundle, zip_output
 from hivemind.worker.checkpoints import CheckpointWatch
@@ -52,6 +53,8 @@ _KEPT_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
 #: How long to wait for processes to disappear after SIGKILL, and for pipes to drain.
 _REAP_TIMEOUT = 5.0
 _DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+#: The launcher's exit code when the task's program cannot be started.
+_LAUNCH_FAILED = 127
 
 
 @dataclass
@@ -71,6 +74,10 @@ class BundleRun:
     #: The previous attempt's checkpoint, restored before the task starts.
     checkpoint_zip: Path | None
     max_output_size: int
+    #: What isolates the task; the default isolates nothing and only sets RLIMIT_AS.
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    #: cgroup cpu.max of the task, in cores, where the cgroup has the cpu controller.
+    cpus: float = 0.0
 
 
 @dataclass
@@ -140,23 +147,6 @@ def _remove_tree(path: Path) -> None:
         _log.warning("could not remove %s from a task's work dir: %s", failed, exc_info[1])
 
     shutil.rmtree(path, onerror=report)
-
-
-def _limit_memory(pid: int, limit_mb: int) -> None:
-    """Cap the address space of a just-started task (its children inherit the cap).
-
-    Set from outside with prlimit, not in a preexec_fn: a preexec_fn forces fork() instead
-    of vfork/posix_spawn, and gRPC's fork handlers then abort the child now and then.
-    """
-    if limit_mb <= 0:
-        return
-    limit = limit_mb * MIB
-    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    # A task that already exited needs no cap.
-    with contextlib.suppress(ProcessLookupError):
-        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
 
 
 class _OutputPump:
@@ -243,6 +233,7 @@ class _Attempt:
         self._last_progress: tuple[float, str] | None = None
         self.checkpoints: CheckpointWatch | None = None  # from prepare() on
         self.env: dict[str, str] = {}
+        self.cgroup: TaskCgroup | None = None  # from spawn() on
 
     def outcome(self, status: str, exit_code: int | None, message: str) -> RunOutcome:
         return RunOutcome(status, exit_code, message, None, time.monotonic() - self.started)
@@ -279,6 +270,7 @@ class _Attempt:
                 "TMPDIR": str(self.work_dir / "tmp"),
             },
         )
+        self.run.sandbox.hand_over(self.work_dir)
         return manifest.command()
 
     # -- polling -----------------------------------------------------------------------------
@@ -321,8 +313,13 @@ class _Attempt:
     # -- running -----------------------------------------------------------------------------
 
     def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        sandbox, memory = self.run.sandbox, self.run.memory_limit_mb * MIB
+        self.cgroup = sandbox.cgroup_for(self.work_dir.name, memory, self.run.cpus)
+        if self.cgroup is not None:
+            guard.hold_cgroup(str(self.cgroup.path))
+        argv = sandbox.command(command, self.work_dir, self.bundle_dir, memory, self.cgroup)
         process = subprocess.Popen(
-            command,
+            argv,
             cwd=self.bundle_dir,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -331,8 +328,12 @@ class _Attempt:
             start_new_session=True,
         )
         guard.hold(process.pid)
-        _limit_memory(process.pid, self.run.memory_limit_mb)
         return process
+
+    def kill_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.kill()
+            guard.release_cgroup(str(self.cgroup.path))
 
     def watch(self, process: subprocess.Popen[bytes], cancel: threading.Event) -> str | None:
         """Poll until the task's leader exits; returns "timeout"/"cancelled" if we stop it."""
@@ -356,6 +357,8 @@ class _Attempt:
         if returncode == 0:
             return self.outcome("succeeded", 0, "")
         last = pump.last_stderr_line()
+        if returncode == _LAUNCH_FAILED and last.startswith("cannot start "):
+            return self.outcome("failed", returncode, last)
         limit = self.run.memory_limit_mb
         limit_text = f" (limit {limit} MiB)" if limit > 0 else ""
         if "MemoryError" in pump.stderr_tail:
@@ -393,6 +396,7 @@ class _Attempt:
         try:
             process = self.spawn(command)
         except (OSError, subprocess.SubprocessError) as exc:
+            self.kill_cgroup()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return self.outcome("failed", None, f"cannot start {command[0]!r}: {reason}")
         assert process.stdout is not None and process.stderr is not None
@@ -401,7 +405,9 @@ class _Attempt:
         try:
             stopped = self.watch(process, cancel)
         finally:
-            # Also on a normal exit: whatever the task left running in the background goes.
+            # Also on a normal exit: whatever the task left running in the background goes,
+            # the cgroup first: it holds the setsid children the process group does not.
+            self.kill_cgroup()
             _kill_group(process)
             pump.finish()
         self.poll_progress()
@@ -476,7 +482,7 @@ def run_bundle(
     prefix = f"{_file_stem(run.task_id, run.attempt)}-"
     try:
         run.work_root.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=run.work_root))
+        work_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=run.sandbox.work_root(run.work_root)))
     except OSError as exc:
         message = f"worker cannot create a work dir: {exc}"
         return RunOutcome("failed", None, message, None, time.monotonic() - started)

@@ -19,16 +19,28 @@ import threading
 log = logging.getLogger("hivemind.worker")
 
 # Runs with -I -S: no site packages, no environment; only what it needs. When the worker
-# writes "+ 123" it holds group 123, "- 123" lets it go; at end of file, it kills the rest.
+# writes "+ 123" it holds group 123, "- 123" lets it go; "c+ PATH" and "c- PATH" do the same
+# for a task's cgroup (which holds its setsid children too); at end of file, it kills the rest.
 _GUARD_SOURCE = """
 import os, signal, sys
 groups = set()
+cgroups = set()
 for line in sys.stdin:
-    op, _, group = line.partition(" ")
+    op, _, value = line.rstrip("\\n").partition(" ")
     if op == "+":
-        groups.add(int(group))
+        groups.add(int(value))
     elif op == "-":
-        groups.discard(int(group))
+        groups.discard(int(value))
+    elif op == "c+":
+        cgroups.add(value)
+    elif op == "c-":
+        cgroups.discard(value)
+for cgroup in cgroups:
+    try:
+        with open(os.path.join(cgroup, "cgroup.kill"), "w") as kill:
+            kill.write("1")
+    except OSError:
+        pass
 for group in groups:
     try:
         os.killpg(group, signal.SIGKILL)
@@ -67,6 +79,13 @@ class GroupGuard:
     def release(self, group: int) -> None:
         """``group`` is gone (reaped) or taken care of."""
         self._send(f"- {group}\n")
+
+    def hold_cgroup(self, path: str) -> None:
+        """Kill all in cgroup ``path`` if this worker dies before :meth:`release_cgroup`."""
+        self._send(f"c+ {path}\n")
+
+    def release_cgroup(self, path: str) -> None:
+        self._send(f"c- {path}\n")
 
     def _send(self, line: str) -> None:
         with self._lock:
