@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from hivemind.config import Settings, redact_url
+from hivemind.config import Settings, effective_redis_url, redact_url
 from hivemind.errors import RemoteError
 from hivemind.paths import HomeLayout, layout
 from hivemind.remote import LocalRunner, Runner
@@ -94,7 +94,7 @@ class Context:
 
         def connect() -> redis.Redis:
             client = redis.Redis.from_url(
-                self.settings.redis_url,
+                effective_redis_url(self.settings),
                 socket_timeout=self.probe_timeout,
                 socket_connect_timeout=self.probe_timeout,
                 decode_responses=True,

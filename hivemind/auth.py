@@ -2,8 +2,11 @@
 
 Passwords are hashed with scrypt (hashlib, no extra dependency). Tokens are
 ``base64url(json claims).base64url(HMAC-SHA256)``: small, stateless and verifiable by any
-process that holds the secret. Claims: ``sub`` (username or node id), ``kind`` (``user`` or
-``worker``), ``role``, ``exp`` (unix seconds).
+process that holds the secret. Claims: ``sub`` (username or node id), ``kind`` (``user``,
+``worker`` or ``service``), ``role``, ``exp`` (unix seconds) and ``gen``: the token generation
+of the user or worker when it was issued. A password change moves a user's generation on, and
+`hivemind worker-token NODE --revoke` a worker's; a signer given :class:`Generations` refuses
+tokens of an older generation (tokens from before generations count as generation 0).
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.paths import layout
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-WORKER_TOKEN_TTL = 10 * 365 * 24 * 3600.0
+#: Why a token of an older generation is refused, by the token's kind.
+REVOKED = {
+    "user": "this token was revoked by a password change; log in again",
+    "worker": "the tokens of worker {subject!r} were revoked; issue it a new one "
+    "(`hivemind worker-token {subject}` on the node pool's host)",
+}
 
 
 class AuthError(HivemindError):
@@ -53,11 +62,16 @@ def verify_password(password: str, stored: str) -> bool:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: a user (with a role) or a worker (with its node id)."""
+    """Who is calling: a user (with a role), a worker (with its node id) or the master.
+
+    ``expires_at`` is when the identity must be verified again: the token's expiry, or sooner
+    when the signer checks revocations (then it is when its knowledge of them gets stale), so
+    that a cache of verified tokens sees a revocation in time.
+    """
 
     subject: str
-    kind: str  # "user" | "worker"
-    role: str  # "admin" | "user" | "worker"
+    kind: str  # "user" | "worker" | "service"
+    role: str  # "admin" | "user" | "worker" | "service"
     expires_at: float
 
     @property
@@ -77,15 +91,36 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class Generations(Protocol):
+    """Where a signer learns the current token generation of a user or a worker."""
+
+    def current(self, kind: str, subject: str) -> tuple[int, float]:
+        """(generation, unix time until which that answer may be trusted)."""
+        ...
+
+    def forget(self, kind: str, subject: str) -> None:
+        """Read it afresh next time (it just changed)."""
+        ...
+
+
 class TokenSigner:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, generations: Generations | None = None) -> None:
         if len(secret) < 16:
             raise AuthError("the token-signing secret is shorter than 16 bytes")
         self._secret = secret
+        self.generations = generations
 
-    def issue(self, subject: str, kind: str, role: str, ttl: float) -> tuple[str, float]:
+    def issue(
+        self, subject: str, kind: str, role: str, ttl: float, generation: int = 0
+    ) -> tuple[str, float]:
         expires_at = time.time() + ttl
-        claims = {"sub": subject, "kind": kind, "role": role, "exp": int(expires_at)}
+        claims = {
+            "sub": subject,
+            "kind": kind,
+            "role": role,
+            "exp": int(expires_at),
+            "gen": int(generation),
+        }
         body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
         return f"{body}.{self._sign(body)}", float(int(expires_at))
 
@@ -103,10 +138,16 @@ class TokenSigner:
                 role=str(claims["role"]),
                 expires_at=float(claims["exp"]),
             )
+            generation = int(claims.get("gen", 0))
         except (ValueError, KeyError, TypeError):
             raise AuthError("malformed token") from None
         if identity.expires_at < (time.time() if now is None else now):
             raise AuthError("token expired; log in again")
+        if self.generations is not None and identity.kind in REVOKED:
+            current, fresh_until = self.generations.current(identity.kind, identity.subject)
+            if generation < current:
+                raise AuthError(REVOKED[identity.kind].format(subject=identity.subject))
+            identity = replace(identity, expires_at=min(identity.expires_at, fresh_until))
         return identity
 
     def _sign(self, body: str) -> str:
@@ -135,10 +176,24 @@ def load_secret(settings: Settings, create: bool = True) -> bytes:
 
 
 def signer_for(settings: Settings) -> TokenSigner:
-    return TokenSigner(load_secret(settings))
+    """The signer of this host's secret; it refuses revoked tokens (see ``users.db``)."""
+    from hivemind.userdb import TokenGenerations  # userdb imports this module
+
+    return TokenSigner(load_secret(settings), TokenGenerations(layout(settings.home).users_db))
 
 
-def issue_worker_token(settings: Settings, node_id: str) -> str:
-    """A token that lets a worker act as ``node_id`` and nothing else."""
-    token, _ = signer_for(settings).issue(node_id, "worker", "worker", WORKER_TOKEN_TTL)
+def issue_worker_token(
+    settings: Settings, node_id: str, ttl: float | None = None, generation: int | None = None
+) -> str:
+    """A token that lets a worker act as ``node_id`` and nothing else, for ``ttl`` seconds
+    (WORKER_TOKEN_TTL by default), of the worker's current generation in ``users.db`` (so
+    that it outlives the tokens revoked before it) unless ``generation`` is given."""
+    from hivemind.userdb import worker_token_generation
+
+    ttl = settings.worker_token_ttl if ttl is None else ttl
+    if not ttl > 0:
+        raise AuthError(f"a worker token's lifetime must be positive, not {ttl:g} s")
+    if generation is None:
+        generation = worker_token_generation(layout(settings.home).users_db, node_id)
+    token, _ = signer_for(settings).issue(node_id, "worker", "worker", ttl, generation)
     return token

@@ -28,10 +28,30 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class RetryLater(NodePoolError):
+    """The node pool refuses for now (too many failed logins): try again in ``retry_after`` s."""
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: grpc.RpcError) -> int:
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "retry-after" and str(value).isdigit():
+            return int(value)
+    return 0
+
+
 def rpc_error(exc: grpc.RpcError, address: str) -> NodePoolError:
     """One clear line for a failed call."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after = _retry_after(exc)
+        if retry_after:
+            return RetryLater(details or code.name, code.name, retry_after)
     if code == grpc.StatusCode.UNAVAILABLE:
         return NodePoolError(
             f"cannot reach the node pool at {address} ({details}); is it running? "
@@ -48,11 +68,19 @@ def open_channel(address: str) -> grpc.Channel:
 
 
 class Client:
-    def __init__(self, address: str, token: str = "", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        timeout: float = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """``channel``: one to share with other clients (closing this client leaves it open)."""
         self.address = address
         self.token = token
         self.timeout = timeout
-        self.channel = open_channel(address)
+        self._owns_channel = channel is None
+        self.channel = channel if channel is not None else open_channel(address)
         self.users = pb_grpc.UserServiceStub(self.channel)
         self.tasks = pb_grpc.TaskServiceStub(self.channel)
         self.workers_stub = pb_grpc.WorkerServiceStub(self.channel)
@@ -66,7 +94,8 @@ class Client:
 
     def close(self) -> None:
         self._submits.close()
-        self.channel.close()
+        if self._owns_channel:
+            self.channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -77,9 +106,19 @@ class Client:
     def _metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
 
-    def call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+    def call(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> T:
         try:
-            return method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
+            return method(
+                request,
+                metadata=[*self._metadata(), *metadata],
+                timeout=timeout or self.timeout,
+            )
         except grpc.RpcError as exc:
             raise rpc_error(exc, self.address) from None
 
@@ -109,8 +148,23 @@ class Client:
             raise rpc_error(exc, self.address) from None
 
     # -- users -------------------------------------------------------------------------------
-    def login(self, username: str, password: str) -> pb.TokenReply:
-        reply = self.call(self.users.Login, pb.LoginRequest(username=username, password=password))
+    def login(
+        self, username: str, password: str, metadata: Sequence[tuple[str, str]] = ()
+    ) -> pb.TokenReply:
+        """Log in; this client uses the token from then on. ``metadata``: see
+        :func:`forwarding_metadata` (the master's, for its own clients)."""
+        request = pb.LoginRequest(username=username, password=password)
+        reply = self.call(self.users.Login, request, metadata=metadata)
+        self.token = reply.token
+        return reply
+
+    def change_password(
+        self, old_password: str, new_password: str, metadata: Sequence[tuple[str, str]] = ()
+    ) -> pb.TokenReply:
+        """Change this user's own password. Every older token of the user stops working; this
+        client uses the new one from the reply."""
+        request = pb.ChangePasswordRequest(old_password=old_password, new_password=new_password)
+        reply = self.call(self.users.ChangePassword, request, metadata=metadata)
         self.token = reply.token
         return reply
 
@@ -128,8 +182,12 @@ class Client:
     def disable_user(self, username: str) -> pb.User:
         return self.call(self.users.DisableUser, pb.UsernameRequest(username=username))
 
-    def set_password(self, username: str, password: str) -> pb.User:
-        request = pb.SetPasswordRequest(username=username, password=password)
+    def set_password(self, username: str, password: str, old_password: str = "") -> pb.User:
+        """Admins: reset another user's password (their tokens stop working). Your own needs
+        ``old_password`` (or use :meth:`change_password`, which also hands a new token)."""
+        request = pb.SetPasswordRequest(
+            username=username, password=password, old_password=old_password
+        )
         return self.call(self.users.SetPassword, request)
 
     def grant_credits(self, username: str, amount: int) -> pb.User:
@@ -146,9 +204,14 @@ class Client:
         request = pb.TransferRequest(to_username=to_username, amount=amount)
         return self.call(self.users.TransferCredits, request)
 
-    def issue_worker_token(self, node_id: str) -> str:
-        request = pb.WorkerTokenRequest(node_id=node_id)
+    def issue_worker_token(self, node_id: str, ttl: float = 0) -> str:
+        """Admins: a token for worker ``node_id``, valid ``ttl`` s (0: WORKER_TOKEN_TTL)."""
+        request = pb.WorkerTokenRequest(node_id=node_id, ttl=ttl)
         return self.call(self.users.IssueWorkerToken, request).token
+
+    def revoke_worker_tokens(self, node_id: str) -> None:
+        """Admins: every token issued to ``node_id`` so far stops working."""
+        self.call(self.users.RevokeWorkerTokens, pb.WorkerTokenRequest(node_id=node_id))
 
     # -- tasks -------------------------------------------------------------------------------
     def upload_bundle(
@@ -232,6 +295,16 @@ class Client:
 
     def stats(self) -> pb.ClusterStats:
         return self.call(self.tasks.GetStats, pb.Empty())
+
+
+def forwarding_metadata(service_token: str, client_address: str) -> list[tuple[str, str]]:
+    """What the master adds to a login (or password change) it makes for a client: that
+    client's address, which the node pool's failed-login limits count instead of the
+    master's, vouched for by the master's service token."""
+    return [
+        (keys.FORWARDED_FOR_METADATA, client_address),
+        (keys.FORWARDER_METADATA, service_token),
+    ]
 
 
 def function_spec(

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,6 +75,11 @@ class Settings:
     secret_key: str = ""
     #: A worker's own token (``hivemind worker token NODE_ID`` prints one).
     worker_token: str = ""
+    #: Seconds a newly issued worker token stays valid.
+    worker_token_ttl: float = 90 * 24 * 3600.0
+    #: Redis's password when REDIS_URL carries none; empty means the one ``hivemind up``
+    #: generated into ``redis/redis.password`` (0600), when that file exists.
+    redis_password: str = ""
     #: Seconds a stopping worker waits for running tasks before handing them back.
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -107,7 +112,7 @@ class Settings:
         return out
 
 
-SECRET_SETTINGS = frozenset({"secret_key", "worker_token"})
+SECRET_SETTINGS = frozenset({"secret_key", "worker_token", "redis_password"})
 _FIELDS = {f.name: f for f in fields(Settings)}
 _TYPES: dict[str, type] = {
     f.name: Path if f.name == "home" else type(f.default) for f in fields(Settings)
@@ -119,7 +124,103 @@ def redact_url(url: str) -> str:
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
+    if "password=" in parts.query:  # unix:///path?password=… carries it in the query
+        base, _, query = url.partition("?")
+        query, hash_, fragment = query.partition("#")
+        items = query.split("&")
+        query = "&".join("password=***" if i.startswith("password=") else i for i in items)
+        return f"{base}?{query}{hash_}{fragment}"
     return url
+
+
+# -- the password every HiveMind client of Redis sends -------------------------------------------
+#: Hosts of the REDIS_URLs for which `hivemind up` starts a Redis of its own.
+LOCAL_REDIS_HOSTS = frozenset({"localhost", "127.0.0.1"})
+
+
+def url_password(url: str) -> str | None:
+    """The password ``url`` carries (``redis://:PW@…``, or ``?password=PW`` for a unix
+    socket), None when it carries none (an empty one counts as none)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            return unquote(parts.password)
+    except ValueError:
+        return None
+    return next((value for value in parse_qs(parts.query).get("password", []) if value), None)
+
+
+def redis_url_with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user, unless it carries a password already."""
+    if not password or url_password(url) is not None:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # by hand: geturl() would turn unix:///path into unix:/path
+        base, hash_, fragment = url.partition("#")
+        joiner = "&" if "?" in base else "?"
+        return f"{base}{joiner}password={quote(password, safe='')}{hash_}{fragment}"
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hostport}").geturl()
+
+
+def is_local_redis_url(url: str) -> bool:
+    """A ``redis://`` URL on this machine: the kind `hivemind up` starts a Redis for."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme == "redis" and (parts.hostname or "localhost") in LOCAL_REDIS_HOSTS
+    except ValueError:
+        return False
+
+
+def redis_password_file(settings: Settings) -> Path:
+    """Where `hivemind up` keeps the password of the Redis it starts (mode 0600)."""
+    from hivemind.paths import layout  # paths is a leaf module; imported late all the same
+
+    return layout(settings.home).redis_password_file
+
+
+def read_redis_password_file(path: Path) -> str | None:
+    """The password in ``path``; None when the file is missing, unreadable or empty."""
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return password or None
+
+
+def redis_password_source(settings: Settings) -> str:
+    """Where the password :func:`effective_redis_url` sends comes from: ``REDIS_URL``,
+    ``REDIS_PASSWORD``, the password file's path, or "" when it sends none."""
+    if url_password(settings.redis_url) is not None:
+        return "REDIS_URL"
+    if settings.redis_password:
+        return "REDIS_PASSWORD"
+    if is_local_redis_url(settings.redis_url):
+        path = redis_password_file(settings)
+        if read_redis_password_file(path) is not None:
+            return str(path)
+    return ""
+
+
+def effective_redis_url(settings: Settings) -> str:
+    """The URL every HiveMind process connects to Redis with.
+
+    REDIS_URL as it is when it carries a password; else with REDIS_PASSWORD; else, for a
+    Redis on this machine (``redis://localhost`` or ``127.0.0.1``), with the password
+    `hivemind up` generated into ``$HIVEMIND_HOME/redis/redis.password`` when that file
+    exists. A Redis elsewhere is never sent the local file's password. Secret: log only
+    :func:`redact_url` of it.
+    """
+    url = settings.redis_url
+    if url_password(url) is not None:
+        return url
+    if settings.redis_password:
+        return redis_url_with_password(url, settings.redis_password)
+    if not is_local_redis_url(url):
+        return url
+    password = read_redis_password_file(redis_password_file(settings))
+    return redis_url_with_password(url, password) if password else url
 
 
 def _coerce(name: str, raw: Any, where: str) -> Any:

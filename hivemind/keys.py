@@ -32,9 +32,14 @@ HiveMind's own keys:
                                        schedulability by the reaper
 ``tasks:archive_pending``      set     finished tasks not yet archived to SQLite
 ``deadlines``                  zset    RUNNING task id -> start + timeout + grace (unix ms)
-``login_failures:<username>``  string  failed logins in the current window (expires)
+``login_failures:ip:<addr>``   hash    failed logins from one address: ``n`` and ``last`` (unix
+                                       s) for the address, ``n:<username>`` and
+                                       ``last:<username>`` for each username (expires)
+``login_failures:<username>``  string  failed logins for that user from any address (expires)
 ``stats:finished``             hash    terminal status -> tasks that ended so (counters)
 ``stats:finished:<minute>``    hash    the same for one minute (unix s // 60); expires
+``bundle:<hash>:uploaders``    set     users who uploaded that bundle: only they (and admins)
+                                       may submit tasks that run it
 =============================  ======  =====================================================
 """
 
@@ -58,6 +63,14 @@ TASK_PREFIX = "task:"
 QUEUE_OWNER_PREFIX = "queue:owner:"
 TASKS_OWNER_PREFIX = "tasks:owner:"
 STATS_MINUTE_PREFIX = "stats:finished:"
+#: ``bundle:<hash>:uploaders``: who uploaded a bundle (see :func:`bundle_uploaders_key`).
+BUNDLE_PREFIX = "bundle:"
+
+
+def bundle_uploaders_key(bundle_id: str) -> str:
+    """Users who uploaded the bundle ``bundle_id`` (its sha256): a bundle is visible to them
+    and to admins only, so nobody runs another user's code by knowing its hash."""
+    return f"{BUNDLE_PREFIX}{bundle_id}:uploaders"
 
 
 def stats_minute_key(minute: int) -> str:
@@ -94,7 +107,13 @@ def owner_tasks_key(owner: str) -> str:
 
 
 def login_failures_key(username: str) -> str:
+    """Failed logins for ``username`` from every address together (a bounded slowdown)."""
     return f"login_failures:{username}"
+
+
+def login_address_failures_key(address: str) -> str:
+    """Failed logins from ``address``, in all and per username (they make it wait)."""
+    return f"login_failures:ip:{address}"
 
 
 #: What a backup holds: every key of the cluster's state, as KEYS patterns (exact names match
@@ -116,6 +135,7 @@ BACKUP_KEY_PATTERNS: tuple[str, ...] = (
     TASK_PREFIX + "*",
     QUEUE_OWNER_PREFIX + "*",
     TASKS_OWNER_PREFIX + "*",
+    BUNDLE_PREFIX + "*",
 )
 
 
@@ -181,12 +201,36 @@ ARCHIVE_PASS_SECONDS = 0.5
 WORKER_LOST_AFTER_INTERVALS = 3
 #: Seconds an ``offline`` or ``lost`` worker stays listed before it is forgotten.
 WORKER_FORGET_AFTER = 24 * 3600
-#: Failed logins allowed per user and window before login is refused.
-LOGIN_FAILURES_MAX = 5
-LOGIN_FAILURE_WINDOW = 300
+#: Failed logins are counted per source address (the client's, as the master forwards it, or
+#: the gRPC peer's): for each username it tries, and across all of them (password spraying).
+#: An address's counts are forgotten this many seconds after its last failed login.
+LOGIN_FAILURE_WINDOW = 900
+#: Failures one address may make for one username before its next try waits
+#: LOGIN_BACKOFF_FIRST seconds, twice as long after each further failure, up to
+#: LOGIN_BACKOFF_MAX. Only that address waits: the user signs in from any other at once ...
+LOGIN_USER_FAILURES_FREE = 5
+#: ... and failures one address may make across all usernames before all its logins wait so.
+LOGIN_ADDRESS_FAILURES_FREE = 10
+LOGIN_BACKOFF_FIRST = 1.0
+LOGIN_BACKOFF_MAX = 300.0
+#: Failures for one username from all addresses together past which each of its logins is
+#: slowed by LOGIN_SLOWDOWN_STEP seconds per further failure, up to LOGIN_SLOWDOWN_MAX: a
+#: small bounded delay against many addresses guessing one password, never a refusal.
+LOGIN_SLOWDOWN_AFTER = 20
+LOGIN_SLOWDOWN_STEP = 0.05
+LOGIN_SLOWDOWN_MAX = 1.0
+#: gRPC metadata with which the master tells the node pool its own client's address; it is
+#: honoured only next to the master's service token (FORWARDER), else the peer's counts.
+FORWARDED_FOR_METADATA = "x-hivemind-forwarded-for"
+FORWARDER_METADATA = "x-hivemind-forwarder"
 #: Seconds a node pool trusts a user's role and disabled flag before it reads them again;
 #: changes made through it show at once, changes by other processes within this time.
 USER_RECHECK = 1.0
+#: Seconds a node pool trusts that a user's tokens were not revoked (by a password change)
+#: before it reads the user's token generation again; revocations through it show at once.
+USER_TOKEN_RECHECK = USER_RECHECK
+#: The same for a worker's tokens (`hivemind worker-token NODE --revoke`).
+WORKER_TOKEN_RECHECK = 5.0
 #: Verified tokens a node pool remembers, so a worker's token is checked once (cleared when full).
 VERIFIED_TOKENS_MAX = 20_000
 #: Notices of ended tasks a node pool keeps for its waiters; one older than that makes a

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
+import stat
 import sys
 import threading
 import time
@@ -14,6 +16,23 @@ MAX_BYTES = 20 * 1024 * 1024
 BACKUPS = 5
 #: Seconds a line may wait in a buffered log before it is written.
 BUFFERED_FLUSH_INTERVAL = 0.2
+#: Most a log file may allow: its owner to write, its group to read, the world nothing.
+LOG_FILE_MODE = 0o640
+
+
+def open_log_fd(path: str | os.PathLike[str]) -> int:
+    """``path`` opened for appending, created with LOG_FILE_MODE; an existing log that allows
+    more (world-readable, group-writable) is tightened to it. Logs hold task names, errors
+    and output. A file of another user's is left as it is (security.secrets names it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+    try:
+        info = os.fstat(fd)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid == os.geteuid() and mode & 0o777 & ~LOG_FILE_MODE:
+            os.fchmod(fd, mode & ~0o777 | mode & LOG_FILE_MODE)
+    except OSError:
+        pass
+    return fd
 
 
 class LineFormatter(logging.Formatter):
@@ -33,7 +52,17 @@ class LineFormatter(logging.Formatter):
         return self.default_msec_format % (text, record.msecs)
 
 
-class BufferedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler whose files (the first and each one after a rollover) are
+    created 0640 whatever the umask, through :func:`open_log_fd`."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return os.fdopen(
+            open_log_fd(self.baseFilename), "a", encoding=self.encoding, errors=self.errors
+        )
+
+
+class BufferedRotatingFileHandler(PrivateRotatingFileHandler):
     """A rotating log that writes its lines in batches, from a thread of its own.
 
     A busy worker logs two lines per task; writing, flushing and checking for rollover once
@@ -108,7 +137,7 @@ def rotating_handler(path: Path, buffered: bool = False) -> logging.Handler:
     if buffered:
         handler = BufferedRotatingFileHandler(path, MAX_BYTES, BACKUPS)
     else:
-        handler = logging.handlers.RotatingFileHandler(
+        handler = PrivateRotatingFileHandler(
             path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
     handler.setFormatter(LineFormatter())

@@ -7,9 +7,24 @@ node_pool/logs/nodepool.log``, ``sqlite3 node_pool/users.db …``) work verbatim
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+#: Most the home may allow: its owner everything, its group to read, the world nothing.
+HOME_MODE = 0o750
+REDIS_PASSWORD_FILE_NAME = "redis.password"
+
+
+def _tighten(path: Path, most: int) -> None:
+    """Drop the permission bits of ``path`` beyond ``most``, if it is ours (another user's
+    folder is left as it is; the doctor's security.secrets names it)."""
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid == os.geteuid() and mode & 0o777 & ~most:
+        os.chmod(path, mode & ~0o777 | mode & most)  # setgid and sticky bits stay
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,11 @@ class HomeLayout:
         return self.root / "redis"
 
     @property
+    def redis_password_file(self) -> Path:
+        """The password `hivemind up` generated for its Redis (mode 0600, made once)."""
+        return self.redis_dir / REDIS_PASSWORD_FILE_NAME
+
+    @property
     def run(self) -> Path:
         """Pid files of the processes `hivemind up` started."""
         return self.root / "run"
@@ -82,7 +102,11 @@ class HomeLayout:
         return self.worker_config / f"{node_id}.token"
 
     def ensure(self) -> HomeLayout:
-        """Create every folder; private ones get mode 0700."""
+        """Create every folder; the home gets mode 0750 (or keeps a tighter one), the
+        private folders 0700. A home of ours found looser is tightened to 0750."""
+        with contextlib.suppress(FileExistsError):
+            self.root.mkdir(mode=HOME_MODE, parents=True)
+        _tighten(self.root, HOME_MODE)
         for folder in (
             self.node_pool / "logs",
             self.master_log.parent,
@@ -96,7 +120,7 @@ class HomeLayout:
             self.backups,
         ):
             folder.mkdir(parents=True, exist_ok=True)
-        for private in (self.node_pool, self.worker_config, self.data):
+        for private in (self.node_pool, self.worker_config, self.data, self.redis_dir):
             os.chmod(private, 0o700)
         return self
 

@@ -3,42 +3,135 @@
 The Redis started here is supervised like every other service of the local stack
 (:mod:`hivemind.supervisor`): our own pid file, stdout/stderr appended to its log, and no
 ``daemonize`` of its own, so that `hivemind down` can check the pid before signalling it.
+
+Its password (requirepass) goes into a private config file, never onto the command line;
+`hivemind up` generates one into ``$HIVEMIND_HOME/redis/redis.password`` (0600) unless
+REDIS_URL or REDIS_PASSWORD gives one (:func:`ensure_password_file`,
+:func:`hivemind.config.effective_redis_url`). It runs with umask 027, so its AOF, RDB and
+log are 0640 at most.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import os
+import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import redis
 
-from hivemind.config import redact_url
+from hivemind.config import LOCAL_REDIS_HOSTS, redact_url
 from hivemind.errors import StackError
 from hivemind.supervisor import EventSink, ServiceSpec, read_pidfile, running_pid, start_service
 
 REDIS_BINARY = "redis-server"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
+LOCAL_HOSTS = LOCAL_REDIS_HOSTS
 DEFAULT_PORT = 6379
+#: The umask a HiveMind-started Redis runs with: its AOF, RDB and log are 0640 at most.
+REDIS_UMASK = 0o027
+#: Random bytes in a generated password (43 URL-safe characters).
+PASSWORD_BYTES = 32
 #: Redis's default number of databases; a URL asking for a higher db needs more.
 _DEFAULT_DATABASES = 16
 
 
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """True when a PING with the URL's credentials and db is answered."""
+class Answer(enum.Enum):
+    """What a Redis said to a PING with a URL's credentials."""
+
+    #: PONG: the URL's credentials and db are good.
+    PONG = "pong"
+    #: A Redis is there but refuses the credentials: NOAUTH (it needs a password the URL
+    #: lacks), WRONGPASS, or a password sent to a Redis that has none.
+    REFUSED = "refused"
+    #: Nothing answers like a Redis (no listener, a timeout, another protocol, a bad URL).
+    SILENT = "silent"
+
+
+def redis_reply(url: str, timeout: float = 1.0) -> tuple[Answer, str]:
+    """How a Redis at ``url`` answers a PING, and the error it gave ("" for PONG)."""
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    except ValueError:
-        return False
+    except ValueError as exc:
+        return Answer.SILENT, str(exc)
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
+        client.ping()
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        return Answer.REFUSED, str(exc)
+    except redis.ResponseError as exc:
+        # Older servers and proxies word it without the NOAUTH code redis-py maps.
+        refused = "NOAUTH" in str(exc) or "password" in str(exc).lower()
+        return (Answer.REFUSED if refused else Answer.SILENT), str(exc)
+    except (redis.RedisError, OSError) as exc:
+        return Answer.SILENT, str(exc)
     finally:
         client.close()
+    return Answer.PONG, ""
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """True when a PING with the URL's credentials and db is answered (PONG).
+
+    A Redis that answers but refuses the credentials is False here; callers that must tell
+    "nothing there" from "there, but locked" use :func:`redis_reply`.
+    """
+    return redis_reply(url, timeout)[0] is Answer.PONG
+
+
+def ensure_password_file(path: Path) -> str:
+    """The password in ``path``; one is generated into it first if there is none.
+
+    The file is made once, mode 0600 (created exclusively, so two `up`s racing agree on one
+    password), and reused by every later `up`; a looser mode is tightened to 0600.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(PASSWORD_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(password + "\n")
+        return password
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        existing = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StackError(f"cannot read the Redis password file {path}: {exc}") from None
+    if not existing:
+        raise StackError(
+            f"the Redis password file {path} is empty; remove it (`hivemind down`, then "
+            "`hivemind up` generates a new one)"
+        )
+    return existing
+
+
+def _tighten_data_files(data_dir: Path, logfile: Path) -> None:
+    """Files a Redis started under an older umask left world-readable: AOF, RDB, log."""
+    candidates = [logfile, *data_dir.glob("*.aof"), *data_dir.glob("*.rdb")]
+    candidates += list((data_dir / "appendonlydir").glob("*"))  # Redis 7's multi-part AOF
+    for path in candidates:
+        try:
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and mode & 0o037:
+                os.chmod(path, mode & 0o640)
+        except OSError:
+            continue
+    folder = data_dir / "appendonlydir"
+    if folder.is_dir() and not folder.is_symlink():
+        try:
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            if mode & 0o027:
+                os.chmod(folder, mode & 0o750)
+        except OSError:
+            pass
 
 
 def _is_binary(path: Path) -> bool:
@@ -209,8 +302,14 @@ def start_redis(
     data_dir = data_dir.absolute()
     logfile = logfile.absolute()
     if running_pid(pidfile) is None and _port_taken(target.port):
-        if redis_answers(url, timeout=0.5):
+        answer, error = redis_reply(url, timeout=0.5)
+        if answer is Answer.PONG:
             raise StackError(f"a Redis already answers at {redact_url(url)}; nothing to start")
+        if answer is Answer.REFUSED:
+            raise StackError(
+                f"a Redis already answers at {redact_url(url)} but refuses our credentials "
+                f"({error}); give REDIS_URL or REDIS_PASSWORD its password, or change REDIS_URL"
+            )
         raise StackError(
             f"port {target.port} on 127.0.0.1 is in use by a process that does not answer "
             f"PING with the credentials of REDIS_URL {redact_url(url)!r}; stop it or change "
@@ -220,6 +319,7 @@ def start_redis(
         data_dir.mkdir(parents=True, exist_ok=True)
         logfile.parent.mkdir(parents=True, exist_ok=True)
         conf = _write_config(data_dir, target)
+        _tighten_data_files(data_dir, logfile)
     except OSError as exc:
         raise StackError(f"cannot prepare the Redis data dir {data_dir}: {exc}") from None
     spec = ServiceSpec(
@@ -229,6 +329,7 @@ def start_redis(
         pidfile=pidfile,
         health=lambda: redis_answers(url, timeout=0.5),
         env=None,
+        umask=REDIS_UMASK,
     )
     started = start_service(spec, timeout=wait, on_event=on_event)
     # A Redis reused from the pid file may run another binary than the one found now.

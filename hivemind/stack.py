@@ -26,11 +26,27 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hivemind.config import ENV_PREFIX, SECRET_SETTINGS, Settings, redact_url
+from hivemind.config import (
+    ENV_PREFIX,
+    SECRET_SETTINGS,
+    Settings,
+    effective_redis_url,
+    is_local_redis_url,
+    redact_url,
+    redis_password_source,
+    redis_url_with_password,
+    url_password,
+)
 from hivemind.errors import StackError
 from hivemind.keys import worker_key
 from hivemind.paths import HomeLayout, layout
-from hivemind.redis_server import redis_answers, start_redis
+from hivemind.redis_server import (
+    Answer,
+    ensure_password_file,
+    redis_answers,
+    redis_reply,
+    start_redis,
+)
 from hivemind.supervisor import (
     EventSink,
     ServiceSpec,
@@ -76,7 +92,8 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 def worker_online(redis_url: str, node_id: str, timeout: float = 1.0) -> bool:
-    """True when the worker's Redis hash says ``status`` = online."""
+    """True when the worker's Redis hash says ``status`` = online (``redis_url`` with its
+    password: :func:`hivemind.config.effective_redis_url`)."""
     client = redis.Redis.from_url(
         redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
     )
@@ -163,15 +180,55 @@ def _stack_lock(home: HomeLayout) -> Iterator[None]:
         os.close(fd)
 
 
-def _ensure_redis(settings: Settings, home: HomeLayout, timeout: float, emit: EventSink) -> None:
-    url = settings.redis_url
-    pidfile = _pidfile(home, "redis")
-    if redis_answers(url):
-        pid = running_pid(pidfile)
-        emit(
-            f"redis already running (pid {pid})" if pid else f"using the Redis at {redact_url(url)}"
+def _refused(settings: Settings, home: HomeLayout, error: str) -> str:
+    """Why a Redis that answers refuses our credentials, and what to do about it."""
+    shown = redact_url(settings.redis_url)
+    source = redis_password_source(settings)
+    file = home.redis_password_file
+    if not source:
+        text = (
+            f"a Redis answers at {shown} but needs a password ({error}): put it in "
+            "REDIS_PASSWORD or in REDIS_URL (redis://:PASSWORD@host:port/db)"
         )
+        pid = running_pid(_pidfile(home, "redis"))
+        if pid is not None:
+            text += (
+                f"; it is the Redis `hivemind up` started (pid {pid}) and {file} is gone: "
+                "`hivemind down` stops it, and the next `hivemind up` starts it again with "
+                "a new password"
+            )
+        return text
+    if source == str(file):
+        return (
+            f"a Redis answers at {shown} but refuses the password in {file} ({error}); that "
+            "file holds the password of the Redis `hivemind up` starts: if this Redis is "
+            "another one, put its own password in REDIS_PASSWORD (or REDIS_URL)"
+        )
+    return f"a Redis answers at {shown} but refuses the password from {source} ({error})"
+
+
+def _ensure_redis(settings: Settings, home: HomeLayout, timeout: float, emit: EventSink) -> None:
+    url = effective_redis_url(settings)
+    pidfile = _pidfile(home, "redis")
+    answer, error = redis_reply(url)
+    if answer is Answer.PONG:
+        pid = running_pid(pidfile)
+        if pid is None:
+            emit(f"using the Redis at {redact_url(settings.redis_url)}")
+            return
+        emit(f"redis already running (pid {pid})")
+        if url_password(url) is None:
+            emit(
+                "warning: that Redis has no password (it was started without one); "
+                "`hivemind down` then `hivemind up` restarts it with a generated one"
+            )
         return
+    if answer is Answer.REFUSED:
+        raise StackError(_refused(settings, home, error))
+    plain = settings.redis_url
+    if url_password(plain) is None and not settings.redis_password and is_local_redis_url(plain):
+        # Our own Redis gets a password: generated once (0600), reused by every later start.
+        url = redis_url_with_password(plain, ensure_password_file(home.redis_password_file))
     start_redis(
         url, home.redis_dir, pidfile, home.redis_dir / "redis.log", wait=timeout, on_event=emit
     )
@@ -184,7 +241,7 @@ def ensure_redis(
 
     For tools that need Redis while the rest of the stack is stopped (restore).
     """
-    if redis_answers(settings.redis_url):
+    if redis_answers(effective_redis_url(settings)):
         return False
     home = layout(settings.home).ensure()
     _ensure_redis(settings, home, timeout, on_event or _ignore)
@@ -356,6 +413,7 @@ def _worker_specs(
     launcher: Sequence[str],
 ) -> list[ServiceSpec]:
     specs = []
+    redis_url = effective_redis_url(settings)
     for number in range(1, count + 1):
         node_id = f"local-{number}"
         pidfile = _pidfile(home, f"worker-{node_id}")
@@ -371,7 +429,7 @@ def _worker_specs(
                 argv=[*launcher, "worker", "--node-id", node_id],
                 log=_worker_console(home, node_id),
                 pidfile=pidfile,
-                health=lambda node_id=node_id: worker_online(settings.redis_url, node_id),
+                health=lambda node_id=node_id: worker_online(redis_url, node_id),
                 env=worker_env,
             )
         )
@@ -414,15 +472,27 @@ def _with_outsider(state: ServiceState, health: Callable[[], bool], where: str) 
 def status(settings: Settings) -> StackStatus:
     """The state of every service of the stack. Reads only; changes nothing."""
     home = layout(settings.home)
-    url = settings.redis_url
-    shown = redact_url(url)
+    url = effective_redis_url(settings)
+    shown = redact_url(settings.redis_url)
     redis_pidfile = _pidfile(home, "redis")
+    redis_log = home.redis_dir / "redis.log"
 
     def redis_health() -> bool:
         return redis_answers(url)
 
-    redis_state = service_state("redis", redis_pidfile, redis_health, home.redis_dir / "redis.log")
+    redis_state = service_state("redis", redis_pidfile, redis_health, redis_log)
     redis_state = _with_outsider(redis_state, redis_health, shown)
+    if not redis_state.healthy:
+        # "Answers but refuses our password" is a Redis that runs, not a missing one.
+        answer, error = redis_reply(url)
+        if answer is Answer.REFUSED:
+            why = f"answers at {shown} but refuses our credentials ({error})"
+            if redis_state.started_by_up:
+                redis_state.detail += f"; it {why}"
+            else:
+                redis_state = ServiceState(
+                    "redis", None, True, False, f"{why}; not started by `hivemind up`", None, False
+                )
     if not redis_state.running:
         redis_state.detail += f"; no Redis answers at {shown}"
 

@@ -24,6 +24,7 @@ from typing import Literal
 import psutil
 
 from hivemind.errors import StackError
+from hivemind.logs import open_log_fd
 
 EventSink = Callable[[str], None]
 LOG_TAIL_LINES = 10
@@ -201,6 +202,9 @@ class ServiceSpec:
     health: Callable[[], bool] = _always_healthy
     #: The child's whole environment; None inherits this process's.
     env: Mapping[str, str] | None = None
+    #: The child's umask (e.g. 0o027, so the files it creates are not world-readable);
+    #: None keeps this process's.
+    umask: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,8 @@ class _Launch:
 
 def _spawn(spec: ServiceSpec) -> _Launch:
     spec.log.parent.mkdir(parents=True, exist_ok=True)
-    with spec.log.open("ab") as log:
+    # 0640: a console log holds what a service printed, task output included.
+    with os.fdopen(open_log_fd(spec.log), "ab") as log:
         offset = log.tell()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"--- {stamp} starting {spec.name}: {shlex.join(spec.argv)}\n".encode())
@@ -263,6 +268,7 @@ def _spawn(spec: ServiceSpec) -> _Launch:
                 stderr=subprocess.STDOUT,
                 env=None if spec.env is None else dict(spec.env),
                 start_new_session=True,
+                umask=-1 if spec.umask is None else spec.umask,
             )
         except OSError as exc:
             raise StackError(f"cannot start {spec.name}: {spec.argv[0]}: {exc.strerror}") from None

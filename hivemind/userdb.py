@@ -1,4 +1,4 @@
-"""``node_pool/users.db``: users, credits and the archive of finished tasks.
+"""``node_pool/users.db``: users, credits, token generations and the archive of finished tasks.
 
 SQLite through sqlite-utils, in WAL mode. The schema is versioned with ``PRAGMA
 user_version`` and moved forward by :func:`migrate` (``hivemind db migrate``), which does the
@@ -17,16 +17,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
+from hivemind import keys
 from hivemind.auth import hash_password, verify_password
 from hivemind.errors import HivemindError
 
 ROLES = ("admin", "user")
-_USER_COLUMNS = ("username", "password_hash", "role", "credits", "created_at", "disabled")
+_USER_COLUMNS = (
+    "username",
+    "password_hash",
+    "role",
+    "credits",
+    "created_at",
+    "disabled",
+    "token_generation",
+)
 USERNAME_MAX = 64
 
 
@@ -41,6 +50,8 @@ class UserRecord:
     credits: int
     created_at: float
     disabled: bool
+    #: Tokens issued before the last password change carry an older one and are refused.
+    token_generation: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> UserRecord:
@@ -50,6 +61,7 @@ class UserRecord:
             credits=int(row["credits"]),
             created_at=float(row["created_at"]),
             disabled=bool(row["disabled"]),
+            token_generation=int(row.get("token_generation") or 0),
         )
 
 
@@ -91,8 +103,16 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    """Token generations: a password change, or revoking a worker's tokens, moves one on."""
+    db["users"].add_column("token_generation", int, not_null_default=0)
+    db["worker_tokens"].create(
+        {"node_id": str, "generation": int, "revoked_at": float}, pk="node_id"
+    )
+
+
 #: Migrations in order; index + 1 is the schema version each one produces.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -174,6 +194,7 @@ class UserStore:
             "credits": credits,
             "created_at": time.time(),
             "disabled": 0,
+            "token_generation": 0,
         }
         with self._atomic() as db:
             if self._find(db, username) is not None:
@@ -216,12 +237,40 @@ class UserStore:
         return self.get(username)
 
     def set_password(self, username: str, password: str) -> UserRecord:
+        """Set the password and revoke every token issued to the user so far."""
         if len(password) < 8:
             raise UserError("a password needs at least 8 characters")
+        hashed = hash_password(password)
         with self._atomic() as db:
             self._require(db, username)
-            db["users"].update(username, {"password_hash": hash_password(password)})
+            db.conn.execute(
+                "UPDATE users SET password_hash = ?, token_generation = token_generation + 1 "
+                "WHERE username = ?",
+                (hashed, username),
+            )
         return self.get(username)
+
+    # -- worker tokens -----------------------------------------------------------------------
+    def worker_token_generation(self, node_id: str) -> int:
+        """The generation a new token for ``node_id`` gets (older ones are revoked)."""
+        with self._lock:
+            row = self._db.conn.execute(
+                "SELECT generation FROM worker_tokens WHERE node_id = ?", (node_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def revoke_worker_tokens(self, node_id: str) -> int:
+        """Revoke every token issued to ``node_id`` so far; returns the new generation."""
+        if not node_id or len(node_id) > 128:
+            raise UserError("a node id needs 1 to 128 characters")
+        with self._atomic() as db:
+            db.conn.execute(
+                "INSERT INTO worker_tokens (node_id, generation, revoked_at) VALUES (?, 1, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET generation = generation + 1, "
+                "revoked_at = excluded.revoked_at",
+                (node_id, time.time()),
+            )
+        return self.worker_token_generation(node_id)
 
     def add_credits(self, username: str, amount: int) -> UserRecord:
         with self._atomic() as db:
@@ -313,9 +362,7 @@ class UserStore:
         # Plain SQL: this runs on every authenticated call, and Table.get() introspects the
         # schema each time.
         cursor = db.conn.execute(
-            "SELECT username, password_hash, role, credits, created_at, disabled "
-            "FROM users WHERE username = ?",
-            (username,),
+            f"SELECT {', '.join(_USER_COLUMNS)} FROM users WHERE username = ?", (username,)
         )
         row = cursor.fetchone()
         if row is None:
@@ -327,6 +374,82 @@ class UserStore:
         if row is None:
             raise UserError(f"no user {username!r}")
         return row
+
+
+class TokenGenerations:
+    """The current token generation of users and workers, as a node pool's signer checks it.
+
+    Read from users.db on a connection of its own (read-only, so it never creates the file)
+    and trusted for ``USER_TOKEN_RECHECK`` / ``WORKER_TOKEN_RECHECK`` seconds: a change made by
+    another process (`hivemind user passwd`, `hivemind worker-token --revoke`) shows within
+    that time; one made through this process shows at once after :meth:`forget`.
+    """
+
+    RECHECK: ClassVar[dict[str, float]] = {
+        "user": keys.USER_TOKEN_RECHECK,
+        "worker": keys.WORKER_TOKEN_RECHECK,
+    }
+    _QUERY: ClassVar[dict[str, str]] = {
+        "user": "SELECT token_generation FROM users WHERE username = ?",
+        "worker": "SELECT generation FROM worker_tokens WHERE node_id = ?",
+    }
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (monotonic read, gen)
+
+    def current(self, kind: str, subject: str) -> tuple[int, float]:
+        recheck = self.RECHECK.get(kind, keys.USER_TOKEN_RECHECK)
+        now = time.monotonic()
+        seen = self._seen.get((kind, subject))
+        if seen is None or now - seen[0] >= recheck:
+            seen = (now, self._read(kind, subject))
+            if len(self._seen) >= keys.VERIFIED_TOKENS_MAX:
+                self._seen.clear()
+            self._seen[(kind, subject)] = seen
+        return seen[1], time.time() + recheck - (now - seen[0])
+
+    def forget(self, kind: str, subject: str) -> None:
+        self._seen.pop((kind, subject), None)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _read(self, kind: str, subject: str) -> int:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = _connect_readonly(self.path)
+                row = self._conn.execute(self._QUERY[kind], (subject,)).fetchone()
+            except sqlite3.OperationalError:
+                return 0  # no users.db, or one from before generations: nothing was revoked
+        return int(row[0] or 0) if row else 0
+
+
+def worker_token_generation(path: Path, node_id: str) -> int:
+    """The generation a new token for ``node_id`` gets, from ``path`` without creating it."""
+    reader = TokenGenerations(path)
+    try:
+        return reader.current("worker", node_id)[0]
+    finally:
+        reader.close()
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro",
+        uri=True,
+        timeout=30,
+        check_same_thread=False,
+        isolation_level=None,
+    )
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
 
 
 def _check_username(username: str) -> None:

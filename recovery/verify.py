@@ -9,6 +9,7 @@ task is a QUEUED record, every bundle task finds its bundle, every result its fi
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import sqlite3
 import tempfile
@@ -136,7 +137,8 @@ def trial_redis(report: VerifyReport, root: Path, entries: list[redis_dump.KeyEn
     """Load the dump into a scratch Redis and read it back."""
     port = _free_port()
     scratch = root.parent / "scratch-redis"
-    url = f"redis://127.0.0.1:{port}/0"
+    # A password of its own: a scratch Redis holds a whole backup, as readable as the live one.
+    url = f"redis://:{secrets.token_urlsafe(24)}@127.0.0.1:{port}/0"
     started = start_redis(
         url, scratch / "data", scratch / "redis.pid", scratch / "redis.log", wait=15
     )

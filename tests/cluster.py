@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from hivemind.client import Client
+from hivemind.config import Settings, effective_redis_url
 from hivemind.credentials import load_token
 from tests.helpers import REPO_ROOT, RedisServer, free_port
 
@@ -60,7 +61,12 @@ class Cluster:
         return int(data["pid"])
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        """A client with the password the cluster's own processes send (none for an
+        outside Redis without one)."""
+        return redis.Redis.from_url(self.effective_redis_url(), decode_responses=True)
+
+    def effective_redis_url(self) -> str:
+        return effective_redis_url(Settings(home=self.home, redis_url=self.redis_url))
 
     def terminal_events(self, task_id: str) -> list[str]:
         """The terminal events in a task's history: exactly one for a task that ended."""

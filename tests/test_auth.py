@@ -8,10 +8,21 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
+from hivemind import keys
 from hivemind.auth import AuthError, TokenSigner, hash_password, load_secret, verify_password
 from hivemind.config import load_settings
-from hivemind.userdb import SCHEMA_VERSION, UserError, UserStore, migrate, schema_version
+from hivemind.userdb import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TokenGenerations,
+    UserError,
+    UserStore,
+    migrate,
+    schema_version,
+    worker_token_generation,
+)
 
 
 def test_password_hash_is_scrypt_and_never_the_password() -> None:
@@ -94,3 +105,69 @@ def test_archive_survives_in_sqlite(tmp_path: Path) -> None:
     assert got["status"] == "SUCCEEDED" and history[0]["event"] == "leased"
     assert [r["id"] for r in store.archived_tasks("alice", "SUCCEEDED", 10)] == ["a" * 16]
     assert store.archived_tasks("bob", None, 10) == []
+
+
+def test_migration_gives_an_existing_db_token_generations(tmp_path: Path) -> None:
+    # A users.db of schema 1, as HiveMind wrote it before token generations.
+    db = tmp_path / "users.db"
+    conn = sqlite3.connect(db)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO users VALUES ('alice', ?, 'user', 5, 1.0, 0)", (hash_password("password1"),)
+    )
+    conn.commit()
+    conn.close()
+    assert migrate(db) == (1, SCHEMA_VERSION)
+    store = UserStore(db)
+    assert store.get("alice").token_generation == 0 and store.get("alice").credits == 5
+    assert store.authenticate("alice", "password1") is not None
+    assert store.set_password("alice", "password2").token_generation == 1
+    assert store.worker_token_generation("w1") == 0
+    assert store.revoke_worker_tokens("w1") == 1 and store.revoke_worker_tokens("w1") == 2
+    assert store.worker_token_generation("w1") == 2
+    store.close()
+    assert worker_token_generation(db, "w1") == 2
+    assert worker_token_generation(tmp_path / "missing.db", "w1") == 0
+    assert not (tmp_path / "missing.db").exists()  # reading never creates it
+
+
+def test_a_signer_with_generations_refuses_older_tokens(tmp_path: Path) -> None:
+    store = UserStore(tmp_path / "users.db")
+    store.create_user("alice", "password1")
+    generations = TokenGenerations(store.path)
+    signer = TokenSigner(b"s" * 32, generations)
+    old, _ = signer.issue("alice", "user", "user", ttl=3600)
+    identity = signer.verify(old)
+    # Trusted no longer than the generation it was checked against.
+    assert identity.expires_at <= time.time() + keys.USER_TOKEN_RECHECK
+    store.set_password("alice", "password2")
+    generations.forget("user", "alice")
+    with pytest.raises(AuthError, match="revoked by a password change"):
+        signer.verify(old)
+    new, _ = signer.issue("alice", "user", "user", ttl=3600, generation=1)
+    assert signer.verify(new).subject == "alice"
+    store.revoke_worker_tokens("w1")
+    worker, _ = signer.issue("w1", "worker", "worker", ttl=3600)
+    with pytest.raises(AuthError, match="tokens of worker 'w1' were revoked"):
+        signer.verify(worker)
+    service, _ = signer.issue("master", "service", "service", ttl=60)
+    assert signer.verify(service).kind == "service"  # no generation to check
+    generations.close()
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.2:51234", "127.0.0.2"),
+        ("ipv6:[::1]:51234", "::1"),
+        ("ipv6:%5B::1%5D:51234", "::1"),
+        ("unix:/tmp/x.sock", "unix"),
+        ("", "unknown"),
+    ],
+)
+def test_peer_addresses(peer: str, address: str) -> None:
+    from hivemind.nodepool.users_service import peer_address
+
+    assert peer_address(peer) == address

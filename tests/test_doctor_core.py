@@ -19,7 +19,7 @@ from hivemind.errors import UsageError
 
 CATALOG_IDS = {
     "ports.nodepool", "ports.master", "ports.redis", "process.services", "ports.listen_address",
-    "firewall.ports", "redis.config_exposure", "redis.persistence", "redis.memory",
+    "firewall.ports", "redis.config_exposure", "redis.auth", "redis.persistence", "redis.memory",
     "redis.eviction_policy", "redis.latency", "resources.cpu", "resources.load",
     "resources.memory", "resources.swap", "resources.top_processes", "resources.oom",
     "resources.disk", "resources.fd_limit", "workers.count", "workers.heartbeat", "tasks.queue",

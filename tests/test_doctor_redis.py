@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from doctor.checks.redis_server import auth_finding
 from doctor.context import Context
 from doctor.engine import run_doctor
 from doctor.fixes import actions_log, apply_fixes, plan_fixes
@@ -95,6 +96,56 @@ def test_exposure_of_captured_configs() -> None:
     assert probe.exposure({"bind": "* -::*"}, {"redis_version": "7.2.4"}).wildcard
     socket_only = probe.exposure({"bind": "0.0.0.0", "port": "0"}, info)
     assert not socket_only.beyond_loopback and not socket_only.wildcard
+
+
+def test_auth_of_captured_replies() -> None:
+    info = fixture_info("healthy")
+    acl = json.loads((FIXTURES / "redis_acl_getuser_default.json").read_text())
+    assert probe.acl_default_user_needs_password(acl["password"]) is True
+    assert probe.acl_default_user_needs_password(acl["nopass"]) is False
+    # The raw reply, as RESP2 sends it without redis-py's parsing.
+    raw = ["flags", ["on", "nopass"], "passwords", [], "commands", "+@all"]
+    assert probe.acl_default_user_needs_password(raw) is False
+    assert probe.acl_default_user_needs_password(["flags", ["off"]]) is True
+    assert probe.acl_default_user_needs_password("ERR unknown command") is None
+    assert probe.acl_default_user_needs_password(None) is None
+
+    with_password = probe.auth(fixture_config("requirepass"), info)
+    assert with_password.has_password and with_password.source == "requirepass"
+    local = probe.auth(fixture_config("healthy"), info, acl["nopass"])
+    assert not local.has_password and local.exposure and not local.exposure.beyond_loopback
+    open_ = probe.auth(fixture_config("open_no_password"), info, acl["nopass"])
+    assert not open_.has_password and open_.exposure and open_.exposure.beyond_loopback
+    # A password set through ACL only, with requirepass empty, still counts.
+    assert probe.auth(fixture_config("healthy"), info, acl["password"]).source == "ACL"
+    # CONFIG renamed away and ACL refused: our own connection tells.
+    # (a password we sent proves nothing: a nopass default user accepts any)
+    assert probe.auth(None, info, None, sent_password=True) == probe.Auth(None, "", None)
+    assert probe.auth(None, info, None) == probe.Auth(False, "no AUTH", None)
+
+
+def test_auth_verdicts() -> None:
+    info, nopass = fixture_info("healthy"), {"flags": ["on", "nopass"]}
+    cli = "redis-cli -p 6390"
+    ok = auth_finding(probe.auth(fixture_config("requirepass"), info), False, "/h/pw", cli)
+    assert ok.status is Status.OK and "requires a password" in ok.summary
+    assert "fixture-only-password" not in json.dumps(dict(ok.evidence)) + ok.summary
+    local = probe.auth(fixture_config("healthy"), info, nopass)
+    warned = auth_finding(local, False, "/h/redis/redis.password", cli)
+    assert warned.status is Status.WARN and "a running task included" in warned.summary
+    assert "REDIS_PASSWORD" in (warned.fix or "") and "config set requirepass" in (warned.fix or "")
+    ours = auth_finding(local, True, "/h/redis/redis.password", cli)
+    assert ours.status is Status.WARN
+    assert "`hivemind down`, then `hivemind up`" in (ours.fix or "")
+    assert "/h/redis/redis.password" in (ours.fix or "")
+    open_ = probe.auth(fixture_config("open_no_password"), info, nopass)
+    failed = auth_finding(open_, False, "/h/pw", cli)
+    assert failed.status is Status.FAIL and "beyond loopback (0.0.0.0)" in failed.summary
+    blind = auth_finding(probe.auth(None, info), False, "/h/pw", cli)
+    assert blind.status is Status.WARN
+    assert blind.evidence["bind"] == "unknown (CONFIG GET refused)"
+    unknown = auth_finding(probe.auth(None, info, None, sent_password=True), False, "/p", cli)
+    assert unknown.status is Status.SKIP and unknown.evidence["password"] == "unknown"
 
 
 def test_persistence_of_captured_states() -> None:
@@ -242,6 +293,18 @@ def test_redis_open_to_the_network_without_password_fails(
     assert evidence["bind"] == "0.0.0.0" and evidence["protected-mode"] == "no"
 
 
+def test_redis_without_password_warns_on_loopback_and_fails_on_the_network(
+    settings: Settings, live: redis.Redis
+) -> None:
+    status, summary, evidence = verdict(settings, "redis.auth")
+    assert status is Status.WARN, summary
+    assert evidence["password"] == "none" and evidence["bind"] == "127.0.0.1"
+    live.config_set("bind", "0.0.0.0")
+    status, summary, evidence = verdict(settings, "redis.auth")
+    assert status is Status.FAIL, summary
+    assert "no password and listens beyond loopback" in summary
+
+
 def test_slow_command_warns_and_names_it(settings: Settings, live: redis.Redis) -> None:
     live.config_set("slowlog-log-slower-than", "10000")
     live.eval("local i=0 while i<4000000 do i=i+1 end return i", 0)
@@ -288,6 +351,7 @@ def test_redis_down_skips_every_redis_check_naming_ports_redis(
     report = run_doctor(down, only=["redis"], timeout=3)
     assert {r.id for r in report.results} == {
         "redis.config_exposure",
+        "redis.auth",
         "redis.persistence",
         "redis.memory",
         "redis.eviction_policy",

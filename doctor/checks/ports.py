@@ -19,7 +19,7 @@ from doctor.probes.sockets import ListeningSocket, listeners_on, parse_proc_net_
 from doctor.registry import check
 from doctor.services import start_command, systemd_unit
 from hivemind import stack
-from hivemind.config import redact_url
+from hivemind.config import effective_redis_url, redact_url, redis_password_source
 from hivemind.stack import STACK_SERVICES
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -100,28 +100,39 @@ def master_port(ctx: Context) -> Finding:
 )
 def redis_port(ctx: Context) -> Finding:
     url = redact_url(ctx.settings.redis_url)
+    source = redis_password_source(ctx.settings)
     client = redis.Redis.from_url(
-        ctx.settings.redis_url,
+        effective_redis_url(ctx.settings),
         socket_timeout=ctx.probe_timeout,
         socket_connect_timeout=ctx.probe_timeout,
     )
     began = time.perf_counter()
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
-        return Finding.fail(
-            f"Redis at {url} refuses our password",
-            "make REDIS_URL's password match Redis's requirepass",
-            error=str(exc),
-        )
-    except redis.ResponseError as exc:
-        if "NOAUTH" in str(exc):
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        refused = isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc)
+        if not refused:
+            return Finding.fail(f"Redis at {url} answers PING with an error", error=str(exc))
+        if not source:
             return Finding.fail(
                 f"Redis at {url} needs a password that REDIS_URL lacks",
-                "set REDIS_URL to redis://:PASSWORD@host:port/0",
+                "set REDIS_PASSWORD (or REDIS_URL to redis://:PASSWORD@host:port/0); for the "
+                "Redis `hivemind up` started, it is in "
+                f"{ctx.home.redis_password_file}",
                 error=str(exc),
             )
-        return Finding.fail(f"Redis at {url} answers PING with an error", error=str(exc))
+        fix = (
+            f"make the password in {source} match Redis's requirepass"
+            if source in ("REDIS_URL", "REDIS_PASSWORD")
+            else f"{source} holds the password of the Redis `hivemind up` starts; for "
+            "another Redis, put its own password in REDIS_PASSWORD"
+        )
+        return Finding.fail(
+            f"Redis at {url} refuses our password (from {source})",
+            fix,
+            error=str(exc),
+            password_from=source,
+        )
     except (redis.RedisError, OSError) as exc:
         return Finding.fail(
             f"Redis at {url} does not answer",

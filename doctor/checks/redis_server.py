@@ -5,7 +5,9 @@ REWRITE, never redis.conf), so a restart returns to what the operator wrote.
 
 from __future__ import annotations
 
+import shlex
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -15,6 +17,7 @@ from doctor.fixes import Action, fixer
 from doctor.model import Finding, Status
 from doctor.probes import redis_info as probe
 from doctor.registry import check
+from hivemind.config import effective_redis_url, redis_password_source, url_password
 
 #: PINGs in the latency burst (p99 of 100 ignores one hiccup), cut short after PING_BUDGET_S so
 #: a far-away Redis does not eat the check's timeout.
@@ -33,9 +36,13 @@ FRAGMENTATION_MIN_USED = 100 * 1024**2
 
 
 def redis_cli(ctx: Context) -> str:
-    """The ``redis-cli`` prefix that reaches the configured Redis (password never inlined)."""
+    """The ``redis-cli`` prefix that reaches the configured Redis (password never inlined:
+    ``--askpass``, or REDISCLI_AUTH read from the password file `hivemind up` wrote)."""
     url = urlsplit(ctx.settings.redis_url)
+    source = redis_password_source(ctx.settings)
     parts = ["redis-cli"]
+    if source not in ("", "REDIS_URL", "REDIS_PASSWORD"):
+        parts.insert(0, f'REDISCLI_AUTH="$(cat {shlex.quote(source)})"')
     if url.scheme == "unix":
         parts += ["-s", url.path]
     else:
@@ -43,7 +50,7 @@ def redis_cli(ctx: Context) -> str:
             parts += ["-h", url.hostname]
         if url.port and url.port != 6379:
             parts += ["-p", str(url.port)]
-    if url.password:
+    if source in ("REDIS_URL", "REDIS_PASSWORD"):
         parts.append("--askpass")
     return " ".join(parts)
 
@@ -89,6 +96,85 @@ def config_exposure(ctx: Context) -> Finding:
     where = "loopback only" if not seen.beyond_loopback else "a private address"
     guard = ", password set" if seen.has_password else ""
     return Finding.ok(f"Redis listens on {where}{guard}", **evidence)
+
+
+@check(
+    "redis.auth",
+    title="Redis asks every client for a password",
+    guide="1 連接問題 / Redis 連接失敗: 修改 Redis 配置 (requirepass)",
+)
+def auth(ctx: Context) -> Finding:
+    try:
+        client = ctx.redis()
+        info = ctx.redis_info()
+        try:
+            config: dict[str, str] | None = ctx.redis_config()
+        except Unavailable:
+            config = None  # CONFIG renamed away: ACL and our own AUTH still tell
+        acl = _acl_default_user(client)
+    except Unavailable as missing:
+        return Finding.skip(str(missing))
+    seen = probe.auth(
+        config, info, acl, sent_password=url_password(effective_redis_url(ctx.settings)) is not None
+    )
+    embedded = (ctx.home.run / "redis.pid").exists()
+    return auth_finding(seen, embedded, str(ctx.home.redis_password_file), redis_cli(ctx))
+
+
+def _acl_default_user(client: redis.Redis) -> Any:
+    """``ACL GETUSER default``, or None (Redis before 6, or ACL refused to us)."""
+    try:
+        return client.acl_getuser("default")
+    except redis.ResponseError:
+        return None
+    except (redis.RedisError, OSError) as exc:
+        raise Unavailable(f"Redis stopped answering: {exc}") from exc
+
+
+def auth_finding(seen: probe.Auth, embedded: bool, password_file: str, cli: str) -> Finding:
+    """The verdict on what :func:`doctor.probes.redis_info.auth` read. Pure."""
+    exposure = seen.exposure
+    evidence: dict[str, object] = {
+        "password": {True: "required", False: "none", None: "unknown"}[seen.has_password],
+        "told_by": seen.source,
+    }
+    if exposure is not None:
+        evidence["bind"] = " ".join(exposure.binds) or "(all interfaces)"
+        evidence["protected-mode"] = "yes" if exposure.protected_mode else "no"
+    else:
+        evidence["bind"] = "unknown (CONFIG GET refused)"
+    if seen.has_password is None:
+        return Finding.skip(
+            "Redis refuses CONFIG GET and ACL GETUSER, so whether it requires a password "
+            "cannot be told from here",
+            **evidence,
+        )
+    if seen.has_password:
+        return Finding.ok(f"Redis requires a password (told by {seen.source})", **evidence)
+    if embedded:
+        fix = (
+            "`hivemind down`, then `hivemind up`: it restarts this Redis with a password it "
+            f"generates into {password_file} (0600) and gives every HiveMind process"
+        )
+    else:
+        fix = (
+            "set `requirepass` in redis.conf (a long random one) and restart Redis, then give "
+            "HiveMind the same password in REDIS_PASSWORD (or REDIS_URL "
+            f"redis://:PASSWORD@host:port/0); live: `{cli} config set requirepass …`"
+        )
+    if exposure is not None and exposure.beyond_loopback:
+        return Finding.fail(
+            f"Redis has no password and listens beyond loopback ({evidence['bind']}): anyone "
+            "who reaches it can read every task and rewrite any (`hset task:<id> owner …`)",
+            fix,
+            **evidence,
+        )
+    return Finding.warn(
+        "Redis has no password: any process on this host, a running task included, can "
+        "rewrite task state (`hset task:<id> owner …`)",
+        fix,
+        **evidence,
+    )
 
 
 @check(

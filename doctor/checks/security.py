@@ -1,5 +1,7 @@
 """The token-signing secret: set, not a default, the same wherever this host's services read
-it, and kept from other users; with users.db and the config files not world-readable.
+it, and kept from other users; with users.db, the config files and the Redis password not
+world-readable, HIVEMIND_HOME at most 0750, and the logs, Redis's AOF/RDB and its log closed
+to other users.
 
 Secrets never reach the evidence: only lengths, 8-hex fingerprints and file modes do.
 """
@@ -13,11 +15,13 @@ from pathlib import Path
 
 from doctor.checks.sqlite import nodepool_traces, related_files
 from doctor.context import Context, Unavailable
+from doctor.logfiles import log_folders
 from doctor.model import Finding
 from doctor.probes import secrets as probe
 from doctor.probes.sqlite_file import describe_mode
 from doctor.registry import check
 from hivemind.config import CONFIG_FILE_NAME
+from hivemind.paths import HOME_MODE, HomeLayout
 
 GENERATE = (
     'generate one with `python3 -c "import secrets; print(secrets.token_hex(32))"`, set it '
@@ -60,10 +64,12 @@ def config_files(ctx: Context) -> list[Path]:
 
 def private_files(ctx: Context) -> list[Path]:
     """Files that hold credentials: configs, users.db, the first admin's password (written by
-    `hivemind up`), worker tokens and the master's config."""
+    `hivemind up`), worker tokens, the master's config and the config `hivemind up` writes
+    for its Redis (requirepass)."""
     home = ctx.home
     files = list(config_files(ctx)) + related_files(home.users_db)
     files += [p for p in (home.node_pool / "admin.password",) if p.is_file()]
+    files += [p for p in (home.redis_dir / "redis.conf",) if p.is_file()]
     for folder in (home.worker_config, home.master_config):
         if folder.is_dir():
             files += sorted(p for p in folder.iterdir() if p.is_file())
@@ -103,6 +109,45 @@ def world_readable(path: Path) -> bool:
         return False
 
 
+def home_too_open(mode: int) -> bool:
+    """HIVEMIND_HOME allows more than 0750: the group may write, or the world may look."""
+    return bool(stat.S_IMODE(mode) & 0o777 & ~HOME_MODE)
+
+
+def open_to_others(mode: int) -> bool:
+    """A log or data file any user may read or write (0640 is the most it should allow)."""
+    return bool(stat.S_IMODE(mode) & 0o007)
+
+
+def logs_and_redis_data(home: HomeLayout) -> list[Path]:
+    """HiveMind's log files (rotated copies and consoles too), and the files of the Redis
+    `hivemind up` runs: its log, AOF and RDB. Symlinks are not followed."""
+    found: list[Path] = []
+    redis_dir = home.redis_dir
+    folders = [*log_folders(home), redis_dir, redis_dir / "appendonlydir"]
+    for folder in folders:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            if path.is_symlink() or not path.is_file():
+                continue
+            if folder == redis_dir and not (
+                path.suffix in (".log", ".aof", ".rdb") or ".log." in path.name
+            ):
+                continue  # redis.conf and redis.password are judged as secrets
+            found.append(path)
+    return found
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return None
+
+
 @check(
     "security.secrets",
     title="The token-signing secret is set, strong, shared and private",
@@ -114,6 +159,17 @@ def secrets_check(ctx: Context) -> Finding:
     evidence: dict[str, object] = {"secrets": [s.evidence() for s in sources]}
     if exposed:
         evidence["world_readable"] = exposed
+    home_mode = _mode(ctx.home.root)
+    if home_mode is not None:
+        evidence["home_mode"] = describe_mode(home_mode)
+    loose_home = home_mode is not None and home_too_open(home_mode)
+    open_files = [str(p) for p in logs_and_redis_data(ctx.home) if open_to_others(_mode(p) or 0)]
+    if open_files:
+        evidence["logs_and_redis_data_open_to_others"] = open_files
+    redis_password = ctx.home.redis_password_file
+    password_mode = _mode(redis_password)
+    if password_mode is not None:
+        evidence["redis_password_mode"] = describe_mode(password_mode)
     in_use = sources[0] if sources else None
     if in_use is None:
         if not nodepool_traces(ctx) and not ctx.home.users_db.exists():
@@ -143,6 +199,13 @@ def secrets_check(ctx: Context) -> Finding:
             "chmod 600 " + " ".join(_path_of(name) for name in leaked),
             **evidence,
         )
+    if password_mode is not None and password_mode & 0o077:
+        return Finding.fail(
+            f"other users can read the Redis password ({redis_password}) and rewrite any "
+            "task in Redis",
+            f"chmod 600 {redis_password}",
+            **evidence,
+        )
     fingerprints = {s.evidence()["sha256_8"] for s in sources}
     if len(fingerprints) > 1:
         return Finding.warn(
@@ -152,15 +215,27 @@ def secrets_check(ctx: Context) -> Finding:
             "or none and node_pool/secret.key",
             **evidence,
         )
-    if exposed:
-        return Finding.warn(
-            f"{len(exposed)} file(s) with credentials are readable by every user",
-            "chmod o-rwx " + " ".join(exposed),
-            **evidence,
+    problems, fixes = [], []
+    if loose_home:
+        problems.append(
+            f"HIVEMIND_HOME {ctx.home.root} is {describe_mode(home_mode or 0)}, more than "
+            f"{HOME_MODE:04o}"
         )
+        fixes.append(f"chmod g-w,o-rwx {ctx.home.root}")
+    if exposed:
+        problems.append(f"{len(exposed)} file(s) with credentials are readable by every user")
+    if open_files:
+        problems.append(
+            f"{len(open_files)} log or Redis data file(s) are open to every user (at most "
+            "0640: they hold task names, errors, output and the whole Redis state)"
+        )
+    if exposed or open_files:
+        fixes.append("chmod o-rwx " + " ".join(exposed + open_files))
+    if problems:
+        return Finding.warn("; ".join(problems), " && ".join(fixes), **evidence)
     return Finding.ok(
         f"one signing secret ({len(in_use.value)} bytes, from {in_use.name}), private files "
-        "not world-readable",
+        "not world-readable, HIVEMIND_HOME, logs and Redis data closed to other users",
         **evidence,
     )
 

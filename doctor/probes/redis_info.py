@@ -93,6 +93,69 @@ def exposure(config: Mapping[str, Any], info: Mapping[str, Any]) -> Exposure:
     )
 
 
+# -- authentication: does a client need a password at all? -------------------------------------
+def acl_default_user_needs_password(reply: Any) -> bool | None:
+    """From an ``ACL GETUSER default`` reply: does the default user need a password?
+
+    redis-py's parsed dict (``{"flags": [...], "passwords": [...]}``) or the raw flat list
+    (``flags``, [...], ``passwords``, [...] …, as ``redis-cli`` prints it) both work. True
+    when it has a password or is switched off (then nobody gets in without AUTH as someone
+    else), False for ``nopass``; None when the reply says neither (or is not one).
+    """
+    fields: dict[str, Any] = {}
+    if isinstance(reply, Mapping):
+        fields = {_text(k): v for k, v in reply.items()}
+    elif isinstance(reply, (list, tuple)):
+        items = list(reply)
+        fields = {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+    flags_raw = fields.get("flags")
+    if not isinstance(flags_raw, (list, tuple, set)):
+        return None
+    flags = {_text(flag).lower() for flag in flags_raw}
+    if "off" in flags:
+        return True
+    if "nopass" in flags:
+        return False
+    passwords = fields.get("passwords")
+    if isinstance(passwords, (list, tuple, set)):
+        return bool(passwords)
+    return None
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Whether Redis asks clients for a password, and where it listens."""
+
+    #: None when nothing tells: CONFIG and ACL refused, and our connection sent a password
+    #: (a default user without one accepts any in ``AUTH default …``, so that proves nothing).
+    has_password: bool | None
+    #: What told: ``requirepass``, ``ACL`` (the default user), ``no AUTH`` (our connection
+    #: works without sending one), or "".
+    source: str
+    #: None when CONFIG GET is refused (renamed away on a managed Redis).
+    exposure: Exposure | None
+
+
+def auth(
+    config: Mapping[str, Any] | None,
+    info: Mapping[str, Any],
+    acl_default: Any = None,
+    sent_password: bool = False,
+) -> Auth:
+    """Judge Redis's authentication from CONFIG GET (None when CONFIG is refused), INFO, an
+    ``ACL GETUSER default`` reply (None when unknown) and whether the connection these
+    replies came over sent a password."""
+    seen = exposure(config, info) if config is not None else None
+    if config is not None and config.get("requirepass"):
+        return Auth(True, "requirepass", seen)
+    from_acl = acl_default_user_needs_password(acl_default)
+    if from_acl is not None:
+        return Auth(from_acl, "ACL", seen)
+    if config is not None:
+        return Auth(False, "requirepass", seen)
+    return Auth(None, "", seen) if sent_password else Auth(False, "no AUTH", seen)
+
+
 def _is_wildcard(address: str) -> bool:
     return address in ("*", "0.0.0.0", "::", "::*")
 

@@ -225,13 +225,39 @@ def worker_token(
     save: bool = typer.Option(
         False, help="Write it to worker/config/NODE_ID.token (mode 0600) instead of printing it."
     ),
+    ttl: float = typer.Option(
+        None, "--ttl", help="Seconds the token stays valid (default: WORKER_TOKEN_TTL)."
+    ),
+    revoke: bool = typer.Option(
+        False,
+        "--revoke",
+        help="Revoke every token issued to NODE_ID so far instead (a new one works again).",
+    ),
 ) -> None:
-    """Issue a token that lets one worker join as NODE_ID (uses this host's signing secret)."""
+    """Issue a token that lets one worker join as NODE_ID (uses this host's signing secret),
+    or --revoke the ones it has."""
+    from hivemind import keys
     from hivemind.auth import issue_worker_token
     from hivemind.paths import layout
 
     s = settings()
-    token = issue_worker_token(s, node_id)
+    if revoke:
+        if save or ttl is not None:
+            fail("--revoke issues no token: leave out --save and --ttl", 2)
+        store = _store()
+        try:
+            store.revoke_worker_tokens(node_id)
+        finally:
+            store.close()
+        console.print(
+            f"revoked every token of worker {escape(node_id)}: the node pool refuses them "
+            f"within {keys.WORKER_TOKEN_RECHECK:g} s; `hivemind worker-token {escape(node_id)}` "
+            "issues a new one"
+        )
+        return
+    if ttl is not None and not ttl > 0:
+        fail(f"--ttl must be a positive number of seconds, not {ttl:g}", 2)
+    token = issue_worker_token(s, node_id, ttl)
     if save:
         path = layout(s.home).ensure().worker_token_file(node_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -273,6 +299,33 @@ def logout() -> None:
     """Forget the stored token for this node pool."""
     s = settings()
     console.print("logged out" if forget_token(s.client_address) else "was not logged in")
+
+
+@app.command()
+@command
+def passwd(
+    old_password: str = typer.Option(
+        None, "--old-password", envvar="HIVEMIND_PASSWORD", help="Prefer the prompt."
+    ),
+    new_password: str = typer.Option(
+        None, "--new-password", envvar="HIVEMIND_NEW_PASSWORD", help="Prefer the prompt."
+    ),
+) -> None:
+    """Change your own password on the node pool (the current one is needed). Your other
+    tokens stop working; the stored one is replaced."""
+    s = settings()
+    old_password = old_password or getpass.getpass("current password: ")
+    if not new_password:
+        new_password = getpass.getpass("new password: ")
+        if getpass.getpass("new password again: ") != new_password:
+            fail("the new passwords differ", 2)
+    with client(s) as c:
+        reply = c.change_password(old_password, new_password)
+    path = save_token(s.client_address, reply.token)
+    console.print(
+        f"password of {escape(reply.user.username)} changed; its other tokens no longer work. "
+        f"New token saved in {path}"
+    )
 
 
 @app.command()
@@ -344,7 +397,8 @@ def user_passwd(
     username: str,
     password: str = typer.Option(None, envvar="HIVEMIND_NEW_PASSWORD"),
 ) -> None:
-    """Set a user's password."""
+    """Set a user's password (no old one needed: this is the host's admin); it revokes their
+    tokens, which the node pool refuses within USER_RECHECK seconds."""
     password = password or getpass.getpass(f"new password for {username}: ")
     store = _store()
     try:

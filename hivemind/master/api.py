@@ -10,12 +10,20 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from hivemind.master.auth import Caller, admin_caller, api_caller
+from hivemind.master.auth import (
+    Caller,
+    LoginThrottled,
+    admin_caller,
+    api_caller,
+    change_own_password,
+    check_login_rate,
+    nodepool_login,
+    password_was_reset,
+)
 from hivemind.master.doctor_view import run_doctor_report
 from hivemind.master.gateway import ApiError, Gateway
 from hivemind.master.live import log_text_stream, sse_stream
 from hivemind.master.results import result_response
-from hivemind.master.sessions import LoginLimiter
 from hivemind.master.submit import SubmitForm, submit_task
 from hivemind.master.views import stats_view, task_view, user_view, worker_view
 
@@ -34,7 +42,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         404: "no such thing",
         409: "the task's state does not allow it (e.g. cancel a finished task)",
         413: "the body is over MAX_TASK_DATA_SIZE",
-        429: "too many sign-in attempts",
+        429: "too many sign-in attempts, or failed logins from this address (see Retry-After)",
         503: "the node pool cannot be reached",
     }.items()
 }
@@ -71,6 +79,23 @@ class NewPassword(BaseModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
+class PasswordChange(BaseModel):
+    old_password: str = Field(min_length=1, max_length=1024, description="the current one")
+    new_password: str = Field(min_length=1, max_length=1024, description="8 characters or more")
+
+
+#: The 429 of the sign-in routes, with its header.
+THROTTLED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "too many sign-in attempts, or failed logins from this address",
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        },
+    }
+}
+
+
 class Grant(BaseModel):
     amount: int = Field(ge=-(2**53), le=2**53)
 
@@ -79,23 +104,38 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def check_login_rate(request: Request) -> None:
-    limiter: LoginLimiter = request.app.state.login_limiter
-    wait = limiter.check(client_address(request))
-    if wait:
-        raise ApiError(429, f"too many sign-in attempts; try again in {wait:.0f} s")
-
-
-@router.post("/auth/login", summary="Log in for a bearer token")
-def login(credentials: Credentials, request: Request) -> dict[str, Any]:
-    check_login_rate(request)
-    token, expires_at, role = gateway_of(request).login(credentials.username, credentials.password)
+@router.post("/auth/login", summary="Log in for a bearer token", responses=THROTTLED)
+def login(credentials: Credentials, request: Request) -> Any:
+    try:
+        check_login_rate(request)
+        reply = nodepool_login(request, credentials.username, credentials.password)
+    except LoginThrottled as exc:
+        return exc.json_response()
     user = credentials.username
-    return {"token": token, "expires_at": expires_at, "username": user, "role": role}
+    return {
+        "token": reply.token,
+        "expires_at": reply.expires_at,
+        "username": user,
+        "role": reply.user.role,
+    }
+
+
+@router.post(
+    "/me/password",
+    summary="Change your own password; your older tokens stop working",
+    responses=THROTTLED,
+)
+def change_password(
+    request: Request, body: PasswordChange, caller: Caller = Depends(api_caller)
+) -> Any:
+    """Needs the current password. A bearer caller gets its new token in the answer; a console
+    session goes on with its new one (which stays in the master)."""
+    try:
+        reply = change_own_password(request, caller, body.old_password, body.new_password)
+    except LoginThrottled as exc:
+        return exc.json_response()
+    answer = {"username": caller.username, "role": reply.user.role, "expires_at": reply.expires_at}
+    return answer if caller.session is not None else {"token": reply.token, **answer}
 
 
 @router.get("/me", summary="Who the token or session belongs to")
@@ -266,12 +306,21 @@ def disable_user(
         return user_view(client.disable_user(username))
 
 
-@router.post("/users/{username}/password", summary="Admins: reset a user's password")
+@router.post(
+    "/users/{username}/password",
+    summary="Admins: reset another user's password; their tokens stop working",
+)
 def reset_password(
     request: Request, username: Username, body: NewPassword, caller: Caller = Depends(admin_caller)
 ) -> dict[str, Any]:
+    if username == caller.username:
+        raise ApiError(
+            400, "to change your own password, POST /api/me/password with your current one"
+        )
     with gateway_of(request).calling(caller.token, is_admin=True) as client:
-        return user_view(client.set_password(username, body.password))
+        user = client.set_password(username, body.password)
+    password_was_reset(request, username)
+    return user_view(user)
 
 
 @router.post("/users/{username}/credits", summary="Admins: add (or take away) credits")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,8 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hivemind import __version__
 from hivemind.config import Settings
+from hivemind.errors import NodePoolError
 from hivemind.master import api, observability, pages
-from hivemind.master.gateway import ApiError, Gateway
+from hivemind.master.auth import bearer_token
+from hivemind.master.body_limit import BodyLimit
+from hivemind.master.gateway import ApiError, Gateway, api_error
 from hivemind.master.sessions import LoginLimiter, SessionStore
 from hivemind.master.views import age, when
 
@@ -38,22 +42,14 @@ SECURITY_HEADERS = {
 
 
 class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` to every response, and refuses oversized bodies (413)."""
+    """Adds :data:`SECURITY_HEADERS` to every response."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if length.isdigit() and int(length) > self.max_body:
-            response = JSONResponse(
-                {"error": f"the request body is over {self.max_body} bytes"}, status_code=413
-            )
-            await response(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -81,6 +77,24 @@ def error_response(request: Request, status: int, message: str) -> Response:
         {"status": status, "message": message, "session": session},
         status_code=status,
     )
+
+
+def upload_refusal(request: Request) -> Response | None:
+    """None when an upload comes from a caller the node pool or a live session vouches for,
+    else the refusal: checked before the body is read (see :mod:`hivemind.master.body_limit`)."""
+    token = bearer_token(request)
+    if token:
+        gateway: Gateway = request.app.state.gateway
+        try:
+            gateway.client(token).whoami()
+        except NodePoolError as exc:
+            return error_response(request, api_error(exc).status, api_error(exc).message)
+        return None
+    if pages.session_of(request) is not None:
+        return None
+    if wants_json(request):
+        return error_response(request, 401, "not signed in: POST /api/auth/login for a token")
+    return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", status_code=303)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -143,5 +157,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(observability.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.add_middleware(SecurityHeaders, max_body=settings.max_task_data_size + FORM_OVERHEAD)  # type: ignore[arg-type]
+    app.add_middleware(
+        BodyLimit,  # type: ignore[arg-type]
+        upload_limit=settings.max_task_data_size + FORM_OVERHEAD,
+        known_caller=upload_refusal,
+    )
+    app.add_middleware(SecurityHeaders)  # type: ignore[arg-type]
     return app

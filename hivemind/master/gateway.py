@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import grpc
 
 from hivemind.auth import AuthError, TokenSigner, load_secret
-from hivemind.client import Client, rpc_error
+from hivemind.client import Client, open_channel, rpc_error
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 
@@ -28,6 +29,8 @@ HTTP_STATUS = {
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
 }
+#: Callers' clients kept for reuse (they share one channel, so more cost only memory).
+CACHED_CLIENTS = 1000
 #: The master's own token (for /metrics, which has no signed-in user) lives this long.
 SERVICE_TOKEN_TTL = 3600.0
 
@@ -52,13 +55,19 @@ def api_error(exc: NodePoolError, *, is_admin: bool = False) -> ApiError:
 
 
 class Gateway:
-    """Opens node pool clients; reuses one gRPC channel per token for speed."""
+    """Opens node pool clients for callers, all over one gRPC channel.
+
+    The token goes with each call, so a caller's client costs no connection: any number of
+    them (a flood of junk tokens included) share the channel, and dropping one from the
+    cache never closes a channel another caller's call or live stream is using.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.address = settings.client_address
         self._lock = threading.Lock()
-        self._clients: dict[str, Client] = {}
+        self._channel = open_channel(self.address)
+        self._clients: OrderedDict[str, Client] = OrderedDict()
         self._service_token = ""
         self._service_expires = 0.0
 
@@ -66,12 +75,14 @@ class Gateway:
         with self._lock:
             found = self._clients.get(token)
             if found is None:
-                if len(self._clients) > 1000:  # sessions come and go; channels are cheap
-                    for old in self._clients.values():
-                        old.close()
-                    self._clients.clear()
-                found = Client(self.address, token, timeout=30.0)
+                found = Client(self.address, token, timeout=30.0, channel=self._channel)
                 self._clients[token] = found
+                if len(self._clients) > CACHED_CLIENTS:
+                    # Not closed: a call may still be using it, and it holds nothing of its
+                    # own but a submit stream, which ends at its deadline.
+                    self._clients.popitem(last=False)
+            else:
+                self._clients.move_to_end(token)
             return found
 
     def forget(self, token: str) -> None:
@@ -154,3 +165,4 @@ class Gateway:
             for found in self._clients.values():
                 found.close()
             self._clients.clear()
+            self._channel.close()

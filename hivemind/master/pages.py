@@ -12,8 +12,17 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from hivemind.master.api import INT32, Status, check_login_rate, fetch_tasks
-from hivemind.master.auth import Caller, caller_from_session, session_of
+from hivemind.master.api import INT32, Status, fetch_tasks
+from hivemind.master.auth import (
+    Caller,
+    LoginThrottled,
+    caller_from_session,
+    change_own_password,
+    check_login_rate,
+    nodepool_login,
+    password_was_reset,
+    session_of,
+)
 from hivemind.master.doctor_view import run_doctor_report
 from hivemind.master.gateway import ApiError, Gateway
 from hivemind.master.sessions import (
@@ -34,7 +43,16 @@ from hivemind.proto import hivemind_pb2 as pb
 
 router = APIRouter(include_in_schema=False)
 #: Paths whose errors are pages rather than JSON.
-PAGE_PREFIXES = ("/login", "/logout", "/tasks", "/submit", "/workers", "/doctor", "/users")
+PAGE_PREFIXES = (
+    "/login",
+    "/logout",
+    "/password",
+    "/tasks",
+    "/submit",
+    "/workers",
+    "/doctor",
+    "/users",
+)
 TaskId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 Username = Path(min_length=1, max_length=64)
 
@@ -139,17 +157,22 @@ def login(
     csrf_token: str = Form(""),
     next: str = Form("/", max_length=2000),
 ) -> Response:
-    check_login_rate(request)
+    try:
+        check_login_rate(request)
+    except LoginThrottled as exc:
+        return _throttled(_login_page(request, next, exc.message, 429), exc)
     if not same_token(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE, "")):
         return _login_page(request, next, "The form expired; please sign in again.", 403)
     if not username or not password:
         return _login_page(request, next, "Enter a username and a password.", 400)
     try:
-        token, expires_at, role = gateway_of(request).login(username, password)
+        reply = nodepool_login(request, username, password)
+    except LoginThrottled as exc:
+        return _throttled(_login_page(request, next, exc.message, 429), exc)
     except ApiError as exc:
         return _login_page(request, next, exc.message, exc.status)
     store: SessionStore = request.app.state.sessions
-    session = store.create(username, role, token, expires_at)
+    session = store.create(username, reply.user.role, reply.token, reply.expires_at)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -162,6 +185,45 @@ def login(
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
+
+
+def _throttled(response: Response, exc: LoginThrottled) -> Response:
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@router.get("/password")
+def password_form(request: Request, caller: Caller = Depends(page_caller)) -> Response:
+    return render(
+        request, "password.html", caller, error="", notice=request.query_params.get("notice", "")
+    )
+
+
+@router.post("/password")
+def change_password_page(
+    request: Request,
+    caller: Caller = Depends(form_caller),
+    old_password: str = Form("", max_length=1024),
+    new_password: str = Form("", max_length=1024),
+    repeat_password: str = Form("", max_length=1024),
+) -> Response:
+    """Change one's own password: the current one first. The session goes on with a new
+    token; every other session and token of the user stops working."""
+
+    def again(error: str, status: int) -> Response:
+        return render(request, "password.html", caller, status, error=error, notice="")
+
+    if not old_password or not new_password:
+        return again("Enter your current password and a new one.", 400)
+    if new_password != repeat_password:
+        return again("The new password and its repetition differ.", 400)
+    try:
+        change_own_password(request, caller, old_password, new_password)
+    except LoginThrottled as exc:
+        return _throttled(again(exc.message, 429), exc)
+    except ApiError as exc:
+        return again(exc.message, exc.status)
+    return notice_redirect("/password", "password changed; your other sessions were signed out")
 
 
 @router.post("/logout")
@@ -342,9 +404,12 @@ def password_page(
     caller: Caller = Depends(admin_form_caller),
     password: str = Form(..., min_length=1, max_length=1024),
 ) -> Response:
+    if username == caller.username:
+        raise ApiError(400, "change your own password on the Password page, with the current one")
     with gateway_of(request).calling(caller.token, is_admin=True) as client:
         client.set_password(username, password)
-    return notice_redirect("/users", f"password of {username} reset")
+    password_was_reset(request, username)
+    return notice_redirect("/users", f"password of {username} reset; their sessions ended")
 
 
 @router.post("/users/{username}/credits")

@@ -81,6 +81,21 @@ class SessionStore:
         with self._lock:
             return self._sessions.pop(session_id or "", None)
 
+    def replace_token(self, session_id: str, token: str) -> None:
+        """The session's user changed their password: it goes on with the new token."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.token = token
+
+    def end_user(self, username: str, keep: str | None = None) -> list[Session]:
+        """End every session of ``username`` but ``keep`` (their tokens were revoked)."""
+        with self._lock:
+            ended = [s for s in self._sessions.values() if s.username == username and s.id != keep]
+            for session in ended:
+                del self._sessions[session.id]
+        return ended
+
     def _drop_expired(self, now: float) -> None:
         for sid in [s.id for s in self._sessions.values() if s.expires_at <= now]:
             del self._sessions[sid]

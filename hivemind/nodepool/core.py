@@ -15,7 +15,7 @@ import redis
 
 from hivemind import keys
 from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
-from hivemind.config import Settings
+from hivemind.config import Settings, effective_redis_url
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
 from hivemind.taskstore import Lease, LeaseAsk, TaskStore, WorkerCaps
@@ -292,7 +292,7 @@ class NodePoolState:
     def open(cls, settings: Settings) -> NodePoolState:
         home = layout(settings.home).ensure()
         client = redis.Redis.from_url(
-            settings.redis_url,
+            effective_redis_url(settings),
             decode_responses=True,
             socket_timeout=30,
             socket_connect_timeout=5,

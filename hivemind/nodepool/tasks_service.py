@@ -32,7 +32,15 @@ Found = tuple[dict[str, str], list[dict[str, Any]]]
 
 
 class SpecError(ValueError):
-    pass
+    #: The status the submit is refused with.
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class BundleNotFound(SpecError):
+    """A bundle that is not there or that the caller did not upload: one answer for both,
+    so that nobody learns which hashes exist (nor runs another user's code by its hash)."""
+
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class TaskService(pb_grpc.TaskServiceServicer):
@@ -43,7 +51,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     def UploadBundle(
         self, request_iterator: Iterable[pb.BundleChunk], context: grpc.ServicerContext
     ) -> pb.BundleRef:
-        self.state.require_user(context)
+        identity = self.state.require_user(context)
         blobs = self.state.blobs
         try:
             temp, digest, size = blobs.receive(chunk.data for chunk in request_iterator)
@@ -53,6 +61,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
             blobs.discard(temp)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the bundle is empty")
         blobs.keep(temp, "bundles", digest)
+        # Content-addressed, so two users' identical uploads share one file; each of them
+        # is recorded, and only they may run it.
+        self.state.redis.sadd(keys.bundle_uploaders_key(digest), identity.subject)
         return pb.BundleRef(bundle_id=digest, size=size)
 
     def SubmitTasks(
@@ -67,9 +78,12 @@ class TaskService(pb_grpc.TaskServiceServicer):
                 f"at most {keys.SUBMIT_BATCH_MAX} tasks per call, got {len(request.tasks)}",
             )
         try:
-            tasks = [self._validate(identity, i, spec) for i, spec in enumerate(request.tasks)]
+            bundles = self._usable_bundles(identity, request.tasks)
+            tasks = [
+                self._validate(identity, i, spec, bundles) for i, spec in enumerate(request.tasks)
+            ]
         except SpecError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(exc.code, str(exc))
         seen = self.state.finished.generation
         ids = self._queue(tasks)
         if request.wait <= 0:
@@ -119,14 +133,33 @@ class TaskService(pb_grpc.TaskServiceServicer):
             return None
         return len(tasks)
 
-    def _validate(self, identity: Identity, index: int, spec: pb.TaskSpec) -> NewTask:
+    def _usable_bundles(self, identity: Identity, specs: Iterable[pb.TaskSpec]) -> set[str]:
+        """The bundles named in ``specs`` that the caller may run: those it uploaded (an
+        admin: every one) that are still on disk. One round trip to Redis for them all; none
+        for a submit of functions only."""
+        wanted = sorted(
+            {s.bundle_id for s in specs if KIND_NAMES.get(s.kind) == "BUNDLE" and s.bundle_id}
+        )
+        wanted = [b for b in wanted if self._blob_exists(b)]
+        if not wanted or identity.is_admin:
+            return set(wanted)
+        pipe = self.state.redis.pipeline(transaction=False)
+        for bundle_id in wanted:
+            pipe.sismember(keys.bundle_uploaders_key(bundle_id), identity.subject)
+        return {b for b, mine in zip(wanted, pipe.execute(), strict=True) if mine}
+
+    def _validate(
+        self, identity: Identity, index: int, spec: pb.TaskSpec, bundles: set[str]
+    ) -> NewTask:
         where = f"task {index}"
         settings = self.state.settings
         kind = KIND_NAMES.get(spec.kind)
         payload: dict[str, Any] = {}
         if kind == "BUNDLE":
-            if not self._blob_exists(spec.bundle_id):
-                raise SpecError(f"{where}: unknown bundle_id {spec.bundle_id!r}; upload it first")
+            if spec.bundle_id not in bundles:
+                raise BundleNotFound(
+                    f"{where}: no bundle {spec.bundle_id!r} uploaded by you; upload it first"
+                )
             payload["bundle_id"] = spec.bundle_id
         elif kind == "FUNCTION":
             if not FUNCTION_NAME.match(spec.function):

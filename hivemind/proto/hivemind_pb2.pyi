@@ -96,12 +96,22 @@ class UsernameRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ...) -> None: ...
 
 class SetPasswordRequest(_message.Message):
-    __slots__ = ("username", "password")
+    __slots__ = ("username", "password", "old_password")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    OLD_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    old_password: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., old_password: _Optional[str] = ...) -> None: ...
+
+class ChangePasswordRequest(_message.Message):
+    __slots__ = ("old_password", "new_password")
+    OLD_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    old_password: str
+    new_password: str
+    def __init__(self, old_password: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
 
 class UserList(_message.Message):
     __slots__ = ("users",)
@@ -126,10 +136,12 @@ class TransferRequest(_message.Message):
     def __init__(self, to_username: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class WorkerTokenRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "ttl")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    ttl: float
+    def __init__(self, node_id: _Optional[str] = ..., ttl: _Optional[float] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
     __slots__ = ("username", "amount")

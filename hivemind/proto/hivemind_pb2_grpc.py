@@ -89,6 +89,16 @@ class UserServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.User.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/hivemind.v1.UserService/ChangePassword',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.TokenReply.FromString,
+                _registered_method=True)
+        self.RevokeWorkerTokens = channel.unary_unary(
+                '/hivemind.v1.UserService/RevokeWorkerTokens',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerTokenRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -161,6 +171,20 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """The caller's own password; the reply's token replaces every older one of the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeWorkerTokens(self, request, context):
+        """Admins only: every token issued so far to node_id stops working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +242,16 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.GrantCredits,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.User.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.TokenReply.SerializeToString,
+            ),
+            'RevokeWorkerTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeWorkerTokens,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerTokenRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +551,60 @@ class UserService:
             '/hivemind.v1.UserService/GrantCredits',
             hivemind_dot_proto_dot_hivemind__pb2.GrantRequest.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.UserService/ChangePassword',
+            hivemind_dot_proto_dot_hivemind__pb2.ChangePasswordRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.TokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeWorkerTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.UserService/RevokeWorkerTokens',
+            hivemind_dot_proto_dot_hivemind__pb2.WorkerTokenRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,7 @@ from doctor.fixes import planners
 from doctor.model import CheckResult, Report, Status
 from doctor.registry import all_checks
 from hivemind import keys
+from hivemind.config import effective_redis_url
 from hivemind.taskstore import TaskStore
 from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
 
@@ -107,7 +108,7 @@ def stale_workers(client: redis.Redis, now: float, stale_after: float) -> dict[s
 def reset_stale_workers(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     stale_after = float(params.get("stale_after") or ctx.settings.effective_lease_timeout)
     client = redis.Redis.from_url(
-        ctx.settings.redis_url, socket_timeout=ctx.timeout, decode_responses=True
+        effective_redis_url(ctx.settings), socket_timeout=ctx.timeout, decode_responses=True
     )
     try:
         now = time.time()

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from hivemind.config import effective_redis_url
 from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
 
 #: Commands that only read.
@@ -103,7 +104,7 @@ def redis_command(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     words = command_words(params)
     name = command_name(words)
     client = redis.Redis.from_url(
-        ctx.settings.redis_url, socket_timeout=ctx.timeout, decode_responses=True
+        effective_redis_url(ctx.settings), socket_timeout=ctx.timeout, decode_responses=True
     )
     try:
         if name == "CONFIG SET":
