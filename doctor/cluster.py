@@ -12,8 +12,7 @@ from typing import Any
 
 from doctor.context import Context
 from hivemind import keys
-from hivemind.nodepool.core import caps_from_record
-from hivemind.taskstore import WorkerCaps
+from hivemind.worker_records import WorkerCaps, caps_from_record
 
 #: Most task records one check reads; a bigger backlog is sampled from the newest.
 TASK_SCAN_LIMIT = 50_000

@@ -24,6 +24,12 @@ from hivemind.remote import LocalRunner, Runner
 
 #: The exit status a shell gives for a command it cannot find.
 COMMAND_NOT_FOUND = 127
+#: Seconds each check may take unless told otherwise (`hivemind doctor --timeout`): the one
+#: name of the doctor's per-check timeout. A run waits this long for all its checks at once,
+#: probes give up a little sooner (:attr:`Context.probe_timeout`), a remote run connects
+#: within it, and a playbook step that reads the doctor gives it no longer than this.
+#: (Here rather than in :mod:`doctor.model`, which imports this module for its types.)
+DEFAULT_CHECK_TIMEOUT = 5.0
 
 T = TypeVar("T")
 
@@ -45,7 +51,7 @@ class Context:
 
     settings: Settings
     #: Seconds each check may take; probes use a little less so they fail with a reason first.
-    timeout: float = 5.0
+    timeout: float = DEFAULT_CHECK_TIMEOUT
     host: str = field(default_factory=socket.gethostname)
     #: Where host probes (files under /proc, tools) are read: this host, or one over SSH.
     runner: Runner = field(default_factory=LocalRunner)

@@ -8,13 +8,10 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
 
-from doctor.context import Context, Unavailable
+from doctor.context import DEFAULT_CHECK_TIMEOUT, Context, Unavailable
 from doctor.model import CheckResult, CheckSpec, Finding, Report
 from doctor.registry import all_checks, select
 from hivemind.config import Settings
-
-#: Seconds each check may take unless told otherwise.
-DEFAULT_CHECK_TIMEOUT = 5.0
 
 
 def run_one(spec: CheckSpec, context: Context) -> Finding:

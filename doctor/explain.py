@@ -20,8 +20,8 @@ from doctor.context import Context, Unavailable
 from hivemind import keys
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
-from hivemind.nodepool.background import unschedulable_reason
 from hivemind.paths import layout
+from hivemind.worker_records import unschedulable_reason
 
 #: Lines of the task's log shown.
 LOG_TAIL_LINES = 20

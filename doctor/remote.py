@@ -13,18 +13,17 @@ import json
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 from doctor.checks.remote_hosts import REMOTE_CHECK, REMOTE_GUIDE, REMOTE_TITLE
-from doctor.context import Context
+from doctor.context import DEFAULT_CHECK_TIMEOUT, Context
 from doctor.engine import run_checks
 from doctor.model import CheckResult, Finding, Report
 from doctor.registry import all_checks, select
 from hivemind.config import Settings
 from hivemind.errors import RemoteError
-from hivemind.remote import SSHTarget, for_each_host, open_runner
+from hivemind.remote import SSHOptions, SSHTarget, for_each_host
 from hivemind.remote.runner import Runner
 
 #: Exit statuses of `hivemind doctor`: findings (0 or 1) versus a usage error (2).
@@ -35,14 +34,12 @@ _REMOTE_STARTUP = 15.0
 
 @dataclass(frozen=True)
 class RemoteOptions:
-    timeout: float = 5.0
+    timeout: float = DEFAULT_CHECK_TIMEOUT
     only: Sequence[str] = ()
     skip: Sequence[str] = ()
-    key_file: Path | None = None
-    known_hosts: Path | None = None
-    insecure_host_key: bool = False
-    #: How `hivemind` is run on the hosts (a shell command prefix).
-    hivemind: str = "hivemind"
+    #: How to reach the hosts; a host is connected to within ``timeout``, not the SSH
+    #: options' own connect timeout, so an unreachable one costs one check timeout.
+    ssh: SSHOptions = field(default_factory=SSHOptions)
     max_parallel: int = 16
 
 
@@ -70,7 +67,7 @@ def _doctor_command(options: RemoteOptions) -> str:
         words += ["--only", name]
     for name in options.skip:
         words += ["--skip", name]
-    return f"{options.hivemind} {shlex.join(words)}"
+    return f"{options.ssh.hivemind} {shlex.join(words)}"
 
 
 def run_over(runner: Runner, settings: Settings, options: RemoteOptions) -> Report:
@@ -121,17 +118,12 @@ def run_remote(
 ) -> list[Report]:
     """One report per host, in the order given; hosts run in parallel."""
     select(all_checks(), options.only, options.skip)  # a typo is a usage error, before SSH
+    ssh = replace(options.ssh, connect_timeout=options.timeout)
 
     def one(target: SSHTarget) -> Report:
         began = time.monotonic()
         try:
-            with open_runner(
-                target,
-                key_file=options.key_file,
-                known_hosts=options.known_hosts,
-                insecure_host_key=options.insecure_host_key,
-                connect_timeout=options.timeout,
-            ) as runner:
+            with ssh.open(target) as runner:
                 return run_over(runner, settings, options)
         except RemoteError as exc:
             return _unreachable(str(target), exc.reason, time.monotonic() - began)

@@ -25,8 +25,8 @@ from typing import Protocol
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.paths import layout
+from hivemind.userdb import TokenGenerations, worker_token_generation
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 #: Why a token of an older generation is refused, by the token's kind.
 REVOKED = {
     "user": "this token was revoked by a password change; log in again",
@@ -37,27 +37,6 @@ REVOKED = {
 
 class AuthError(HivemindError):
     """A token is missing, malformed, forged or expired."""
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-    except ValueError:
-        return False
-    if scheme != "scrypt":
-        return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
-    return hmac.compare_digest(candidate.hex(), digest)
 
 
 @dataclass(frozen=True)
@@ -177,8 +156,6 @@ def load_secret(settings: Settings, create: bool = True) -> bytes:
 
 def signer_for(settings: Settings) -> TokenSigner:
     """The signer of this host's secret; it refuses revoked tokens (see ``users.db``)."""
-    from hivemind.userdb import TokenGenerations  # userdb imports this module
-
     return TokenSigner(load_secret(settings), TokenGenerations(layout(settings.home).users_db))
 
 
@@ -188,8 +165,6 @@ def issue_worker_token(
     """A token that lets a worker act as ``node_id`` and nothing else, for ``ttl`` seconds
     (WORKER_TOKEN_TTL by default), of the worker's current generation in ``users.db`` (so
     that it outlives the tokens revoked before it) unless ``generation`` is given."""
-    from hivemind.userdb import worker_token_generation
-
     ttl = settings.worker_token_ttl if ttl is None else ttl
     if not ttl > 0:
         raise AuthError(f"a worker token's lifetime must be positive, not {ttl:g} s")

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hivemind import keys
+from hivemind.bundle import extract_archive
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
@@ -284,8 +285,6 @@ class Client:
             for chunk in self._stream(self.tasks.FetchResult, pb.TaskRequest(task_id=task_id)):
                 fh.write(chunk.data)
         # Our own worker built this zip, but unpack defensively all the same.
-        from hivemind.worker.bundle import extract_archive
-
         extract_archive(archive, dest_dir)
         archive.unlink()
         return dest_dir

@@ -23,8 +23,8 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from hivemind import keys
-from hivemind.auth import hash_password, verify_password
 from hivemind.errors import HivemindError
+from hivemind.passwords import hash_password, verify_password
 
 ROLES = ("admin", "user")
 _USER_COLUMNS = (

@@ -9,17 +9,19 @@ action only reads, and the run is the plan.
 
 from __future__ import annotations
 
+import shlex
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from doctor.model import Report, Status
 from hivemind.config import Settings
+from hivemind.errors import UsageError
 from recovery import audit
-from recovery.actions import ActionFailed, StepContext, all_actions, with_defaults
-from recovery.loader import render, resolve_variables
-from recovery.model import HostRun, Playbook, Step, StepResult, StepStatus
+from recovery.actions import StepContext, all_actions, with_defaults
+from recovery.model import VARIABLE, ActionFailed, HostRun, Playbook, Step, StepResult, StepStatus
 
 #: Statuses that pass a postcondition.
 PASSING = (Status.OK, Status.WARN)
@@ -30,6 +32,42 @@ class RunOptions:
     dry_run: bool = False
     variables: dict[str, str] = field(default_factory=dict)
     emit: Callable[[str], None] = lambda _line: None
+
+
+def resolve_variables(playbook: Playbook, given: dict[str, str]) -> dict[str, str]:
+    """Every variable's value: its default, or the one ``given`` (--var); a name the playbook
+    does not declare, or a required one not given, is a usage error."""
+    unknown = sorted(set(given) - set(playbook.variables))
+    if unknown:
+        declared = ", ".join(playbook.variables) or "none"
+        raise UsageError(f"{playbook.name} has no variable {unknown[0]!r} (it has: {declared})")
+    values = {k: v for k, v in playbook.variables.items() if v is not None}
+    values.update(given)
+    missing = [name for name in playbook.variables if name not in values]
+    if missing:
+        raise UsageError(
+            f"{playbook.name} needs --var {missing[0]}=VALUE "
+            f"(required: {', '.join(playbook.required_variables())})"
+        )
+    return values
+
+
+def render(
+    params: dict[str, Any], values: dict[str, str], *, quote: bool = False
+) -> dict[str, Any]:
+    """``params`` with every ``{{ name }}`` replaced by its value (shell-quoted with
+    ``quote``, so a value given with --var is one word and never a command of its own)."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return VARIABLE.sub(
+                lambda m: shlex.quote(values[m.group(1)]) if quote else values[m.group(1)], value
+            )
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return {key: fill(value) for key, value in params.items()}
 
 
 def run_playbook(playbook: Playbook, settings: Settings, options: RunOptions) -> HostRun:

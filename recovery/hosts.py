@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from hivemind.errors import RemoteError, UsageError
-from hivemind.remote import LOCAL_HOST, SSHTarget, for_each_host, open_runner
+from hivemind.remote import LOCAL_HOST, SSHOptions, SSHTarget, for_each_host
 from hivemind.remote.runner import Runner
 from recovery.audit import OPERATOR_ENV, operator
 from recovery.model import HostRun, Playbook
@@ -25,16 +23,6 @@ T = TypeVar("T")
 Target = SSHTarget | None
 #: Seconds a remote run may take beyond its steps' own time (interpreter start-up, SSH).
 _REMOTE_MARGIN = 60.0
-
-
-@dataclass(frozen=True)
-class SSHOptions:
-    key_file: Path | None = None
-    known_hosts: Path | None = None
-    insecure_host_key: bool = False
-    connect_timeout: float = 10.0
-    #: How `hivemind` is run on the hosts (a shell command prefix).
-    hivemind: str = "hivemind"
 
 
 def label(target: Target) -> str:
@@ -108,12 +96,7 @@ def in_batches(
     return results
 
 
-def with_runner(target: SSHTarget, ssh: SSHOptions, fn: Callable[[Runner], T]) -> T:
-    with open_runner(
-        target,
-        key_file=ssh.key_file,
-        known_hosts=ssh.known_hosts,
-        insecure_host_key=ssh.insecure_host_key,
-        connect_timeout=ssh.connect_timeout,
-    ) as runner:
+def with_runner(target: Target, ssh: SSHOptions, fn: Callable[[Runner], T]) -> T:
+    """``fn`` with a runner for ``target`` (None: this host), closed afterwards."""
+    with ssh.open(target) as runner:
         return fn(runner)

@@ -8,7 +8,6 @@ a variable never declared) is rejected before anything runs, as ``file:line: rea
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -20,9 +19,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 
 from hivemind.errors import UsageError
 from recovery.actions import ActionSpec, all_actions
-from recovery.model import Condition, Playbook, Step
+from recovery.model import VARIABLE, Condition, Playbook, Step
 
-_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _STATUSES = ("ok", "warn", "fail", "skip", "error")
 _PLAYBOOK_KEYS = {"name", "description", "hosts", "opt_in", "allow_shell", "vars", "steps"}
@@ -228,7 +226,7 @@ def _params(
             choices = ", ".join(map(str, param.choices))
             raise reader.error(value_node, f"{spec.name}.{name} is {value!r}; one of {choices}")
         for text in value if isinstance(value, list) else [value]:
-            for used in _VARIABLE.findall(str(text)):
+            for used in VARIABLE.findall(str(text)):
                 if used not in variables:
                     raise reader.error(value_node, f"variable {used!r} is not declared in vars")
         params[name] = value
@@ -320,37 +318,3 @@ def load_playbook(name_or_path: str) -> Playbook:
     raise UsageError(
         f"no playbook named {name_or_path!r} (shipped: {', '.join(bundled)}; or give a file)"
     )
-
-
-def resolve_variables(playbook: Playbook, given: dict[str, str]) -> dict[str, str]:
-    unknown = sorted(set(given) - set(playbook.variables))
-    if unknown:
-        declared = ", ".join(playbook.variables) or "none"
-        raise UsageError(f"{playbook.name} has no variable {unknown[0]!r} (it has: {declared})")
-    values = {k: v for k, v in playbook.variables.items() if v is not None}
-    values.update(given)
-    missing = [name for name in playbook.variables if name not in values]
-    if missing:
-        raise UsageError(
-            f"{playbook.name} needs --var {missing[0]}=VALUE "
-            f"(required: {', '.join(playbook.required_variables())})"
-        )
-    return values
-
-
-def render(
-    params: dict[str, Any], values: dict[str, str], *, quote: bool = False
-) -> dict[str, Any]:
-    """``params`` with every ``{{ name }}`` replaced by its value (shell-quoted with
-    ``quote``, so a value given with --var is one word and never a command of its own)."""
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, str):
-            return _VARIABLE.sub(
-                lambda m: shlex.quote(values[m.group(1)]) if quote else values[m.group(1)], value
-            )
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return value
-
-    return {key: fill(value) for key, value in params.items()}

@@ -8,8 +8,24 @@ checked objects the engine works with, and the per-step and per-host results it 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from hivemind.errors import HivemindError
+
+#: A variable's use in a step's parameters: ``{{ name }}`` (checked by the loader against the
+#: playbook's ``vars``, filled in by the engine).
+VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class ActionFailed(HivemindError):
+    """An action could not do what the step asked; the message says why.
+
+    Defined here, beside the results it becomes (a failed :class:`StepResult`), so the
+    actions (:mod:`recovery.actions`) and the helpers they use (:mod:`recovery.services`)
+    both import it from one place and never each other.
+    """
 
 
 @dataclass(frozen=True)

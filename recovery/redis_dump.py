@@ -21,6 +21,7 @@ import redis
 
 from hivemind import keys
 from hivemind.errors import HivemindError
+from hivemind.worker_records import summary_with_status
 
 DUMP_FORMAT = 1
 #: Values per command when writing back, so no single command is huge.
@@ -220,13 +221,7 @@ def _is_worker_hash(e: KeyEntry) -> bool:
 
 
 def _with_status(summary: str) -> str:
-    try:
-        data = json.loads(summary)
-    except ValueError:
-        return summary
-    if not isinstance(data, dict):
-        return summary
-    return json.dumps({**data, "status": "offline"})
+    return summary_with_status(summary, "offline")
 
 
 def task_records(entries: list[KeyEntry]) -> dict[str, dict[str, str]]:

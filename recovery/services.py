@@ -16,7 +16,7 @@ from hivemind import stack
 from hivemind.config import Settings
 from hivemind.errors import StackError
 from hivemind.remote import Runner
-from recovery.actions import ActionFailed
+from recovery.model import ActionFailed
 
 #: Services a step may name, in start order; ``all`` means every one of them.
 SERVICES = ("redis", "nodepool", "master", "workers")

@@ -11,8 +11,9 @@ import pytest
 import sqlite_utils
 
 from hivemind import keys
-from hivemind.auth import AuthError, TokenSigner, hash_password, load_secret, verify_password
+from hivemind.auth import AuthError, TokenSigner, load_secret
 from hivemind.config import load_settings
+from hivemind.passwords import hash_password, verify_password
 from hivemind.userdb import (
     MIGRATIONS,
     SCHEMA_VERSION,

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind.errors import BundleError
-from hivemind.worker.bundle import (
+from hivemind.bundle import (
     MIB,
     BundleLimits,
     extract_archive,
@@ -25,6 +24,7 @@ from hivemind.worker.bundle import (
     validate_zip,
     zip_output,
 )
+from hivemind.errors import BundleError
 
 # -- helpers ------------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ from doctor import Context, Status, run_doctor
 from doctor.fixes import apply_fixes, plan_fixes
 from hivemind import keys
 from hivemind.config import Settings
-from hivemind.nodepool.core import worker_summary
 from hivemind.states import TaskState
 from hivemind.supervisor import PidRecord, start_ticks, write_pidfile
 from hivemind.taskstore import NewTask, Outcome, TaskStore, WorkerCaps
+from hivemind.worker_records import worker_summary
 
 BIG_WORKER = WorkerCaps(cpu=8, memory_mb=8192, gpu=0, labels=("linux",))
 

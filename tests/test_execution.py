@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hivemind.worker.bundle import MIB, make_bundle
+from hivemind.bundle import MIB, make_bundle
 from hivemind.worker.execution import BundleRun, RunOutcome, clean_environment, run_bundle
 
 # Generous: these only bound how long a broken implementation can hang the suite.

@@ -18,8 +18,9 @@ from hivemind.errors import UsageError
 from recovery import PlaybookError, parse_playbook, shipped
 from recovery.actions import StepContext
 from recovery.actions.files import clean, matches
+from recovery.engine import render, resolve_variables
 from recovery.hosts import in_batches
-from recovery.loader import load_playbook, render, resolve_variables
+from recovery.loader import load_playbook
 from tests.helpers import REPO_ROOT
 
 SHIPPED = {

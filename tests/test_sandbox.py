@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from hivemind import sandbox as sandboxes
+from hivemind.bundle import MIB
 from hivemind.client import bundle_spec
 from hivemind.config import Settings
-from hivemind.worker.bundle import MIB
 from hivemind.worker.execution import BundleRun, run_bundle
 from tests.cluster import Cluster, make_cluster
 from tests.helpers import REPO_ROOT, free_port, wait_until

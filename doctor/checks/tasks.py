@@ -22,9 +22,9 @@ from doctor.fixes import Action, fixer
 from doctor.model import Finding
 from doctor.registry import check
 from hivemind import keys
-from hivemind.nodepool.background import unschedulable_reason
 from hivemind.states import is_terminal
 from hivemind.taskstore import TaskStore
+from hivemind.worker_records import unschedulable_reason
 
 #: A queued task older than this is a warning.
 QUEUE_WAIT_WARN = 300.0

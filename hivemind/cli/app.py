@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -29,6 +30,9 @@ from hivemind.cli.common import (
 )
 from hivemind.cli.doctor import doctor_app
 from hivemind.credentials import forget_token, save_token
+
+if TYPE_CHECKING:
+    from hivemind.stack import StackStatus
 
 app = typer.Typer(
     name="hivemind",
@@ -127,12 +131,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         raise typer.Exit(1)
 
 
-def _render_stack(status: object) -> None:
+def _render_stack(status: StackStatus) -> None:
     table = Table(show_edge=False)
     for column in ("SERVICE", "PID", "STATE", "DETAIL", "LOG"):
         table.add_column(column)
-    for svc in status.services:  # type: ignore[attr-defined]
-        if not getattr(svc, "enabled", True):
+    for svc in status.services:
+        if not svc.enabled:
             state = "n/a"
         else:
             state = "healthy" if svc.healthy else "running" if svc.running else "stopped"

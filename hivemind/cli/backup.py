@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -23,7 +23,12 @@ from hivemind.cli.common import (
     fail,
     print_json,
     settings,
+    ssh_options,
 )
+
+if TYPE_CHECKING:
+    from recovery.archive import Counts
+    from recovery.verify import Check
 
 backup_app = typer.Typer(
     help=(
@@ -62,7 +67,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
         yield update
 
 
-def _counts_line(counts: Any) -> str:
+def _counts_line(counts: Counts) -> str:
     return (
         f"{counts.users} users, {counts.tasks} tasks ({counts.tasks_in_redis} live, "
         f"{counts.tasks_archived} archived), {counts.workers} workers"
@@ -132,15 +137,17 @@ def _backup_hosts(
     insecure: bool,
     remote_command: str,
 ) -> None:
-    from hivemind.remote import SSHRunner, for_each_host
+    from hivemind.remote import for_each_host
     from recovery.remote import RemoteBackupResult, backup_over_ssh
+
+    # --key-file and --remote-command are this command's names for --ssh-key and
+    # --remote-hivemind elsewhere; the options they make are the same.
+    ssh = ssh_options(key_file, known_hosts, insecure, remote_command)
 
     def one(target: str) -> RemoteBackupResult:
         dest = folder if len(hosts) == 1 else folder / _safe_dirname(target)
-        with SSHRunner(
-            target, key_file=key_file, known_hosts=known_hosts, insecure_host_key=insecure
-        ) as runner:
-            return backup_over_ssh(runner, dest, remote_command=remote_command, keep=keep)
+        with ssh.open(target) as runner:
+            return backup_over_ssh(runner, dest, remote_command=ssh.hivemind, keep=keep)
 
     with console.status("backing up over SSH …", spinner="dots") if not as_json else _null():
         results = for_each_host(hosts, one)
@@ -207,7 +214,7 @@ def verify(
         raise typer.Exit(1)
 
 
-def _render_checks(checks: list[Any]) -> None:
+def _render_checks(checks: list[Check]) -> None:
     table = Table(show_edge=False)
     for column in ("CHECK", "RESULT", "DETAIL"):
         table.add_column(column)

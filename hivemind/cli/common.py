@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -20,6 +21,9 @@ from hivemind.client import Client
 from hivemind.config import Settings, load_settings
 from hivemind.credentials import load_token
 from hivemind.errors import HivemindError
+
+if TYPE_CHECKING:
+    from hivemind.remote import SSHOptions
 
 console = Console()
 # soft_wrap: an error stays one line, however narrow the terminal.
@@ -45,6 +49,24 @@ INSECURE_HOST_KEY_OPTION = typer.Option(
 REMOTE_HIVEMIND_OPTION = typer.Option(
     "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
 )
+
+
+def ssh_options(
+    key_file: Path | None,
+    known_hosts: Path | None,
+    insecure_host_key: bool,
+    remote_hivemind: str,
+) -> SSHOptions:
+    """The :class:`~hivemind.remote.SSHOptions` of a command's parsed SSH flags, built the
+    same way for every command that reaches other hosts."""
+    from hivemind.remote import SSHOptions
+
+    return SSHOptions(
+        key_file=key_file,
+        known_hosts=known_hosts,
+        insecure_host_key=insecure_host_key,
+        hivemind=remote_hivemind,
+    )
 
 
 def settings(**overrides: Any) -> Settings:

@@ -6,6 +6,7 @@ import enum
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -22,7 +23,12 @@ from hivemind.cli.common import (
     fail,
     print_json,
     settings,
+    ssh_options,
 )
+
+if TYPE_CHECKING:
+    from doctor.fixes import Action
+    from doctor.model import Report
 
 doctor_app = typer.Typer(
     help="Run every check of the troubleshooting guide; say what is wrong and how to fix it.",
@@ -30,6 +36,9 @@ doctor_app = typer.Typer(
 )
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim", "error": "magenta"}
+#: ``--timeout``: None is the doctor's DEFAULT_CHECK_TIMEOUT, read when the command runs, so
+#: every command pays for importing the doctor only when it runs it.
+TIMEOUT_HELP = "Seconds each check may take (default: 5)."
 
 
 class OutputFormat(str, enum.Enum):
@@ -43,11 +52,17 @@ def _names(values: list[str] | None) -> list[str]:
     return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
 
 
-def render_report(report: object) -> None:
-    from doctor.model import Report, Status
+def _check_timeout(timeout: float | None) -> float:
+    """``--timeout`` as given, else the doctor's per-check default."""
+    from doctor import DEFAULT_CHECK_TIMEOUT
+
+    return DEFAULT_CHECK_TIMEOUT if timeout is None else timeout
+
+
+def render_report(report: Report) -> None:
+    from doctor.model import Status
     from doctor.report import SYMBOLS, by_category, evidence_text, summary_line
 
-    assert isinstance(report, Report)
     table = Table(title=f"hivemind doctor: {escape(report.host)}", show_lines=False, expand=False)
     table.add_column("", no_wrap=True)
     table.add_column("check", no_wrap=True)
@@ -78,7 +93,7 @@ def doctor(
     only: list[str] = typer.Option(None, "--only", help="Check ids or categories to run."),
     skip: list[str] = typer.Option(None, "--skip", help="Check ids or categories to leave out."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    timeout: float | None = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
     fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
     host: list[str] = typer.Option(None, "--host", help="user@host[:port] to check over SSH."),
@@ -93,6 +108,7 @@ def doctor(
         return
     from doctor import run_doctor
 
+    timeout = _check_timeout(timeout)
     if timeout <= 0:
         fail("--timeout must be positive", 2)
     fmt = OutputFormat.json if as_json else output
@@ -151,10 +167,7 @@ def _remote(
         timeout=timeout,
         only=_names(only),
         skip=_names(skip),
-        key_file=ssh_key,
-        known_hosts=known_hosts,
-        insecure_host_key=insecure_host_key,
-        hivemind=remote_hivemind,
+        ssh=ssh_options(ssh_key, known_hosts, insecure_host_key, remote_hivemind),
     )
     reports = run_remote(targets, settings(), options)
     if fmt is OutputFormat.json:
@@ -171,12 +184,12 @@ def _remote(
     raise typer.Exit(1 if any(r.failed(strict=strict) for r in reports) else 0)
 
 
-def _fix(report: object, timeout: float, yes: bool) -> object:
+def _fix(report: Report, timeout: float, yes: bool) -> Report:
     from doctor import Context
     from doctor.fixes import apply_fixes, plan_fixes
 
     context = Context(settings(), timeout=timeout)
-    actions = plan_fixes(report, context)  # type: ignore[arg-type]
+    actions = plan_fixes(report, context)
     if not actions:
         console.print("--fix: nothing to fix automatically")
         return report
@@ -184,12 +197,12 @@ def _fix(report: object, timeout: float, yes: bool) -> object:
     for action in actions:
         console.print(f"  • {escape(action.description)}\n    [dim]$ {escape(action.command)}[/]")
 
-    def confirm(action: object) -> bool:
-        return yes or typer.confirm(f"apply: {getattr(action, 'description', '')}?", default=True)
+    def confirm(action: Action) -> bool:
+        return yes or typer.confirm(f"apply: {action.description}?", default=True)
 
     if not yes and not sys.stdin.isatty():
         fail("--fix needs --yes when there is no terminal to ask on", 2)
-    run = apply_fixes(report, actions, context, confirm)  # type: ignore[arg-type]
+    run = apply_fixes(report, actions, context, confirm)
     for outcome in run.outcomes:
         mark = "[green]done[/]" if outcome.applied else "[red]not done[/]"
         console.print(f"  {mark} {escape(outcome.message)}")
@@ -203,8 +216,8 @@ def _fix(report: object, timeout: float, yes: bool) -> object:
         )
     from dataclasses import replace
 
-    merged = [run.after.get(r.id, r) for r in report.results]  # type: ignore[attr-defined]
-    return replace(report, results=merged)  # type: ignore[type-var]
+    merged = [run.after.get(r.id, r) for r in report.results]
+    return replace(report, results=merged)
 
 
 @doctor_app.command("list")
@@ -280,7 +293,7 @@ def explain_task(
 @command
 def support_bundle(
     output: str = typer.Option(".", "-o", "--output", help="The file, or a folder to put it in."),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds each check may take."),
+    timeout: float | None = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
 ) -> None:
     """Write a tar.gz for a support request: findings, redacted config, logs, Redis INFO."""
     from pathlib import Path
@@ -290,7 +303,7 @@ def support_bundle(
     from hivemind.cli.common import OPTIONS
 
     current = settings()
-    report = run_doctor(current, timeout=timeout)
+    report = run_doctor(current, timeout=_check_timeout(timeout))
     bundle = make_bundle(current, report, Path(output), config=OPTIONS.config)
     console.print(f"wrote {bundle.path} ({len(bundle.members)} files)")
     if bundle.redacted:

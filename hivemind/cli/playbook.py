@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -23,7 +23,13 @@ from hivemind.cli.common import (
     fail,
     print_json,
     settings,
+    ssh_options,
 )
+
+if TYPE_CHECKING:
+    from hivemind.remote import Runner, SSHTarget
+    from recovery.model import HostRun
+    from recovery.triage import RecoverReport
 
 playbook_app = typer.Typer(
     help="Declarative recovery playbooks, run here or over SSH.", no_args_is_help=True
@@ -52,21 +58,12 @@ def _variables(pairs: list[str] | None) -> dict[str, str]:
     return values
 
 
-def _ssh(ssh_key: Path | None, known_hosts: Path | None, insecure: bool, remote: str) -> Any:
-    from recovery.hosts import SSHOptions
-
-    return SSHOptions(
-        key_file=ssh_key,
-        known_hosts=known_hosts,
-        insecure_host_key=insecure,
-        hivemind=remote,
-    )
-
-
-def _targets(hosts: list[str] | None, inventory: str | None, groups: tuple[str, ...]) -> list[Any]:
+def _targets(
+    hosts: list[str] | None, inventory: str | None, groups: tuple[str, ...]
+) -> list[SSHTarget]:
     from hivemind.remote import load_inventory, parse_target
 
-    targets: list[Any] = [parse_target(h) for h in hosts or []]
+    targets = [parse_target(h) for h in hosts or []]
     if inventory:
         loaded = load_inventory(inventory)
         if groups == ("all",):
@@ -132,7 +129,7 @@ def show(name: str) -> None:
 
 
 # -- playbook run -----------------------------------------------------------------------------
-def render_run(run: Any) -> None:
+def render_run(run: HostRun) -> None:
     title = f"{escape(run.playbook)} on {escape(run.host)}" + (" (dry run)" if run.dry_run else "")
     if run.error:
         console.print(f"[bold]{title}[/]: [red]failed[/]: {escape(run.error)}")
@@ -157,7 +154,7 @@ def render_run(run: Any) -> None:
         console.print("nothing changed: this host was already as the playbook wants it")
 
 
-def _summary(runs: list[Any]) -> None:
+def _summary(runs: list[HostRun]) -> None:
     if len(runs) < 2:
         return
     console.print(f"[bold]{len(runs)} host(s)[/]")
@@ -187,8 +184,8 @@ def run(
 ) -> None:
     """Run a playbook here, or on --host/--inventory hosts over SSH."""
     from recovery import HostRun, RunOptions, load_playbook, run_playbook
+    from recovery.engine import resolve_variables
     from recovery.hosts import in_batches, run_playbook_over, with_runner
-    from recovery.loader import resolve_variables
 
     playbook = load_playbook(name)
     values = _variables(var)
@@ -198,9 +195,9 @@ def run(
     if not targets:
         runs = [run_playbook(playbook, settings(), RunOptions(dry_run, values, emit))]
     else:
-        ssh = _ssh(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
+        ssh = ssh_options(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
 
-        def one(target: Any) -> HostRun:
+        def one(target: SSHTarget | None) -> HostRun:
             return with_runner(
                 target,
                 ssh,
@@ -248,7 +245,7 @@ def exec_playbook(
 
 
 # -- recover ----------------------------------------------------------------------------------
-def render_recover(report: Any) -> None:
+def render_recover(report: RecoverReport) -> None:
     host = escape(report.host)
     if report.error:
         console.print(f"[bold]{host}[/]: [red]failed[/]: {escape(report.error)}")
@@ -319,13 +316,13 @@ def recover(
     if not targets:
         reports = [recover_here(settings(), dry_run=dry_run, playbooks=playbook or (), emit=emit)]
     else:
-        ssh = _ssh(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
+        ssh = ssh_options(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
         words = ["recover", "--json", *(["--dry-run"] if dry_run else [])]
         words += [w for name in playbook or [] for w in ("--playbook", name)]
         command_line = f"{ssh.hivemind} {' '.join(words)}"
 
-        def one(target: Any) -> RecoverReport:
-            def over(runner: Any) -> RecoverReport:
+        def one(target: SSHTarget | None) -> RecoverReport:
+            def over(runner: Runner) -> RecoverReport:
                 reply = remote_json(runner, command_line, None, 1800.0)
                 report = RecoverReport.from_dict(reply)
                 report.host = runner.host

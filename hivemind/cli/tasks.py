@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from hivemind.cli.common import (
     to_dict,
     when,
 )
-from hivemind.client import bundle_spec, function_spec, result_value
+from hivemind.client import function_spec, result_value
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.states import is_terminal
-from hivemind.submission import load_items, parse_arg
+from hivemind.submission import TaskOptions, load_items, parse_arg, prepare_bundle
 
 task_app = typer.Typer(help="One task: show, logs, result, cancel.", no_args_is_help=True)
 
@@ -253,30 +252,22 @@ def register(app: typer.Typer) -> None:
 def _bundle_spec(
     c: Any, path: Path, max_size: int, name: str, options: dict[str, Any]
 ) -> pb.TaskSpec:
-    from hivemind.worker.bundle import make_bundle, read_manifest_from_zip
+    asked = TaskOptions(name=name, **{**options, "labels": tuple(options["labels"])})
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        job = bar.add_task("packing", total=None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        zip_path = make_bundle(path, Path(tmp) / "bundle.zip", max_size)
-        manifest = read_manifest_from_zip(zip_path)
-        with Progress(
-            TextColumn("uploading"), BarColumn(), DownloadColumn(), console=console, transient=True
-        ) as bar:
-            job = bar.add_task("upload", total=zip_path.stat().st_size)
-            bundle_id = c.upload_bundle(zip_path, lambda sent, _: bar.update(job, completed=sent))
-    req = manifest.requirements
-    merged = dict(options)
-    merged["timeout"] = options["timeout"] or manifest.timeout or 0
-    merged["retries"] = (
-        options["retries"]
-        if options["retries"] >= 0
-        else (manifest.retries if manifest.retries is not None else -1)
-    )
-    merged["priority"] = options["priority"] or manifest.priority or 0
-    merged["cpu"] = options["cpu"] or req.get("cpu", 0)
-    merged["memory_mb"] = options["memory_mb"] or req.get("memory_mb", 0)
-    merged["gpu"] = options["gpu"] or req.get("gpu", 0)
-    merged["labels"] = list(options["labels"]) or list(req.get("labels", []))
-    return bundle_spec(bundle_id, name=name or manifest.name or path.name, **merged)
+        def uploaded(sent: int, total: int) -> None:
+            bar.update(job, description="uploading", completed=sent, total=total)
+
+        return prepare_bundle(
+            c, path, asked, max_size, fallback_name=path.name, on_progress=uploaded
+        )
 
 
 def _wait_all(c: Any, tasks: list[pb.Task]) -> list[pb.Task]:

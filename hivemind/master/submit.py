@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from hivemind.client import Client, bundle_spec, function_spec
+from hivemind.client import Client, function_spec
+from hivemind.errors import BundleError
 from hivemind.master.gateway import ApiError
+from hivemind.submission import TaskOptions, prepare_bundle
 
 LABEL_SPLIT = re.compile(r"[,\s]+")
 COPY_CHUNK = 1024 * 1024
@@ -62,16 +64,16 @@ def _save_upload(upload: IO[bytes], limit: int, dest: Path) -> int:
 
 def submit_task(client: Client, form: SubmitForm, bundle: IO[bytes] | None, limit: int) -> str:
     """Upload the bundle (if any), submit one task, return its id."""
-    options = {
-        "name": form.name.strip(),
-        "timeout": form.timeout,
-        "retries": form.retries,
-        "priority": form.priority,
-        "cpu": form.cpu,
-        "memory_mb": form.memory_mb,
-        "gpu": form.gpu,
-        "labels": _labels(form.labels),
-    }
+    options = TaskOptions(
+        name=form.name.strip(),
+        timeout=form.timeout,
+        retries=form.retries,
+        priority=form.priority,
+        cpu=form.cpu,
+        memory_mb=form.memory_mb,
+        gpu=form.gpu,
+        labels=tuple(_labels(form.labels)),
+    )
     if bundle is not None and form.function.strip():
         raise ApiError(400, "give either a bundle zip or a function, not both")
     if bundle is not None:
@@ -81,12 +83,12 @@ def submit_task(client: Client, form: SubmitForm, bundle: IO[bytes] | None, limi
                 raise ApiError(400, "the uploaded bundle is empty")
             if not zipfile.is_zipfile(path):
                 raise ApiError(400, "the uploaded bundle is not a zip file")
-            bundle_id = client.upload_bundle(path)
-        spec = bundle_spec(bundle_id, **options)
-        if not spec.name:
-            spec.name = "bundle"
+            try:
+                spec = prepare_bundle(client, path, options, limit)
+            except BundleError as exc:  # the user's bundle, not the master, is at fault
+                raise ApiError(400, str(exc)) from None
     elif form.function.strip():
-        spec = function_spec(form.function.strip(), _args(form.args), **options)
+        spec = function_spec(form.function.strip(), _args(form.args), **options.spec_fields())
     else:
         raise ApiError(400, "give a bundle zip to upload or a function (module:function) to call")
     [task_id] = client.submit([spec])

@@ -3,48 +3,21 @@ the archive of finished tasks."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from typing import Any
 
 import redis
 
 from hivemind import keys
-from hivemind.nodepool.core import NodePoolState, caps_from_summary
-from hivemind.taskstore import WorkerCaps
+from hivemind.nodepool.core import NodePoolState
+from hivemind.worker_records import (
+    WorkerCaps,
+    caps_from_summary,
+    unschedulable_reason,
+)
 
 log = logging.getLogger("hivemind.nodepool")
-
-
-def unschedulable_reason(requirements: dict[str, Any], workers: dict[str, WorkerCaps]) -> str:
-    """Why no worker in ``workers`` can run a task with these requirements ('' if one can)."""
-    need_cpu = int(requirements.get("cpu") or 0)
-    need_mem = int(requirements.get("memory_mb") or 0)
-    need_gpu = int(requirements.get("gpu") or 0)
-    need_labels = set(requirements.get("labels") or ())
-    if not workers:
-        return "no live worker is registered"
-    best_id, best_missing = "", []
-    for node_id, caps in sorted(workers.items()):
-        missing = []
-        if need_cpu > caps.cpu:
-            missing.append(f"cpu {need_cpu} > {caps.cpu}")
-        if need_mem > caps.memory_mb:
-            missing.append(f"memory_mb {need_mem} > {caps.memory_mb}")
-        if need_gpu > caps.gpu:
-            missing.append(f"gpu {need_gpu} > {caps.gpu}")
-        lacking = sorted(need_labels - set(caps.labels))
-        if lacking:
-            missing.append("labels " + ",".join(lacking) + " not advertised")
-        if not missing:
-            return ""
-        if not best_id or len(missing) < len(best_missing):
-            best_id, best_missing = node_id, missing
-    return f"no live worker meets the requirements; closest is {best_id}: " + "; ".join(
-        best_missing
-    )
 
 
 class Housekeeper:
@@ -90,35 +63,22 @@ class Housekeeper:
         Reads only the ``worker_nodes`` summaries (one command, whatever the worker count):
         every heartbeat refreshes them with the status, heartbeat time and resources.
         """
-        r = self.state.redis
+        records = self.state.worker_records
         now = time.time()
         lost_after = keys.WORKER_LOST_AFTER_INTERVALS * self.state.settings.heartbeat_interval
         live: dict[str, WorkerCaps] = {}
-        for node_id, text in r.hgetall(keys.WORKER_NODES).items():
-            try:
-                summary = json.loads(text)
-            except ValueError:
-                summary = {}
+        for node_id, summary in records.summaries().items():
             age = now - float(summary.get("last_heartbeat") or 0)
             status = summary.get("status")
             if status == "online" and age <= lost_after:
                 live[node_id] = caps_from_summary(summary)
             elif status == "online":
-                log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
-                self._set_worker_status(node_id, "lost")
+                # Checked again inside Redis: a heartbeat since this read keeps it online.
+                if records.mark_lost(node_id, now - lost_after):
+                    log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
             elif age > keys.WORKER_FORGET_AFTER:
-                r.hdel(keys.WORKER_NODES, node_id)
-                r.delete(keys.worker_key(node_id))
+                records.forget(node_id, now - keys.WORKER_FORGET_AFTER)
         return live
-
-    def _set_worker_status(self, node_id: str, status: str) -> None:
-        r = self.state.redis
-        summary = json.loads(r.hget(keys.WORKER_NODES, node_id) or "{}")
-        summary["status"] = status
-        pipe = r.pipeline()
-        pipe.hset(keys.worker_key(node_id), "status", status)
-        pipe.hset(keys.WORKER_NODES, node_id, json.dumps(summary))
-        pipe.execute()
 
     def check_schedulability(self, live: dict[str, WorkerCaps]) -> None:
         r = self.state.redis

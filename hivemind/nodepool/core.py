@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import redis
@@ -18,8 +19,9 @@ from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
 from hivemind.config import Settings, effective_redis_url
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
-from hivemind.taskstore import Lease, LeaseAsk, TaskStore, WorkerCaps
+from hivemind.taskstore import Lease, LeaseAsk, TaskStore
 from hivemind.userdb import UserError, UserRecord, UserStore
+from hivemind.worker_records import WorkerCaps, WorkerRecords, caps_from_record
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
@@ -308,6 +310,11 @@ class NodePoolState:
             signer=signer_for(settings),
         )
 
+    @functools.cached_property
+    def worker_records(self) -> WorkerRecords:
+        """The worker status writes (lost, offline, forgotten); heartbeats go via ``tasks``."""
+        return WorkerRecords(self.redis)
+
     @property
     def lease_seconds(self) -> float:
         return self.settings.effective_lease_timeout
@@ -410,39 +417,3 @@ class NodePoolState:
             caps = caps_from_record(record)
             self._caps[node_id] = caps
         return caps
-
-
-def caps_from_record(record: dict[str, str]) -> WorkerCaps:
-    return WorkerCaps(
-        cpu=int(record.get("cpu") or 0),
-        memory_mb=int(record.get("memory_mb") or 0),
-        gpu=int(record.get("gpu") or 0),
-        labels=tuple(x for x in (record.get("labels") or "").split(",") if x),
-    )
-
-
-def worker_summary(
-    caps: WorkerCaps, status: str, running: int, **extra: object
-) -> dict[str, object]:
-    """The JSON a worker has in ``worker_nodes``: what the housekeeper and `redis-cli` read."""
-    return {
-        "status": status,
-        "last_heartbeat": round(time.time(), 3),
-        "cpu": caps.cpu,
-        "memory_mb": caps.memory_mb,
-        "gpu": caps.gpu,
-        "labels": list(caps.labels),
-        "running": running,
-        **extra,
-    }
-
-
-def caps_from_summary(summary: dict[str, Any]) -> WorkerCaps:
-    """The reverse of :func:`worker_summary`, for what matching needs."""
-    labels = summary.get("labels")
-    return WorkerCaps(
-        cpu=int(summary.get("cpu") or 0),
-        memory_mb=int(summary.get("memory_mb") or 0),
-        gpu=int(summary.get("gpu") or 0),
-        labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
-    )

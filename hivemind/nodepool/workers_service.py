@@ -10,17 +10,18 @@ import grpc
 
 from hivemind import keys
 from hivemind.nodepool.blobs import DataTooLarge
-from hivemind.nodepool.core import (
-    NodePoolState,
-    caps_from_record,
-    serve_exchanges,
-    worker_summary,
-)
+from hivemind.nodepool.core import NodePoolState, serve_exchanges
 from hivemind.nodepool.views import task_spec, worker_message
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState
-from hivemind.taskstore import Lease, LeaseAsk, Outcome, WorkerCaps
+from hivemind.taskstore import Lease, LeaseAsk, Outcome
+from hivemind.worker_records import (
+    WorkerCaps,
+    heartbeat_fields,
+    record_fields,
+    worker_summary,
+)
 
 OUTCOMES = {
     pb.SUCCEEDED: TaskState.SUCCEEDED,
@@ -49,17 +50,14 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self.state.require_worker(context, request.node_id)
         res = request.resources
         caps = WorkerCaps(res.cpu, res.memory_mb, res.gpu, tuple(sorted(set(res.labels))))
-        fields = {
-            "cpu": caps.cpu,
-            "memory_mb": caps.memory_mb,
-            "gpu": caps.gpu,
-            "labels": ",".join(caps.labels),
-            "capacity": res.capacity,
-            "hostname": res.hostname,
-            "address": res.address or (context.peer() or ""),
-            "version": res.version,
-            "registered_at": f"{time.time():.3f}",
-        }
+        fields = record_fields(
+            caps,
+            capacity=res.capacity,
+            hostname=res.hostname,
+            address=res.address or (context.peer() or ""),
+            version=res.version,
+            registered_at=f"{time.time():.3f}",
+        )
         self.state.remember_caps(request.node_id, caps)
         self.state.set_leaving(request.node_id, False)
         running = len(request.running_task_ids)
@@ -87,7 +85,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         if caps is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
         metrics = _metrics(request.metrics)
-        fields = {"metrics": json.dumps(metrics), "running": len(request.running_task_ids)}
+        fields = heartbeat_fields(metrics, len(request.running_task_ids))
         summary = worker_summary(caps, "online", len(request.running_task_ids), **metrics)
         cancel = self.state.tasks.heartbeat(
             request.node_id, fields, summary, request.running_task_ids, self.state.lease_seconds
@@ -98,16 +96,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self.state.require_worker(context, request.node_id)
         self.state.set_leaving(request.node_id, True)
         self.state.queued.notify()  # its open long poll returns now
-        worker_key = keys.worker_key(request.node_id)
-        record = self.state.redis.hgetall(worker_key)
-        pipe = self.state.redis.pipeline()
-        pipe.hset(worker_key, "status", "offline")
-        pipe.hset(
-            keys.WORKER_NODES,
-            request.node_id,
-            json.dumps(worker_summary(caps_from_record(record), "offline", 0)),
-        )
-        pipe.execute()
+        self.state.worker_records.go_offline(request.node_id)
         return pb.Empty()
 
     def ListWorkers(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.WorkerList:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from hivemind.errors import CommandTimeout, RemoteError
 from hivemind.remote.local import LOCAL_HOST, LocalRunner
+from hivemind.remote.options import SSHOptions
 from hivemind.remote.parallel import HostResult, for_each_host
-from hivemind.remote.runner import CommandResult, Runner
+from hivemind.remote.runner import DEFAULT_CONNECT_TIMEOUT, CommandResult, Runner
 
 if TYPE_CHECKING:
     from hivemind.remote.inventory import Inventory, InventoryHost, load_inventory
@@ -48,6 +49,7 @@ __all__ = [
     "LocalRunner",
     "RemoteError",
     "Runner",
+    "SSHOptions",
     "SSHRunner",
     "SSHTarget",
     "for_each_host",
@@ -63,7 +65,7 @@ def open_runner(
     key_file: Path | str | None = None,
     known_hosts: Path | str | None = None,
     insecure_host_key: bool = False,
-    connect_timeout: float = 10.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> Runner:
     """A :class:`LocalRunner` for ``None`` (this host), else an :class:`SSHRunner`."""
     if host is None:

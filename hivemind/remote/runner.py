@@ -16,6 +16,8 @@ from types import TracebackType
 
 from hivemind.errors import UsageError
 
+#: Seconds to connect and authenticate before a host counts as unreachable.
+DEFAULT_CONNECT_TIMEOUT = 10.0
 #: ``sudo`` that never prompts: a step that needs a password fails instead of hanging.
 SUDO_PREFIX: tuple[str, ...] = ("sudo", "-n", "--")
 

@@ -25,6 +25,7 @@ import paramiko
 
 from hivemind.errors import CommandTimeout, RemoteError, UsageError
 from hivemind.remote.runner import (
+    DEFAULT_CONNECT_TIMEOUT,
     Command,
     CommandResult,
     Runner,
@@ -34,7 +35,6 @@ from hivemind.remote.runner import (
 )
 
 DEFAULT_SSH_PORT = 22
-DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 _READ_SIZE = 65536
 #: The host's own `timeout` stops a command this long after the runner stopped waiting.

@@ -25,17 +25,7 @@ from hivemind import keys
 from hivemind.states import TaskState
 from hivemind.taskstore import scripts
 from hivemind.taskstore.lua import LuaScript, ScriptConnections
-
-
-@dataclass(frozen=True)
-class WorkerCaps:
-    """What a worker advertises; tasks are matched against it."""
-
-    cpu: int
-    memory_mb: int
-    gpu: int
-    labels: tuple[str, ...]
-
+from hivemind.worker_records import WorkerCaps  # its owner; still importable from here
 
 #: The task hash fields a lease hands to the worker.
 LEASE_FIELDS = (

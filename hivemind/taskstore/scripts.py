@@ -4,6 +4,7 @@ atomically inside Redis. Only ``TaskStore`` loads them."""
 from __future__ import annotations
 
 from hivemind import keys
+from hivemind.worker_records import LUA_HELPERS
 
 # Shared Lua helpers, prepended to every script. ``fmt`` keeps large integer scores exact:
 # Redis' Lua turns numbers into strings with 14 significant digits.
@@ -261,14 +262,7 @@ return lease_tasks({unpack(ARGV, 4)})
 HEARTBEAT = """
 -- ARGV: worker, now, now_ms, lease_ms, worker fields JSON, summary JSON, running ids...
 local worker, now, now_ms, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local wk = '%(worker_prefix)s' .. worker
-local fields = {}
-for k, v in pairs(cjson.decode(ARGV[5])) do
-  fields[#fields + 1] = k
-  fields[#fields + 1] = tostring(v)
-end
-redis.call('HSET', wk, 'status', 'online', 'last_heartbeat', now, unpack(fields))
-redis.call('HSET', '%(worker_nodes)s', worker, ARGV[6])
+worker_heartbeat('%(worker_prefix)s' .. worker, '%(worker_nodes)s', worker, now, ARGV[5], ARGV[6])
 local cancel = {}
 for i = 7, #ARGV do
   local id = ARGV[i]
@@ -527,15 +521,7 @@ for _, id in ipairs(redis.call('SMEMBERS', wk .. ':tasks')) do
   end
   redis.call('SREM', wk .. ':tasks', id)
 end
-redis.call('HSET', wk, 'status', 'lost')
-local summary = redis.call('HGET', '%(worker_nodes)s', node)
-if summary then
-  local ok, decoded = pcall(cjson.decode, summary)
-  if ok and type(decoded) == 'table' then
-    decoded.status = 'lost'
-    redis.call('HSET', '%(worker_nodes)s', node, cjson.encode(decoded))
-  end
-end
+set_worker_status(wk, '%(worker_nodes)s', node, 'lost')
 return requeued
 """
 
@@ -585,7 +571,8 @@ def load(body: str) -> str:
     """A script ready to register: the shared helpers, then ``body`` with key names filled,
     run as a function so that the counters of finished tasks are written after it."""
     return (
-        _LUA_COMMON
+        LUA_HELPERS  # every worker record write goes through them
+        + _LUA_COMMON
         + "local function main()\n"
         + body % _NAMES
         + "\nend\nlocal reply = main()\ncount_finished()\nreturn reply\n"

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from hivemind.bundle import extract_archive, zip_output
 from hivemind.errors import BundleError, NodePoolError
-from hivemind.worker.bundle import extract_archive, zip_output
 from hivemind.worker.functions import checkpoint_folder, task_folder_name
 
 log = logging.getLogger("hivemind.worker")

@@ -376,7 +376,8 @@ class Worker:
         thread.start()
 
     def _timeout(self, leased: pb.LeasedTask) -> float:
-        return leased.spec.timeout or self.settings.task_timeout
+        # The node pool filled in TASK_TIMEOUT at submit time; its value is the only one.
+        return leased.spec.timeout
 
     def _dispatch_waiting(self) -> None:
         """Start waiting function tasks while slots are free (called holding ``_slots``)."""

@@ -34,10 +34,10 @@ from typing import IO, Any
 import psutil
 
 import hivemind
+from hivemind.bundle import MIB, extract_archive, extract_bundle, zip_output
 from hivemind.errors import BundleError
 from hivemind.sandbox import Sandbox, TaskCgroup
 from hivemind.task import ENV_ATTEMPT, ENV_CHECKPOINT_DIR, ENV_PROGRESS_FILE, ENV_TASK_ID
-from hivemind.worker.bundle import MIB, extract_archive, extract_bundle, zip_output
 from hivemind.worker.checkpoints import CheckpointWatch
 from hivemind.worker.guard import guard
 

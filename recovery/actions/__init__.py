@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hivemind.config import Settings
-from hivemind.errors import HivemindError
 from hivemind.paths import HomeLayout, layout
 from hivemind.remote import LocalRunner, Runner
 
-
-class ActionFailed(HivemindError):
-    """The action could not do what the step asked; the message says why."""
+# Re-exported for the action modules that still import it from here; its home is the model.
+from recovery.model import ActionFailed as ActionFailed
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,10 @@ class StepContext:
 
     def doctor(self, only: Iterable[str] = ()) -> Any:
         """A doctor report of the named checks (all when empty), read fresh."""
-        from doctor import run_doctor
+        from doctor import DEFAULT_CHECK_TIMEOUT, run_doctor
 
-        return run_doctor(self.settings, list(only), timeout=min(self.timeout, 5.0))
+        timeout = min(self.timeout, DEFAULT_CHECK_TIMEOUT)
+        return run_doctor(self.settings, list(only), timeout=timeout)
 
 
 ActionFunction = Callable[[StepContext, dict[str, Any]], Outcome]

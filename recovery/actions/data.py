@@ -18,7 +18,8 @@ from hivemind.config import ENV_PREFIX, SECRET_SETTINGS
 from hivemind.errors import HivemindError
 from hivemind.stack import child_environment
 from hivemind.userdb import SCHEMA_VERSION, migrate
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 
 ARCHIVE_GLOB = "hivemind-backup-*.tar.gz"
 VERIFIED_SUFFIX = ".verified"

@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hivemind.supervisor import running_pid
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 
 #: Relative to HIVEMIND_HOME: never deleted by a glob, whatever it says.
 PROTECTED = ("node_pool/users.db*", "node_pool/secret.key", "redis/*", "backups/*", "**/*.token")

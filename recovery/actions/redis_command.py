@@ -13,7 +13,8 @@ from typing import Any
 import redis
 
 from hivemind.config import effective_redis_url
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 
 #: Commands that only read.
 READ_ONLY = {"PING", "INFO", "DBSIZE", "CONFIG GET", "LLEN", "HLEN", "SCARD", "ZCARD", "TYPE"}

@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 from hivemind.stack import port_listening
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 from recovery.services import SERVICES, ServiceControl, expand
 
 _NAMES = (*SERVICES, "all")

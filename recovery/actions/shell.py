@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from hivemind.errors import CommandTimeout
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 
 
 @action(
