@@ -197,7 +197,9 @@ def submit(
     gpu: int = Form(0, ge=0, le=INT32),
     labels: str = Form("", max_length=2000, description="comma-separated"),
 ) -> dict[str, Any]:
-    form = SubmitForm(name, function, args, timeout, retries, priority, cpu, memory_mb, gpu, labels)
+    form = SubmitForm.from_fields(
+        name, function, args, timeout, retries, priority, cpu, memory_mb, gpu, labels
+    )
     limit = request.app.state.settings.max_task_data_size
     upload = bundle.file if bundle is not None and bundle.filename else None
     with gateway_of(request).calling(caller.token, is_admin=caller.is_admin) as client:

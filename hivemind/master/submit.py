@@ -21,18 +21,32 @@ COPY_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class SubmitForm:
-    """What a user filled in; ``bundle`` is the uploaded zip (None for a function task)."""
+    """What a user filled in: the task's options, and a function and its arguments (empty
+    for a bundle, which comes as its own upload)."""
 
-    name: str = ""
+    options: TaskOptions
     function: str = ""
     args: str = ""
-    timeout: float = 0.0
-    retries: int = -1
-    priority: int = 0
-    cpu: int = 0
-    memory_mb: int = 0
-    gpu: int = 0
-    labels: str = ""
+
+    @classmethod
+    def from_fields(
+        cls,
+        name: str,
+        function: str,
+        args: str,
+        timeout: float,
+        retries: int,
+        priority: int,
+        cpu: int,
+        memory_mb: int,
+        gpu: int,
+        labels: str,
+    ) -> SubmitForm:
+        """The form's fields as they arrive; ``labels`` is comma- or space-separated."""
+        options = TaskOptions(
+            name.strip(), timeout, retries, priority, cpu, memory_mb, gpu, tuple(_labels(labels))
+        )
+        return cls(options, function, args)
 
 
 def _labels(text: str) -> list[str]:
@@ -64,16 +78,7 @@ def _save_upload(upload: IO[bytes], limit: int, dest: Path) -> int:
 
 def submit_task(client: Client, form: SubmitForm, bundle: IO[bytes] | None, limit: int) -> str:
     """Upload the bundle (if any), submit one task, return its id."""
-    options = TaskOptions(
-        name=form.name.strip(),
-        timeout=form.timeout,
-        retries=form.retries,
-        priority=form.priority,
-        cpu=form.cpu,
-        memory_mb=form.memory_mb,
-        gpu=form.gpu,
-        labels=tuple(_labels(form.labels)),
-    )
+    options = form.options
     if bundle is not None and form.function.strip():
         raise ApiError(400, "give either a bundle zip or a function, not both")
     if bundle is not None:
