@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
+import httpx2
 import pytest
 
 from hivemind import keys
@@ -45,13 +45,13 @@ def master_url(console: Console) -> Iterator[str]:
         yield url
 
 
-def http_from(source: str, base_url: str) -> httpx.Client:
+def http_from(source: str, base_url: str) -> httpx2.Client:
     """An HTTP client whose connections come from ``source`` (any 127.x is loopback)."""
-    transport = httpx.HTTPTransport(local_address=source)
-    return httpx.Client(base_url=base_url, transport=transport, timeout=30)
+    transport = httpx2.HTTPTransport(local_address=source)
+    return httpx2.Client(base_url=base_url, transport=transport, timeout=30)
 
 
-def login(http: httpx.Client, username: str, password: str) -> httpx.Response:
+def login(http: httpx2.Client, username: str, password: str) -> httpx2.Response:
     return http.post("/api/auth/login", json={"username": username, "password": password})
 
 

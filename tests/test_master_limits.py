@@ -132,11 +132,24 @@ class Watch:
         return self.peak_rss - self.baseline
 
 
+def _complete(answer: bytes) -> bool:
+    """Whether ``answer`` holds a whole response: its head and the Content-Length body (the
+    body can arrive in a later segment than the head)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return True
+
+
 def push_chunked(
     port: int, path: str, headers: dict[str, str], prefix: bytes, total: int = GIB
 ) -> tuple[int, int, bytes]:
     """Send a chunked body of ``total`` bytes (``prefix``, then filler) until the master
-    answers or stops reading; returns (status, bytes sent, response head)."""
+    answers or stops reading; returns (status, bytes sent, response)."""
     sock = socket.create_connection(("127.0.0.1", port))
     head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Transfer-Encoding: chunked"]
     head += [f"{name}: {value}" for name, value in headers.items()]
@@ -159,7 +172,7 @@ def push_chunked(
         sock.settimeout(10.0)
         answer = b""
         try:
-            while b"\r\n\r\n" not in answer:
+            while not _complete(answer):
                 data = sock.recv(65536)
                 if not data:
                     break

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from hivemind.bundle import BundleManifest
@@ -113,7 +113,7 @@ def admin_password(cluster: Cluster) -> str:
 
 
 def _submit_by_form(master: str, password: str) -> str:
-    with httpx.Client(base_url=master, follow_redirects=False, timeout=30) as http:
+    with httpx2.Client(base_url=master, follow_redirects=False, timeout=30) as http:
         signed_in = sign_in(http, "admin", password)  # type: ignore[arg-type]
         assert signed_in.status_code == 303, signed_in.text  # type: ignore[attr-defined]
         token = csrf_of(http.get("/submit").text)
@@ -127,9 +127,9 @@ def _submit_by_form(master: str, password: str) -> str:
 
 
 @contextmanager
-def _api(master: str, password: str) -> Iterator[httpx.Client]:
+def _api(master: str, password: str) -> Iterator[httpx2.Client]:
     """A client carrying admin's bearer token, as a script would."""
-    with httpx.Client(base_url=master, timeout=30) as http:
+    with httpx2.Client(base_url=master, timeout=30) as http:
         reply = http.post("/api/auth/login", json={"username": "admin", "password": password})
         assert reply.status_code == 200, reply.text
         http.headers["authorization"] = f"Bearer {reply.json()['token']}"
