@@ -109,7 +109,7 @@ def seed_cluster(address: str, settings, tasks: int, workers: int, rng: random.R
 def backfill_history(redis_url: str, rng: random.Random) -> None:
     """The last hour's per-minute counters, written straight into Redis: the bench cannot wait
     an hour, and the chart should be rendered full, as on a cluster that has been busy."""
-    from hivemind import keys
+    from hivemind import keys, tuning
 
     r = redis.Redis.from_url(redis_url)
     now_minute = int(time.time() // 60)
@@ -117,7 +117,7 @@ def backfill_history(redis_url: str, rng: random.Random) -> None:
     for back in range(1, 60):
         key = keys.stats_minute_key(now_minute - back)
         pipe.hset(key, mapping={"SUCCEEDED": rng.randint(80, 160), "FAILED": rng.randint(0, 8)})
-        pipe.expire(key, keys.STATS_MINUTE_TTL)
+        pipe.expire(key, tuning.STATS_MINUTE_TTL)
     pipe.execute()
 
 

@@ -17,10 +17,12 @@ import redis
 
 from doctor.cluster import WorkerRow, field_float, requirements, workers
 from doctor.context import Context, Unavailable
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.paths import layout
+from hivemind.states import TaskState
+from hivemind.timeouts import TimeoutPhase, timeout_deadline, timeout_phase
 from hivemind.worker_records import unschedulable_reason
 
 #: Lines of the task's log shown.
@@ -64,6 +66,10 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
 
 
 def explain(settings: Settings, task_id: str, context: Context | None = None) -> Explanation:
@@ -119,9 +125,9 @@ def _from_archive(settings: Settings, task_id: str) -> Explanation | None:
 def _causes(ctx: Context, task: Explanation, now: float) -> list[str]:
     rows = {row.node_id: row for row in workers(ctx)}
     status = task.status
-    if status == "QUEUED":
+    if status == TaskState.QUEUED:
         return _why_queued(ctx, task, rows, now)
-    if status == "RUNNING":
+    if status == TaskState.RUNNING:
         return _why_running(ctx, task, rows, now)
     return _why_finished(task, now)
 
@@ -192,10 +198,18 @@ def _why_running(
             causes.append(f"worker {worker} is live (heartbeat {_ago(age)} ago)")
         if task.task_id not in row.tasks:
             causes.append(f"worker {worker} does not list the task among its own")
-    if started and now - started > timeout:
+    phase = timeout_phase(now, started, timeout)
+    if phase is TimeoutPhase.STOPPING:
         causes.append(
-            f"it is {_ago(now - started - timeout)} past its {timeout:g}s timeout; the node pool "
-            f"marks it TIMEOUT {keys.TIMEOUT_GRACE:g}s after the timeout"
+            f"it is {_ago(now - started - timeout)} past its {timeout:g}s timeout: its worker is "
+            f"stopping it, else the node pool marks it TIMEOUT at "
+            f"{_clock(timeout_deadline(started, timeout))} ({tuning.TIMEOUT_GRACE:g}s grace)"
+        )
+    elif phase is TimeoutPhase.OVERDUE:
+        causes.append(
+            f"it is {_ago(now - timeout_deadline(started, timeout))} past its deadline (its "
+            f"{timeout:g}s timeout and the {tuning.TIMEOUT_GRACE:g}s grace), yet not TIMEOUT: "
+            "the node pool's reaper is not running"
         )
     update = field_float(record.get("last_update"))
     if update:
@@ -210,7 +224,7 @@ def _why_finished(task: Explanation, now: float) -> list[str]:
     started = field_float(record.get("start_time"))
     worker = record.get("worker") or _last(task.history, "worker")
     causes = [f"{status} {_ago(now - finished)} ago" + (f" on {worker}" if worker else "")]
-    if status == "TIMEOUT":
+    if status == TaskState.TIMEOUT:
         timeout = field_float(record.get("timeout"))
         ran = finished - started if started and finished else 0.0
         causes.append(

@@ -27,6 +27,11 @@ from hivemind.errors import HivemindError
 from hivemind.paths import layout
 from hivemind.userdb import TokenGenerations, worker_token_generation
 
+#: gRPC metadata with which the master tells the node pool its own client's address; it is
+#: honoured only next to the master's service token (FORWARDER), else the peer's counts.
+FORWARDED_FOR_METADATA = "x-hivemind-forwarded-for"
+FORWARDER_METADATA = "x-hivemind-forwarder"
+
 #: Why a token of an older generation is refused, by the token's kind.
 REVOKED = {
     "user": "this token was revoked by a password change; log in again",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hivemind import keys
+from hivemind import auth, tuning
 from hivemind.bundle import extract_archive
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
@@ -87,8 +87,8 @@ class Client:
         self.workers_stub = pb_grpc.WorkerServiceStub(self.channel)
         self._submits: StreamedCalls[pb.SubmitRequest, pb.SubmitReply] = StreamedCalls(
             self._open_submit_stream,
-            keys.SUBMIT_STREAM_LIFETIME,
-            keys.STREAM_RETRY,
+            tuning.SUBMIT_STREAM_LIFETIME,
+            tuning.STREAM_RETRY,
             after_calls=1,  # a one-off submit (the CLI's) opens no stream
         )
         self._stream_token = token
@@ -223,7 +223,7 @@ class Client:
         def chunks() -> Iterator[pb.BundleChunk]:
             sent = 0
             with zip_path.open("rb") as fh:
-                while data := fh.read(keys.CHUNK_SIZE):
+                while data := fh.read(tuning.CHUNK_SIZE):
                     sent += len(data)
                     if on_progress:
                         on_progress(sent, total)
@@ -234,15 +234,15 @@ class Client:
 
     def submit(self, specs: Sequence[pb.TaskSpec]) -> list[str]:
         ids: list[str] = []
-        for start in range(0, len(specs), keys.SUBMIT_BATCH_MAX):
-            request = pb.SubmitRequest(tasks=specs[start : start + keys.SUBMIT_BATCH_MAX])
+        for start in range(0, len(specs), tuning.SUBMIT_BATCH_MAX):
+            request = pb.SubmitRequest(tasks=specs[start : start + tuning.SUBMIT_BATCH_MAX])
             ids.extend(self._submit_call(request, self.timeout).task_ids)
         return ids
 
     def submit_and_wait(self, specs: Sequence[pb.TaskSpec], timeout: float = 30.0) -> list[pb.Task]:
         """Submit, then the tasks once all are finished or as they are when ``timeout``
         passes. One call to the node pool when the specs fit in one request."""
-        if len(specs) > keys.SUBMIT_BATCH_MAX:
+        if len(specs) > tuning.SUBMIT_BATCH_MAX:
             return self.wait(self.submit(specs), timeout)
         request = pb.SubmitRequest(tasks=specs, wait=timeout)
         return list(self._submit_call(request, timeout + 30).tasks)
@@ -301,8 +301,8 @@ def forwarding_metadata(service_token: str, client_address: str) -> list[tuple[s
     client's address, which the node pool's failed-login limits count instead of the
     master's, vouched for by the master's service token."""
     return [
-        (keys.FORWARDED_FOR_METADATA, client_address),
-        (keys.FORWARDER_METADATA, service_token),
+        (auth.FORWARDED_FOR_METADATA, client_address),
+        (auth.FORWARDER_METADATA, service_token),
     ]
 
 

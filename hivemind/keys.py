@@ -1,4 +1,4 @@
-"""Every Redis key HiveMind uses, and the timing defaults that go with them.
+"""Every Redis key HiveMind uses (tuning constants live in :mod:`hivemind.tuning`).
 
 The guide's key names are kept so that its ``redis-cli`` commands work verbatim:
 
@@ -63,6 +63,10 @@ TASK_PREFIX = "task:"
 QUEUE_OWNER_PREFIX = "queue:owner:"
 TASKS_OWNER_PREFIX = "tasks:owner:"
 STATS_MINUTE_PREFIX = "stats:finished:"
+#: Suffixes after a task's or worker's key, for the Lua scripts that build keys from ids.
+TASK_LOG_SUFFIX = ":log"
+TASK_HISTORY_SUFFIX = ":history"
+WORKER_TASKS_SUFFIX = ":tasks"
 #: ``bundle:<hash>:uploaders``: who uploaded a bundle (see :func:`bundle_uploaders_key`).
 BUNDLE_PREFIX = "bundle:"
 
@@ -83,7 +87,7 @@ def worker_key(node_id: str) -> str:
 
 
 def worker_tasks_key(node_id: str) -> str:
-    return f"{WORKER_PREFIX}{node_id}:tasks"
+    return f"{WORKER_PREFIX}{node_id}{WORKER_TASKS_SUFFIX}"
 
 
 def task_key(task_id: str) -> str:
@@ -91,11 +95,11 @@ def task_key(task_id: str) -> str:
 
 
 def task_log_key(task_id: str) -> str:
-    return f"{TASK_PREFIX}{task_id}:log"
+    return f"{TASK_PREFIX}{task_id}{TASK_LOG_SUFFIX}"
 
 
 def task_history_key(task_id: str) -> str:
-    return f"{TASK_PREFIX}{task_id}:history"
+    return f"{TASK_PREFIX}{task_id}{TASK_HISTORY_SUFFIX}"
 
 
 def owner_queue_key(owner: str) -> str:
@@ -137,120 +141,3 @@ BACKUP_KEY_PATTERNS: tuple[str, ...] = (
     TASKS_OWNER_PREFIX + "*",
     BUNDLE_PREFIX + "*",
 )
-
-
-# -- timing and sizing defaults that are not user settings ----------------------------------
-
-#: Priorities are clamped to this range; the score of a queued task is
-#: ``(PRIORITY_MAX - priority) * PRIORITY_STRIDE + sequence``, exact in a double.
-PRIORITY_MAX = 1000
-PRIORITY_STRIDE = 2**40
-
-#: Queued tasks one lease call inspects before giving up on finding one that fits.
-LEASE_SCAN_LIMIT = 200
-#: Most tasks one lease call hands out.
-LEASE_BATCH_MAX = 256
-#: A worker leases function tasks ahead, to wait in its pool's queue, up to this much expected
-#: work per slot (by the mean duration of its recent calls), in seconds ...
-PREFETCH_WORK_SECONDS = 0.5
-#: ... and never more than this many per slot.
-FUNCTION_PREFETCH_MAX_PER_SLOT = 64
-#: A worker whose function calls take under this long on average, in seconds, waits up to
-#: this long for a running task's outcome before it leases again, and sends the outcome with
-#: the lease: one call to the node pool per quick task instead of two.
-OUTCOME_CARRY_WAIT = 0.01
-#: Longest long-poll a worker may ask for, in seconds.
-LEASE_WAIT_MAX = 30.0
-#: Lease streams a node pool holds open at once; each holds one of its 128 call threads, and
-#: workers past this many lease with one call each instead.
-LEASE_STREAMS_MAX = 64
-#: Seconds a worker keeps one lease stream (its deadline); it opens the next one before a
-#: long poll could outlast it. Also the longest a worker waits on a node pool that hangs.
-LEASE_STREAM_LIFETIME = 300.0
-#: Seconds a worker or client sends with one call each after the node pool refused it a
-#: stream (it has none, or holds as many as it allows).
-STREAM_RETRY = 60.0
-#: Submit streams a node pool holds open at once (each holds a call thread); a client opens
-#: one from its second submit on, so `hivemind submit` and other one-off calls never do.
-SUBMIT_STREAMS_MAX = 16
-#: Seconds a client keeps one submit stream; a submit that waits longer goes as a call.
-#: Also the longest a client's submit waits on a node pool that hangs.
-SUBMIT_STREAM_LIFETIME = 120.0
-#: Longest a WaitTasks call, or a SubmitTasks call that waits, blocks before it replies with
-#: the tasks as they are, in seconds; a client waiting longer calls again.
-TASK_WAIT_MAX = 300.0
-#: Seconds `hivemind submit --wait` waits inside the submit call itself (quick tasks come back
-#: with it) before it shows a progress bar and waits with WaitTasks.
-SUBMIT_QUICK_WAIT = 2.0
-#: Seconds past its timeout after which the node pool itself marks a RUNNING task TIMEOUT
-#: (its worker should have stopped it and reported long before).
-TIMEOUT_GRACE = 30.0
-#: Seconds between housekeeping passes (expired leases, lost workers, schedulability, archive).
-REAPER_INTERVAL = 1.0
-#: Finished tasks the node pool archives to SQLite per slice, and the pause between slices.
-#: The archive is CPU work in the node pool's own process: calls in flight wait for the GIL
-#: while a slice runs, and a task's own scripts wait in Redis while a slice's script runs.
-#: On the bench VM, one 240-task slice a second made 18 of the 20 slowest of 2,000 idle
-#: round trips (12-34 ms); slices of 20 with 2 ms pauses took p99 from 12-16 to 9-10 ms.
-ARCHIVE_SLICE = 20
-ARCHIVE_PAUSE = 0.002
-#: Seconds one housekeeping pass spends archiving at most, so that the reaper runs on time;
-#: what is left waits for the next pass.
-ARCHIVE_PASS_SECONDS = 0.5
-#: A worker with no heartbeat for this many intervals is marked ``lost``.
-WORKER_LOST_AFTER_INTERVALS = 3
-#: Seconds an ``offline`` or ``lost`` worker stays listed before it is forgotten.
-WORKER_FORGET_AFTER = 24 * 3600
-#: Failed logins are counted per source address (the client's, as the master forwards it, or
-#: the gRPC peer's): for each username it tries, and across all of them (password spraying).
-#: An address's counts are forgotten this many seconds after its last failed login.
-LOGIN_FAILURE_WINDOW = 900
-#: Failures one address may make for one username before its next try waits
-#: LOGIN_BACKOFF_FIRST seconds, twice as long after each further failure, up to
-#: LOGIN_BACKOFF_MAX. Only that address waits: the user signs in from any other at once ...
-LOGIN_USER_FAILURES_FREE = 5
-#: ... and failures one address may make across all usernames before all its logins wait so.
-LOGIN_ADDRESS_FAILURES_FREE = 10
-LOGIN_BACKOFF_FIRST = 1.0
-LOGIN_BACKOFF_MAX = 300.0
-#: Failures for one username from all addresses together past which each of its logins is
-#: slowed by LOGIN_SLOWDOWN_STEP seconds per further failure, up to LOGIN_SLOWDOWN_MAX: a
-#: small bounded delay against many addresses guessing one password, never a refusal.
-LOGIN_SLOWDOWN_AFTER = 20
-LOGIN_SLOWDOWN_STEP = 0.05
-LOGIN_SLOWDOWN_MAX = 1.0
-#: gRPC metadata with which the master tells the node pool its own client's address; it is
-#: honoured only next to the master's service token (FORWARDER), else the peer's counts.
-FORWARDED_FOR_METADATA = "x-hivemind-forwarded-for"
-FORWARDER_METADATA = "x-hivemind-forwarder"
-#: Seconds a node pool trusts a user's role and disabled flag before it reads them again;
-#: changes made through it show at once, changes by other processes within this time.
-USER_RECHECK = 1.0
-#: Seconds a node pool trusts that a user's tokens were not revoked (by a password change)
-#: before it reads the user's token generation again; revocations through it show at once.
-USER_TOKEN_RECHECK = USER_RECHECK
-#: The same for a worker's tokens (`hivemind worker-token NODE --revoke`).
-WORKER_TOKEN_RECHECK = 5.0
-#: Verified tokens a node pool remembers, so a worker's token is checked once (cleared when full).
-VERIFIED_TOKENS_MAX = 20_000
-#: Notices of ended tasks a node pool keeps for its waiters; one older than that makes a
-#: waiter re-read every task it waits for.
-FINISHED_NOTICES_KEPT = 4096
-#: Hashes of just-ended tasks a node pool keeps, so that their waiters reply without reading
-#: them from Redis again (about 1 KB each).
-FINISHED_RECORDS_KEPT = 4096
-#: Seconds between a waiting long poll's looks at the queue when nothing wakes it, and how
-#: long a node pool trusts that the queue is still empty when nothing was queued through it
-#: since it saw the queue empty (a long poll then skips its first look). Either way, work
-#: queued by other processes (a restore, the doctor's repairs) shows within this time.
-QUEUE_EMPTY_TRUST = 1.0
-#: Bytes per gRPC message when streaming bundles, results, checkpoints and logs.
-CHUNK_SIZE = 1024 * 1024
-#: Log chunks kept per task in Redis (the whole log is archived to disk when it ends).
-TASK_LOG_MAX_CHUNKS = 20_000
-#: Seconds a per-minute finished counter is kept: the dashboard charts the last hour.
-STATS_MINUTE_TTL = 2 * 3600
-#: Minutes of throughput GetStats reports.
-STATS_MINUTES = 60
-#: Tasks one SubmitTasks call may carry.
-SUBMIT_BATCH_MAX = 10_000

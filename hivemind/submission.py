@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -51,11 +52,22 @@ class TaskOptions:
         }
 
 
+#: A ``--arg`` that starts like this was meant as JSON: if it does not parse, it is an error,
+#: not text sent on to fail on a worker.
+_JSON_OPENERS = ("{", "[", '"')
+
+
 def parse_arg(text: str) -> Any:
-    """A ``--arg`` value: JSON when it parses (``3``, ``[1,2]``, ``"x"``), else the text."""
+    """A ``--arg`` value: JSON when it parses (``3``, ``[1,2]``, ``"x"``), else the text, but
+    text that opens like a JSON object, array or string and does not parse is refused."""
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip().startswith(_JSON_OPENERS):
+            raise UsageError(
+                f"--arg {text!r} looks like JSON but does not parse ({exc}); fix it, or pass "
+                f"it as a JSON string to mean the text: --arg {shlex.quote(json.dumps(text))}"
+            ) from None
         return text
 
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.errors import HivemindError
 from hivemind.passwords import hash_password, verify_password
 
@@ -337,6 +337,20 @@ class UserStore:
                 return None
         return json.loads(row["record"]), json.loads(row["history"])
 
+    def archived_ids_with_prefix(self, prefix: str, owner: str | None, limit: int) -> list[str]:
+        """Ids of archived tasks (of ``owner``, or anyone's) that start with ``prefix``."""
+        # A range on the primary key, not LIKE: the index serves it, and '_' is no wildcard.
+        # Ids are ASCII letters, digits, '_' and '-', all below DEL.
+        clauses, params = ["id >= ? and id < ?"], [prefix, prefix + "\x7f"]
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        with self._lock:
+            rows = self._db["tasks"].rows_where(
+                " and ".join(clauses), params, select="id", limit=limit
+            )
+            return [row["id"] for row in rows]
+
     def archived_tasks(
         self, owner: str | None, status: str | None, limit: int
     ) -> list[dict[str, str]]:
@@ -386,8 +400,8 @@ class TokenGenerations:
     """
 
     RECHECK: ClassVar[dict[str, float]] = {
-        "user": keys.USER_TOKEN_RECHECK,
-        "worker": keys.WORKER_TOKEN_RECHECK,
+        "user": tuning.USER_TOKEN_RECHECK,
+        "worker": tuning.WORKER_TOKEN_RECHECK,
     }
     _QUERY: ClassVar[dict[str, str]] = {
         "user": "SELECT token_generation FROM users WHERE username = ?",
@@ -401,12 +415,12 @@ class TokenGenerations:
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (monotonic read, gen)
 
     def current(self, kind: str, subject: str) -> tuple[int, float]:
-        recheck = self.RECHECK.get(kind, keys.USER_TOKEN_RECHECK)
+        recheck = self.RECHECK.get(kind, tuning.USER_TOKEN_RECHECK)
         now = time.monotonic()
         seen = self._seen.get((kind, subject))
         if seen is None or now - seen[0] >= recheck:
             seen = (now, self._read(kind, subject))
-            if len(self._seen) >= keys.VERIFIED_TOKENS_MAX:
+            if len(self._seen) >= tuning.VERIFIED_TOKENS_MAX:
                 self._seen.clear()
             self._seen[(kind, subject)] = seen
         return seen[1], time.time() + recheck - (now - seen[0])

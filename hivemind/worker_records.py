@@ -56,6 +56,15 @@ def record_fields(caps: WorkerCaps, **extra: object) -> dict[str, object]:
     }
 
 
+def allowed_modules_of(record: dict[str, str]) -> tuple[str, ...] | None:
+    """The modules a worker runs functions of (its ``--allow``); None for a worker that did
+    not say (one older than the field), whose allow list is unknown."""
+    text = record.get("allowed_modules")
+    if text is None:
+        return None
+    return tuple(x for x in text.split(",") if x)
+
+
 def heartbeat_fields(metrics: dict[str, float], running: int) -> dict[str, object]:
     """The ``worker:<id>`` fields a heartbeat writes (besides status and last_heartbeat)."""
     return {"metrics": json.dumps(metrics), "running": running}
@@ -252,6 +261,18 @@ class WorkerRecords:
         return {
             str(node_id): parse_summary(text)
             for node_id, text in self.redis.hgetall(keys.WORKER_NODES).items()
+        }
+
+    def live_allow_lists(self) -> dict[str, tuple[str, ...] | None]:
+        """Each online worker's ``--allow`` modules (None: it did not say); two commands."""
+        online = [n for n, s in self.summaries().items() if s.get("status") == "online"]
+        pipe = self.redis.pipeline(transaction=False)
+        for node_id in online:
+            pipe.hget(keys.worker_key(node_id), "allowed_modules")
+        replies = pipe.execute() if online else []
+        return {
+            node_id: allowed_modules_of({} if text is None else {"allowed_modules": str(text)})
+            for node_id, text in zip(online, replies, strict=True)
         }
 
     def set_status(self, node_id: str, status: str) -> bool:

@@ -21,6 +21,7 @@ import redis
 
 from hivemind import keys
 from hivemind.errors import HivemindError
+from hivemind.states import TaskState
 from hivemind.worker_records import summary_with_status
 
 DUMP_FORMAT = 1
@@ -191,7 +192,7 @@ def count(entries: list[KeyEntry]) -> RedisCounts:
         if e.type == "hash" and e.key.startswith(keys.TASK_PREFIX) and e.key.count(":") == 1:
             status = e.value.get("status", "")
             statuses[status] += 1
-            if status == "RUNNING":
+            if status == TaskState.RUNNING:
                 running.append(e.key.removeprefix(keys.TASK_PREFIX))
         elif e.key == keys.WORKER_NODES:
             workers = len(e.value)

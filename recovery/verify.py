@@ -22,6 +22,7 @@ import redis
 from hivemind import keys
 from hivemind.config import Settings
 from hivemind.redis_server import start_redis
+from hivemind.states import TaskState
 from hivemind.supervisor import stop_pid
 from hivemind.userdb import SCHEMA_VERSION
 from recovery import redis_dump
@@ -115,7 +116,7 @@ def _consistency(root: Path, entries: list[redis_dump.KeyEntry]) -> list[str]:
     problems: list[str] = []
     queue: list[str] = next((e.value for e in entries if e.key == keys.TASK_QUEUE), [])
     for task_id in queue:
-        if records.get(task_id, {}).get("status") != "QUEUED":
+        if records.get(task_id, {}).get("status") != TaskState.QUEUED:
             problems.append(f"task_queue holds {task_id}, which is not a QUEUED task")
     for task_id, record in records.items():
         try:
@@ -125,7 +126,7 @@ def _consistency(root: Path, entries: list[redis_dump.KeyEntry]) -> list[str]:
             continue
         if bundle and not (root / "data" / "bundles" / f"{bundle}.zip").is_file():
             problems.append(f"task {task_id} needs bundle {bundle}, which is not in the backup")
-        terminal = record.get("status") not in ("QUEUED", "RUNNING")
+        terminal = record.get("status") not in (TaskState.QUEUED, TaskState.RUNNING)
         if terminal and record.get("has_result_archive") == "1":
             result = root / "data" / "results" / f"{task_id}-{record.get('attempt', '0')}.zip"
             if not result.is_file():

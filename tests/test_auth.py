@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.auth import AuthError, TokenSigner, load_secret
 from hivemind.config import load_settings
 from hivemind.passwords import hash_password, verify_password
@@ -141,7 +141,7 @@ def test_a_signer_with_generations_refuses_older_tokens(tmp_path: Path) -> None:
     old, _ = signer.issue("alice", "user", "user", ttl=3600)
     identity = signer.verify(old)
     # Trusted no longer than the generation it was checked against.
-    assert identity.expires_at <= time.time() + keys.USER_TOKEN_RECHECK
+    assert identity.expires_at <= time.time() + tuning.USER_TOKEN_RECHECK
     store.set_password("alice", "password2")
     generations.forget("user", "alice")
     with pytest.raises(AuthError, match="revoked by a password change"):

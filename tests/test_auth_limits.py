@@ -18,7 +18,7 @@ import grpc
 import httpx2
 import pytest
 
-from hivemind import keys
+from hivemind import auth, keys, tuning
 from hivemind.auth import issue_worker_token
 from hivemind.client import Client, forwarding_metadata
 from hivemind.config import Settings
@@ -114,11 +114,11 @@ def test_wrong_admin_passwords_from_one_address_do_not_lock_admin_out_elsewhere(
 def test_the_wait_doubles_with_each_further_failure(console: Console, master_url: str) -> None:
     console.add_user("alice")
     http = http_from("127.0.0.2", master_url)
-    for i in range(keys.LOGIN_USER_FAILURES_FREE):
+    for i in range(tuning.LOGIN_USER_FAILURES_FREE):
         assert login(http, "alice", f"nope-{i}").status_code == 401
     first = login(http, "alice", "nope")
     assert first.status_code == 429 and first.headers["retry-after"] == "1"
-    time.sleep(keys.LOGIN_BACKOFF_FIRST + 0.1)
+    time.sleep(tuning.LOGIN_BACKOFF_FIRST + 0.1)
     assert login(http, "alice", "still-wrong").status_code == 401
     second = login(http, "alice", "nope")
     assert second.status_code == 429 and second.headers["retry-after"] == "2"
@@ -132,7 +132,7 @@ def test_spraying_usernames_from_one_address_is_throttled(
     codes = [grpc_login(address, f"user{i}", "Winter2024!") for i in range(60)]
     assert "RESOURCE_EXHAUSTED" in codes
     first = codes.index("RESOURCE_EXHAUSTED")
-    assert first == keys.LOGIN_ADDRESS_FAILURES_FREE, codes
+    assert first == tuning.LOGIN_ADDRESS_FAILURES_FREE, codes
     assert set(codes[:first]) == {"UNAUTHENTICATED"}
     with Client(address) as c, pytest.raises(NodePoolError) as info:
         c.login("alice", password_of("alice"))  # the right password waits too, here
@@ -150,12 +150,12 @@ def test_spraying_usernames_from_one_address_is_throttled(
 def test_a_forwarded_address_counts_only_with_the_masters_service_token(pool: Pool) -> None:
     pool.user("alice")
     user_token = pool.user("bob").token
-    for i in range(keys.LOGIN_ADDRESS_FAILURES_FREE):
+    for i in range(tuning.LOGIN_ADDRESS_FAILURES_FREE):
         assert grpc_login(pool.address, f"u{i}", "x") == "UNAUTHENTICATED"
     # A direct caller cannot pose as another address: not bare, not with a user's token, not
     # with a forged one. Its own address (127.0.0.1) is what counts, and it must wait.
     for metadata in (
-        [(keys.FORWARDED_FOR_METADATA, "10.1.2.3")],
+        [(auth.FORWARDED_FOR_METADATA, "10.1.2.3")],
         forwarding_metadata(user_token, "10.1.2.3"),
         forwarding_metadata("forged.token", "10.1.2.3"),
     ):
@@ -169,22 +169,22 @@ def test_a_forwarded_address_counts_only_with_the_masters_service_token(pool: Po
 def test_failures_from_many_addresses_only_slow_a_user_down(pool: Pool) -> None:
     pool.user("alice")
     service, _ = pool.server.state.signer.issue("master", "service", "service", 60)
-    failures = keys.LOGIN_SLOWDOWN_AFTER + 5
-    per_address = keys.LOGIN_USER_FAILURES_FREE
+    failures = tuning.LOGIN_SLOWDOWN_AFTER + 5
+    per_address = tuning.LOGIN_USER_FAILURES_FREE
     for i in range(failures):
         metadata = forwarding_metadata(service, f"10.0.{i // per_address}.1")
         assert grpc_login(pool.address, "alice", "guess", metadata=metadata) == "UNAUTHENTICATED"
     started = time.monotonic()
     clean = forwarding_metadata(service, "10.9.9.9")
     assert grpc_login(pool.address, "alice", "alice-password", metadata=clean) == "ok"
-    assert time.monotonic() - started < keys.LOGIN_SLOWDOWN_MAX + 1.0
+    assert time.monotonic() - started < tuning.LOGIN_SLOWDOWN_MAX + 1.0
     # The success reset the user's count: no slowdown any more.
     assert pool.server.state.redis.get(keys.login_failures_key("alice")) is None
 
 
 def test_a_success_does_not_reset_a_spraying_address(pool: Pool) -> None:
     pool.user("mallory")
-    for i in range(keys.LOGIN_ADDRESS_FAILURES_FREE - 1):
+    for i in range(tuning.LOGIN_ADDRESS_FAILURES_FREE - 1):
         assert grpc_login(pool.address, f"victim{i}", "x") == "UNAUTHENTICATED"
     assert grpc_login(pool.address, "mallory", "mallory-password") == "ok"  # their own account
     assert grpc_login(pool.address, "victim-last", "x") == "UNAUTHENTICATED"
@@ -248,8 +248,8 @@ def test_a_change_by_another_process_shows_within_the_recheck_window(pool: Pool)
             return True
         return False
 
-    assert wait_until(refused, timeout=keys.USER_TOKEN_RECHECK + 2, interval=0.02)
-    assert time.monotonic() - changed <= keys.USER_TOKEN_RECHECK + 0.5
+    assert wait_until(refused, timeout=tuning.USER_TOKEN_RECHECK + 2, interval=0.02)
+    assert time.monotonic() - changed <= tuning.USER_TOKEN_RECHECK + 0.5
 
 
 def test_a_password_change_revokes_older_tokens_over_rest(console: Console) -> None:
@@ -347,7 +347,7 @@ def test_the_cli_revokes_a_nodes_tokens_and_a_new_one_works(pool: Pool, tmp_path
             return True
         return False
 
-    assert wait_until(refused, timeout=keys.WORKER_TOKEN_RECHECK + 3, interval=0.1)
+    assert wait_until(refused, timeout=tuning.WORKER_TOKEN_RECHECK + 3, interval=0.1)
     assert errors[-1].startswith("UNAUTHENTICATED: the tokens of worker 'w2' were revoked")
     assert "hivemind worker-token w2" in errors[-1]
     other.heartbeat(pb.Metrics(), [])
@@ -417,7 +417,7 @@ def test_whoami_answers_for_the_masters_service_token(console: Console) -> None:
 
 
 def test_throttled_grpc_logins_carry_retry_after(pool: Pool) -> None:
-    for i in range(keys.LOGIN_ADDRESS_FAILURES_FREE):
+    for i in range(tuning.LOGIN_ADDRESS_FAILURES_FREE):
         grpc_login(pool.address, f"u{i}", "x")
     channel = grpc.insecure_channel(pool.address)
     from hivemind.proto import hivemind_pb2_grpc as pb_grpc

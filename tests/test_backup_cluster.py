@@ -166,11 +166,11 @@ def test_backup_over_ssh_matches_a_local_backup(
             str(fetched_dir),
             "--host",
             sshd.target,
-            "--key-file",
+            "--ssh-key",
             str(sshd.client_key),
             "--known-hosts",
             str(sshd.known_hosts),
-            "--remote-command",
+            "--remote-hivemind",
             remote_command(a),
         )
         [result] = json.loads(over_ssh.stdout)
@@ -186,7 +186,7 @@ def test_backup_over_ssh_matches_a_local_backup(
             "backup",
             "--host",
             f"{sshd.user}@127.0.0.1:1",
-            "--key-file",
+            "--ssh-key",
             str(sshd.client_key),
             check=False,
         )

@@ -106,14 +106,16 @@ def test_a_queued_task_no_worker_can_run_names_what_the_closest_worker_lacks(set
 
 
 def _stuck_task(settings: Settings) -> tuple[str, int]:
-    """A task leased to a worker that then went silent an hour ago, with no reaper running."""
+    """A task leased to a worker that went silent a minute ago, well inside its timeout, with
+    no reaper running."""
     r = client(settings)
     register_worker(settings, "w-1")
     task_id = submit(settings)
     (lease,) = TaskStore(r).lease("w-1", BIG_WORKER, 1, settings.effective_lease_timeout)
-    hour_ago = time.time() - 3600
-    r.hset(keys.task_key(task_id), mapping={"last_update": hour_ago, "start_time": hour_ago})
-    r.zadd(keys.LEASES, {task_id: (hour_ago + settings.effective_lease_timeout) * 1000})
+    minute_ago = time.time() - 60
+    assert settings.task_timeout > 60
+    r.hset(keys.task_key(task_id), mapping={"last_update": minute_ago, "start_time": minute_ago})
+    r.zadd(keys.LEASES, {task_id: (minute_ago + settings.effective_lease_timeout) * 1000})
     return task_id, lease.attempt
 
 
@@ -122,7 +124,7 @@ def test_a_stuck_task_fails_and_fix_requeues_it_fencing_the_old_worker(settings)
     report = doctor(settings, "tasks.stuck")
     finding = report.result("tasks.stuck").finding
     assert finding.status is Status.FAIL
-    assert task_id in finding.summary and "timeout" in finding.summary
+    assert task_id in finding.summary and "no update for" in finding.summary
 
     context = Context(settings, timeout=3.0)
     actions = plan_fixes(report, context)

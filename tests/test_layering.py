@@ -114,3 +114,28 @@ def test_the_walk_sees_lazy_and_relative_imports() -> None:
     found = _imports_in(source, "hivemind.cli")
     assert {"hivemind.worker", "hivemind.worker.bundle", "hivemind.nodepool.core"} <= found
     assert _imports_in("import json\nfrom typing import Any\n", "hivemind") == set()
+
+
+def test_keys_holds_key_names_only() -> None:
+    # Tuning constants live in hivemind.tuning; keys.py is the map of Redis' key space.
+    from hivemind import keys
+
+    not_names = {
+        name: value
+        for name, value in vars(keys).items()
+        if name.isupper()
+        and not isinstance(value, str)
+        and not (isinstance(value, tuple) and all(isinstance(v, str) for v in value))
+    }
+    assert not_names == {}
+
+
+def test_the_lua_scripts_spell_no_key_names() -> None:
+    # Every key a script touches is built from hivemind.keys, so renaming one renames it there.
+    source = (ROOT / "hivemind/taskstore/scripts.py").read_text(encoding="utf-8")
+    spelled = [
+        literal
+        for literal in ("':tasks'", "':log'", "':history'", "'task:", "'worker:", "'queue:")
+        if literal in source
+    ]
+    assert spelled == []

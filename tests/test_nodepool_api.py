@@ -14,7 +14,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.auth import issue_worker_token
 from hivemind.client import Client, function_spec
 from hivemind.config import Settings
@@ -180,7 +180,7 @@ def test_work_queued_by_another_process_reaches_a_long_poll_that_skipped_its_fir
     started = time.monotonic()
     [leased] = w1.lease(1, wait=5).tasks
     assert leased.task_id == task_id
-    assert time.monotonic() - started < keys.QUEUE_EMPTY_TRUST + 1.0
+    assert time.monotonic() - started < tuning.QUEUE_EMPTY_TRUST + 1.0
 
 
 def test_a_task_submitted_during_a_long_poll_is_leased_in_the_submits_round_trip(
@@ -207,7 +207,7 @@ def test_a_task_submitted_during_a_long_poll_is_leased_in_the_submits_round_trip
 def test_a_task_handed_to_a_worker_that_hung_up_goes_back_to_the_queue(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keys, "QUEUE_EMPTY_TRUST", 10.0)  # no fallback look during the test
+    monkeypatch.setattr(tuning, "QUEUE_EMPTY_TRUST", 10.0)  # no fallback look during the test
     alice, w1 = pool.user("alice"), pool.worker("w1")
     state = pool.server.state
     request = pb.LeaseRequest(node_id="w1", max_tasks=1, wait=10)
@@ -434,7 +434,7 @@ def test_archive_goes_in_slices_and_leaves_the_rest_for_the_next_pass(settings: 
     # A housekeeper of its own, not started: nothing else archives meanwhile.
     state = NodePoolState.open(settings)
     housekeeper = Housekeeper(state)
-    count = 2 * keys.ARCHIVE_SLICE + 17
+    count = 2 * tuning.ARCHIVE_SLICE + 17
     ids = state.tasks.submit(
         [
             NewTask("alice", "t", "FUNCTION", {}, timeout=10, retries=0, priority=0)
@@ -445,7 +445,7 @@ def test_archive_goes_in_slices_and_leaves_the_rest_for_the_next_pass(settings: 
     leases = state.tasks.lease("w1", caps, count, 30)
     outcomes = [Outcome(x.task_id, x.attempt, "w1", TaskState.SUCCEEDED, "7") for x in leases]
     assert state.tasks.complete(outcomes) == [""] * count
-    first = keys.ARCHIVE_SLICE + 5
+    first = tuning.ARCHIVE_SLICE + 5
     assert housekeeper.archive_finished(limit=first) == first
     assert state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == count - first
     assert housekeeper.archive_finished() == count - first
@@ -480,7 +480,7 @@ def test_a_user_disabled_by_another_process_is_refused_within_a_second(pool: Poo
         while time.monotonic() - started < 5:
             alice.list()
             time.sleep(0.05)
-    assert time.monotonic() - started < keys.USER_RECHECK + 0.5
+    assert time.monotonic() - started < tuning.USER_RECHECK + 0.5
 
 
 def test_worker_reports_apart_to_a_node_pool_that_does_not_take_outcomes_in_a_lease(

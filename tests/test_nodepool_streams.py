@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.client import function_spec
 from hivemind.errors import NodePoolError
 from hivemind.nodepool.core import Slots
@@ -37,7 +37,7 @@ def test_a_worker_leases_and_reports_over_one_stream(pool: Pool) -> None:
 def test_a_worker_opens_its_next_stream_before_a_long_poll_could_outlast_this_one(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keys, "LEASE_STREAM_LIFETIME", 2.5)  # the stream's deadline
+    monkeypatch.setattr(tuning, "LEASE_STREAM_LIFETIME", 2.5)  # the stream's deadline
     monkeypatch.setattr(connection, "LEASE_MARGIN", 0.2)
     w1 = pool.worker("w1")
     started = time.monotonic()

@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.states import TaskState
 from hivemind.taskstore import (
     Completion,
@@ -221,7 +221,7 @@ def test_node_pool_times_out_a_task_whose_worker_never_reports(store: TaskStore)
     deadline = store.redis.zscore(keys.DEADLINES, tid)
     started = float(store.redis.hget(f"task:{tid}", "start_time"))
     # timeout 10 s plus TIMEOUT_GRACE after the lease
-    assert deadline == pytest.approx((started + 10 + keys.TIMEOUT_GRACE) * 1000, abs=50)
+    assert deadline == pytest.approx((started + 10 + tuning.TIMEOUT_GRACE) * 1000, abs=50)
     assert store.reap_timeouts() == []
     store.redis.zadd(keys.DEADLINES, {tid: 0})  # time passes
     assert store.reap_timeouts() == [(tid, "w-hung")]
@@ -257,4 +257,4 @@ def test_tasks_finished_in_one_call_are_all_counted(store: TaskStore) -> None:
     assert r.hgetall(keys.STATS_FINISHED) == {"SUCCEEDED": "2", "FAILED": "1"}
     [minute] = r.keys(keys.STATS_MINUTE_PREFIX + "*")
     assert r.hgetall(minute) == {"SUCCEEDED": "2", "FAILED": "1"}
-    assert 0 < r.ttl(minute) <= keys.STATS_MINUTE_TTL
+    assert 0 < r.ttl(minute) <= tuning.STATS_MINUTE_TTL

@@ -17,6 +17,7 @@ from doctor.model import Finding
 from doctor.probes.data_refs import BLOB_KINDS, BlobFile, TaskRef, blob_owner, find_dangling
 from doctor.registry import check
 from hivemind import keys
+from hivemind.states import TaskState
 
 #: Newest live tasks and archived tasks read; older ones are left out (and said to be).
 LIVE_TASK_LIMIT = 50_000
@@ -26,7 +27,7 @@ BUNDLE_GRACE_S = 3600.0
 SAMPLES = 10
 SYNC_DATA = "hivemind recover --playbook sync-data"
 #: States in which a task still needs its bundle and checkpoint.
-_UNFINISHED = ("QUEUED", "RUNNING")
+_UNFINISHED = (TaskState.QUEUED, TaskState.RUNNING)
 _FIELDS = ("id", "owner", "status", "kind", "has_result_archive", "attempt", "has_checkpoint")
 
 

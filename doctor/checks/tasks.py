@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from doctor.cluster import (
@@ -21,9 +22,10 @@ from doctor.context import Context
 from doctor.fixes import Action, fixer
 from doctor.model import Finding
 from doctor.registry import check
-from hivemind import keys
-from hivemind.states import is_terminal
+from hivemind import tuning
+from hivemind.states import TaskState, is_terminal
 from hivemind.taskstore import TaskStore
+from hivemind.timeouts import TimeoutPhase, timeout_deadline, timeout_phase
 from hivemind.worker_records import unschedulable_reason
 
 #: A queued task older than this is a warning.
@@ -100,7 +102,9 @@ def failed_tasks(ctx: Context) -> Finding:
         for task_id, r in records.items()
         if is_terminal(r["status"]) and field_float(r["finished_at"]) >= now - FAILURE_WINDOW
     }
-    failed = {t: r for t, r in finished.items() if r["status"] in ("FAILED", "TIMEOUT")}
+    failed = {
+        t: r for t, r in finished.items() if r["status"] in (TaskState.FAILED, TaskState.TIMEOUT)
+    }
     evidence: dict[str, Any] = {"finished_last_hour": len(finished), "failed": len(failed)}
     if not failed:
         return Finding.ok(
@@ -132,29 +136,64 @@ def _first_line(text: str) -> str:
     return (text or "").strip().splitlines()[0][:200] if (text or "").strip() else ""
 
 
-def stuck_tasks(ctx: Context, view: RunningView) -> dict[str, str]:
-    """RUNNING task id -> why it is stuck: past its timeout, or no sign of life (no log,
-    progress or lease renewal) for more than two heartbeat intervals."""
+#: A task past its deadline by more than this is one the node pool's reaper has missed (it
+#: runs every REAPER_INTERVAL): closer than that, the reaper may simply not have come round.
+REAPER_SLACK = 3 * tuning.REAPER_INTERVAL
+
+
+@dataclass(frozen=True)
+class StuckTasks:
+    """RUNNING tasks that need a hand, each id -> why, split by what mends them."""
+
+    #: No sign of life (log, progress, lease renewal) for two heartbeat intervals, while still
+    #: inside its timeout: requeue it, fencing the silent attempt.
+    silent: dict[str, str] = field(default_factory=dict)
+    #: Past its timeout and TIMEOUT_GRACE, and still RUNNING: the node pool's reaper missed it.
+    #: Mark it TIMEOUT as the reaper would; running it again would not help.
+    overdue: dict[str, str] = field(default_factory=dict)
+    #: Past its timeout but inside the grace: its worker is stopping it. Left alone.
+    stopping: dict[str, str] = field(default_factory=dict)
+
+    def found(self) -> dict[str, str]:
+        return {**self.overdue, **self.silent}
+
+
+def stuck_tasks(ctx: Context, view: RunningView) -> StuckTasks:
+    """Sort the RUNNING tasks by the node pool's own timeout rule (hivemind.timeouts), so that
+    no fix requeues a task the node pool is about to mark TIMEOUT."""
     now = ctx.now()
     silent_after = 2 * ctx.settings.heartbeat_interval
     lease = ctx.settings.effective_lease_timeout
-    stuck = {}
+    stuck = StuckTasks()
     for task_id, record in view.records.items():
-        if record["status"] != "RUNNING":
+        if record["status"] != TaskState.RUNNING:
             continue
         started = field_float(record["start_time"])
         timeout = field_float(record["timeout"]) or ctx.settings.task_timeout
         renewed = view.leases.get(task_id, 0.0) - lease if task_id in view.leases else 0.0
         alive_at = max(field_float(record["last_update"]), renewed, started)
-        if started and now - started > timeout:
-            stuck[task_id] = (
-                f"running {now - started:.0f}s, past its {timeout:g}s timeout "
-                f"(worker {record['worker'] or '?'})"
+        worker = record["worker"] or "?"
+        phase = timeout_phase(now, started, timeout)
+        if phase is TimeoutPhase.OVERDUE:
+            late = now - timeout_deadline(started, timeout)
+            if late > REAPER_SLACK:
+                stuck.overdue[task_id] = (
+                    f"running {now - started:.0f}s, past its {timeout:g}s timeout and the "
+                    f"{tuning.TIMEOUT_GRACE:g}s grace, yet not marked TIMEOUT (worker {worker}; "
+                    "is the node pool running?)"
+                )
+            else:
+                stuck.stopping[task_id] = f"past its deadline {late:.1f}s; the reaper is due"
+        elif phase is TimeoutPhase.STOPPING:
+            stuck.stopping[task_id] = (
+                f"past its {timeout:g}s timeout by {now - started - timeout:.0f}s; worker "
+                f"{worker} is stopping it, else the node pool marks it TIMEOUT "
+                f"{tuning.TIMEOUT_GRACE:g}s after the timeout"
             )
         elif now - alive_at > silent_after:
-            stuck[task_id] = (
+            stuck.silent[task_id] = (
                 f"no update for {now - alive_at:.0f}s (> 2 × {ctx.settings.heartbeat_interval:g}s "
-                f"heartbeat interval; worker {record['worker'] or '?'})"
+                f"heartbeat interval; worker {worker})"
             )
     return stuck
 
@@ -167,22 +206,55 @@ def stuck_tasks(ctx: Context, view: RunningView) -> dict[str, str]:
 )
 def stuck(ctx: Context) -> Finding:
     view = running(ctx)
-    found = stuck_tasks(ctx, view)
-    evidence = {"running": len(view.records), "stuck": dict(list(found.items())[:SHOWN])}
+    sorted_tasks = stuck_tasks(ctx, view)
+    found = sorted_tasks.found()
+    evidence = {
+        "running": len(view.records),
+        "stuck": dict(list(found.items())[:SHOWN]),
+        "timing_out": dict(list(sorted_tasks.stopping.items())[:SHOWN]),
+    }
     if found:
         first_id, why = next(iter(found.items()))
+        fixes = []
+        if sorted_tasks.silent:
+            fixes.append("requeue the silent ones")
+        if sorted_tasks.overdue:
+            fixes.append("mark the overdue ones TIMEOUT, as the node pool's reaper would")
         return Finding.fail(
             f"{len(found)} RUNNING task(s) are stuck; {first_id}: {why}",
-            "requeue them: hivemind doctor --fix --only tasks.stuck",
+            f"{' and '.join(fixes)}: hivemind doctor --fix --only tasks.stuck",
             **evidence,
         )
-    return Finding.ok(f"{len(view.records)} running task(s), none stuck", **evidence)
+    timing_out = f", {len(sorted_tasks.stopping)} timing out" if sorted_tasks.stopping else ""
+    return Finding.ok(f"{len(view.records)} running task(s), none stuck{timing_out}", **evidence)
 
 
 @fixer("tasks.stuck")
-def requeue_stuck(ctx: Context, _finding: Finding) -> list[Action]:
+def mend_stuck(ctx: Context, _finding: Finding) -> list[Action]:
     found = stuck_tasks(ctx, running(ctx))
-    return [_requeue_action(ctx, "tasks.stuck", task_id, why) for task_id, why in found.items()]
+    actions = [_requeue_action(ctx, "tasks.stuck", t, why) for t, why in found.silent.items()]
+    if found.overdue:
+        actions.append(_timeout_action(ctx, sorted(found.overdue)))
+    return actions
+
+
+def _timeout_action(ctx: Context, task_ids: list[str]) -> Action:
+    def apply() -> str:
+        # The node pool's own reaper script: it marks TIMEOUT only what is RUNNING past its
+        # filed deadline, so a task that finished meanwhile is left as it is.
+        reaped = [task_id for task_id, _worker in TaskStore(ctx.redis()).reap_timeouts()]
+        if not reaped:
+            raise RuntimeError("none was past its filed deadline any more")
+        return f"marked TIMEOUT: {', '.join(reaped[:SHOWN])}"
+
+    shown = ", ".join(task_ids[:SHOWN])
+    return Action(
+        "tasks.stuck",
+        f"mark {len(task_ids)} overdue task(s) TIMEOUT ({shown})",
+        "run the node pool's timeout reaper once through the task store",
+        apply,
+        touches=("tasks.stuck", "tasks.orphaned", "tasks.queue"),
+    )
 
 
 def _requeue_action(ctx: Context, check_id: str, task_id: str, why: str) -> Action:
@@ -215,7 +287,7 @@ def orphans(ctx: Context) -> dict[str, dict[str, str]]:
     now, lease = ctx.now(), ctx.settings.effective_lease_timeout
     lost_worker: dict[str, str] = {}
     for task_id, record in view.records.items():
-        if record["status"] != "RUNNING":
+        if record["status"] != TaskState.RUNNING:
             continue
         owner = rows.get(record["worker"])
         if owner is None:
@@ -234,7 +306,7 @@ def orphans(ctx: Context) -> dict[str, dict[str, str]]:
     unqueued = {
         task_id: "QUEUED but in no queue"
         for task_id, status in all_task_statuses(ctx).items()
-        if status == "QUEUED" and task_id not in in_queue
+        if status == TaskState.QUEUED and task_id not in in_queue
     }
     return {
         "running_without_worker": lost_worker,
@@ -321,7 +393,7 @@ def timeout_config(ctx: Context) -> Finding:
         "HEARTBEAT_INTERVAL": s.heartbeat_interval,
         "LEASE_TIMEOUT": lease,
         "MAX_TASK_DATA_SIZE": s.max_task_data_size,
-        "TIMEOUT_GRACE": keys.TIMEOUT_GRACE,
+        "TIMEOUT_GRACE": tuning.TIMEOUT_GRACE,
     }
     problems = []
     if s.task_timeout <= 0:

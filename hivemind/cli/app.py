@@ -3,7 +3,6 @@ renders the result."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from hivemind.cli.common import (
     errors,
     fail,
     print_json,
+    read_password,
     settings,
     styled,
     when,
@@ -40,6 +40,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: it wraps within the terminal and shows no `<bool>` type for flags;
+    # every command below inherits it.
+    rich_markup_mode=None,
 )
 user_app = typer.Typer(
     help="Users in node_pool/users.db (run on the node pool's host).", no_args_is_help=True
@@ -72,7 +75,7 @@ def version() -> None:
 @app.command()
 @command
 def up(
-    workers: int = typer.Option(1, help="Workers to start."),
+    workers: int = typer.Option(1, metavar="N", help="Workers to start."),
     foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops everything."),
 ) -> None:
     """Start Redis (if none answers), the node pool and workers; return when all are healthy."""
@@ -83,21 +86,24 @@ def up(
     boot = ensure_admin(s)
     if foreground:
         raise typer.Exit(stack.run_foreground(s, workers))
-    status = stack.up(s, workers=workers, on_event=lambda line: console.print(escape(line)))
+    status = stack.up(s, workers=workers, on_event=lambda line: _line(escape(line)))
     _render_stack(status)
     if boot.admin_created:
-        console.print(f"created user [bold]admin[/]; its password is in {boot.password_file}")
-    if stack.master_installed():
+        _line(f"created user [bold]admin[/]; its password is in {escape(str(boot.password_file))}")
+    _line("\n[bold]Ready.[/] This CLI is logged in as admin.")
+    master = next((svc for svc in status.services if svc.name == "master"), None)
+    if master is not None and master.enabled:
         host = "localhost" if s.master_host in ("", "0.0.0.0", "::") else s.master_host
         password = boot.password_file
-        hint = f" (admin's password is in {password})" if password.exists() else ""
-        console.print(f"Web console: http://{host}:{s.master_port}/{hint}")
-    console.print(
-        "\n[bold]Ready.[/] This CLI is logged in as admin. Try:\n"
-        "  hivemind submit examples/hello --wait\n"
-        "  hivemind submit hivemind.examples:add --arg 2 --arg 3 --wait\n"
-        f"Logs: {s.home}/node_pool/logs/nodepool.log, {s.home}/worker/logs/worker.log"
-    )
+        hint = f" (admin's password is in {escape(str(password))})" if password.exists() else ""
+        _line(f"  Web console:  http://{host}:{s.master_port}/{hint}")
+    _line("  Try:          hivemind submit examples/hello --wait")
+    _line("                hivemind submit hivemind.examples:add --arg 2 --arg 3 --wait")
+
+
+def _line(markup: str) -> None:
+    """One line that is never wrapped (paths and URLs stay whole when piped or narrow)."""
+    console.print(markup, soft_wrap=True)
 
 
 @app.command()
@@ -106,7 +112,7 @@ def down() -> None:
     """Stop what `hivemind up` started (and only that)."""
     from hivemind import stack
 
-    status = stack.down(settings(), on_event=lambda line: console.print(escape(line)))
+    status = stack.down(settings(), on_event=lambda line: _line(escape(line)))
     _render_stack(status)
 
 
@@ -133,21 +139,22 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 def _render_stack(status: StackStatus) -> None:
     table = Table(show_edge=False)
-    for column in ("SERVICE", "PID", "STATE", "DETAIL", "LOG"):
+    for column in ("SERVICE", "PID", "STATE", "DETAIL"):
         table.add_column(column)
     for svc in status.services:
         if not svc.enabled:
             state = "n/a"
         else:
             state = "healthy" if svc.healthy else "running" if svc.running else "stopped"
-        table.add_row(
-            svc.name,
-            str(svc.pid or "-"),
-            styled_state(state),
-            escape(svc.detail),
-            escape(str(svc.log or "")),
-        )
+        table.add_row(svc.name, str(svc.pid or "-"), styled_state(state), escape(svc.detail))
     console.print(table)
+    # Below the table, not in it: a column would cut long paths to the terminal's width.
+    logs = [(svc.name, svc.log) for svc in status.services if svc.enabled and svc.log]
+    if logs:
+        width = max(len(name) for name, _ in logs)
+        _line("Logs:")
+        for name, log in logs:
+            _line(f"  {escape(name):<{width}}  {escape(str(log))}")
 
 
 def styled_state(state: str) -> str:
@@ -162,8 +169,8 @@ def styled_state(state: str) -> str:
 @app.command()
 @command
 def nodepool(
-    host: str = typer.Option(None, help="Override GRPC_HOST."),
-    port: int = typer.Option(None, help="Override GRPC_PORT."),
+    host: str = typer.Option(None, metavar="ADDRESS", help="Override GRPC_HOST."),
+    port: int = typer.Option(None, metavar="PORT", help="Override GRPC_PORT."),
 ) -> None:
     """Run the node pool in the foreground (for systemd: hivemind-nodepool)."""
     from hivemind.nodepool.server import serve
@@ -174,8 +181,8 @@ def nodepool(
 @app.command()
 @command
 def master(
-    host: str = typer.Option(None, help="Override MASTER_HOST."),
-    port: int = typer.Option(None, help="Override MASTER_PORT."),
+    host: str = typer.Option(None, metavar="ADDRESS", help="Override MASTER_HOST."),
+    port: int = typer.Option(None, metavar="PORT", help="Override MASTER_PORT."),
 ) -> None:
     """Run the web console and REST API in the foreground (for systemd: hivemind-master)."""
     from hivemind.master.server import serve
@@ -186,11 +193,19 @@ def master(
 @app.command()
 @command
 def worker(
-    node_id: str = typer.Option(None, "--node-id", help="This worker's id (default: hostname)."),
-    allow: list[str] = typer.Option([], "--allow", help="A module whose functions may run."),
-    label: list[str] = typer.Option([], "--label", help="A label to advertise."),
-    gpu: int = typer.Option(0, help="GPUs to advertise."),
-    capacity: int = typer.Option(0, help="Tasks at once (default: MAX_CONCURRENT_TASKS)."),
+    node_id: str = typer.Option(
+        None, "--node-id", metavar="NODE_ID", help="This worker's id (default: hostname)."
+    ),
+    allow: list[str] = typer.Option(
+        [], "--allow", metavar="MODULE", help="A module whose functions may run (repeatable)."
+    ),
+    label: list[str] = typer.Option(
+        [], "--label", metavar="LABEL", help="A label to advertise (repeatable)."
+    ),
+    gpu: int = typer.Option(0, metavar="N", help="GPUs to advertise."),
+    capacity: int | None = typer.Option(
+        None, metavar="N", help="Tasks at once (default: MAX_CONCURRENT_TASKS)."
+    ),
 ) -> None:
     """Run a worker in the foreground (for systemd: hivemind-worker@ID)."""
     import socket
@@ -217,7 +232,7 @@ def worker(
         allowed_modules=allowed,
         labels=tuple(label),
         gpu=gpu,
-        capacity=capacity,
+        capacity=capacity or 0,
     )
     raise typer.Exit(run_worker(s, options))
 
@@ -230,7 +245,10 @@ def worker_token(
         False, help="Write it to worker/config/NODE_ID.token (mode 0600) instead of printing it."
     ),
     ttl: float = typer.Option(
-        None, "--ttl", help="Seconds the token stays valid (default: WORKER_TOKEN_TTL)."
+        None,
+        "--ttl",
+        metavar="SECONDS",
+        help="Seconds the token stays valid (default: WORKER_TOKEN_TTL).",
     ),
     revoke: bool = typer.Option(
         False,
@@ -240,7 +258,7 @@ def worker_token(
 ) -> None:
     """Issue a token that lets one worker join as NODE_ID (uses this host's signing secret),
     or --revoke the ones it has."""
-    from hivemind import keys
+    from hivemind import tuning
     from hivemind.auth import issue_worker_token
     from hivemind.paths import layout
 
@@ -255,7 +273,7 @@ def worker_token(
             store.close()
         console.print(
             f"revoked every token of worker {escape(node_id)}: the node pool refuses them "
-            f"within {keys.WORKER_TOKEN_RECHECK:g} s; `hivemind worker-token {escape(node_id)}` "
+            f"within {tuning.WORKER_TOKEN_RECHECK:g} s; `hivemind worker-token {escape(node_id)}` "
             "issues a new one"
         )
         return
@@ -276,18 +294,19 @@ def worker_token(
 @app.command()
 @command
 def login(
-    username: str = typer.Option(None, "--username", "-u"),
+    username: str = typer.Option(None, "--username", "-u", metavar="NAME"),
     password: str = typer.Option(
         None,
         "--password",
+        metavar="PASSWORD",
         envvar="HIVEMIND_PASSWORD",
-        help="Prefer the prompt or $HIVEMIND_PASSWORD.",
+        help="Prefer the prompt, a pipe or $HIVEMIND_PASSWORD.",
     ),
 ) -> None:
     """Log in to the node pool; the token is stored with mode 0600."""
     s = settings()
     username = username or typer.prompt("username")
-    password = password or getpass.getpass("password: ")
+    password = password or read_password("password: ")
     with client(s) as c:
         reply = c.login(username, password)
     path = save_token(s.client_address, reply.token)
@@ -309,19 +328,28 @@ def logout() -> None:
 @command
 def passwd(
     old_password: str = typer.Option(
-        None, "--old-password", envvar="HIVEMIND_PASSWORD", help="Prefer the prompt."
+        None,
+        "--old-password",
+        metavar="PASSWORD",
+        envvar="HIVEMIND_PASSWORD",
+        help="Prefer the prompt.",
     ),
     new_password: str = typer.Option(
-        None, "--new-password", envvar="HIVEMIND_NEW_PASSWORD", help="Prefer the prompt."
+        None,
+        "--new-password",
+        metavar="PASSWORD",
+        envvar="HIVEMIND_NEW_PASSWORD",
+        help="Prefer the prompt.",
     ),
 ) -> None:
     """Change your own password on the node pool (the current one is needed). Your other
     tokens stop working; the stored one is replaced."""
     s = settings()
-    old_password = old_password or getpass.getpass("current password: ")
+    old_password = old_password or read_password("current password: ")
     if not new_password:
-        new_password = getpass.getpass("new password: ")
-        if getpass.getpass("new password again: ") != new_password:
+        new_password = read_password("new password: ")
+        # Piped passwords come one per line, with no second one to compare.
+        if sys.stdin.isatty() and read_password("new password again: ") != new_password:
             fail("the new passwords differ", 2)
     with client(s) as c:
         reply = c.change_password(old_password, new_password)
@@ -353,14 +381,17 @@ def _store():  # type: ignore[no-untyped-def]
 @command
 def user_add(
     username: str,
-    role: str = typer.Option("user", help="admin or user"),
-    credits: int = typer.Option(0),
+    role: str = typer.Option("user", metavar="ROLE", help="admin or user"),
+    credits: int = typer.Option(0, metavar="N", help="Credits to start with."),
     password: str = typer.Option(
-        None, envvar="HIVEMIND_NEW_PASSWORD", help="Prefer the prompt or $HIVEMIND_NEW_PASSWORD."
+        None,
+        metavar="PASSWORD",
+        envvar="HIVEMIND_NEW_PASSWORD",
+        help="Prefer the prompt, a pipe or $HIVEMIND_NEW_PASSWORD.",
     ),
 ) -> None:
     """Create a user."""
-    password = password or getpass.getpass(f"password for {username}: ")
+    password = password or read_password(f"password for {username}: ")
     store = _store()
     try:
         user = store.create_user(username, password, role, credits)
@@ -399,11 +430,16 @@ def user_list(as_json: bool = typer.Option(False, "--json")) -> None:
 @command
 def user_passwd(
     username: str,
-    password: str = typer.Option(None, envvar="HIVEMIND_NEW_PASSWORD"),
+    password: str = typer.Option(
+        None,
+        metavar="PASSWORD",
+        envvar="HIVEMIND_NEW_PASSWORD",
+        help="Prefer the prompt or a pipe.",
+    ),
 ) -> None:
     """Set a user's password (no old one needed: this is the host's admin); it revokes their
     tokens, which the node pool refuses within USER_RECHECK seconds."""
-    password = password or getpass.getpass(f"new password for {username}: ")
+    password = password or read_password(f"new password for {username}: ")
     store = _store()
     try:
         store.set_password(username, password)

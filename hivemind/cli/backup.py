@@ -16,17 +16,23 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from hivemind.cli.common import (
+    HOST_OPTION,
     INSECURE_HOST_KEY_OPTION,
+    INVENTORY_OPTION,
     KNOWN_HOSTS_OPTION,
+    REMOTE_HIVEMIND_OPTION,
+    SSH_KEY_OPTION,
     command,
     console,
     fail,
     print_json,
     settings,
     ssh_options,
+    ssh_targets,
 )
 
 if TYPE_CHECKING:
+    from hivemind.remote import SSHOptions, SSHTarget
     from recovery.archive import Counts
     from recovery.verify import Check
 
@@ -82,18 +88,17 @@ def _safe_dirname(host: str) -> str:
 @command
 def backup(
     ctx: typer.Context,
-    output: Path = typer.Option(None, "--output", "-o", help="Folder for the archive."),
-    host: list[str] = typer.Option(
-        [], "--host", help="user@host[:port]: back up that host over SSH (repeatable)."
+    output: Path = typer.Option(
+        None, "--output", "-o", metavar="DIR", help="Folder for the archive."
     ),
-    keep: int = typer.Option(None, "--keep", help="Keep only the newest N archives."),
+    keep: int = typer.Option(None, "--keep", metavar="N", help="Keep only the newest N archives."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report, no progress bar."),
-    key_file: Path = typer.Option(None, "--key-file", help="SSH private key to use."),
+    host: list[str] = HOST_OPTION,
+    inventory: str = INVENTORY_OPTION,
+    ssh_key: Path = SSH_KEY_OPTION,
     known_hosts: Path = KNOWN_HOSTS_OPTION,
     insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
-    remote_command: str = typer.Option(
-        "hivemind", "--remote-command", help="How to run hivemind on the remote host."
-    ),
+    remote_hivemind: str = REMOTE_HIVEMIND_OPTION,
 ) -> None:
     """Write hivemind-backup-YYYYMMDD-HHMMSS.tar.gz: users.db, Redis, data and config."""
     if ctx.invoked_subcommand is not None:
@@ -102,10 +107,9 @@ def backup(
     from hivemind.paths import layout
 
     folder = output or layout(s.home).backups
-    if host:
-        _backup_hosts(
-            host, folder, keep, as_json, key_file, known_hosts, insecure_host_key, remote_command
-        )
+    if host or inventory:
+        ssh = ssh_options(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
+        _backup_hosts(ssh_targets(host, inventory), folder, keep, as_json, ssh)
         return
     from recovery.backup import create_backup
 
@@ -128,29 +132,18 @@ def backup(
 
 
 def _backup_hosts(
-    hosts: list[str],
-    folder: Path,
-    keep: int | None,
-    as_json: bool,
-    key_file: Path | None,
-    known_hosts: Path | None,
-    insecure: bool,
-    remote_command: str,
+    targets: list[SSHTarget], folder: Path, keep: int | None, as_json: bool, ssh: SSHOptions
 ) -> None:
     from hivemind.remote import for_each_host
     from recovery.remote import RemoteBackupResult, backup_over_ssh
 
-    # --key-file and --remote-command are this command's names for --ssh-key and
-    # --remote-hivemind elsewhere; the options they make are the same.
-    ssh = ssh_options(key_file, known_hosts, insecure, remote_command)
-
-    def one(target: str) -> RemoteBackupResult:
-        dest = folder if len(hosts) == 1 else folder / _safe_dirname(target)
+    def one(target: SSHTarget) -> RemoteBackupResult:
+        dest = folder if len(targets) == 1 else folder / _safe_dirname(str(target))
         with ssh.open(target) as runner:
             return backup_over_ssh(runner, dest, remote_command=ssh.hivemind, keep=keep)
 
     with console.status("backing up over SSH …", spinner="dots") if not as_json else _null():
-        results = for_each_host(hosts, one)
+        results = for_each_host(targets, one)
     if as_json:
         print_json(
             [
@@ -176,7 +169,7 @@ def _backup_hosts(
                 console.print(f"[red]{escape(r.host)}: {escape(r.error or '')}[/]")
     failed = [r for r in results if not r.ok]
     if failed:
-        if len(hosts) == 1 and not as_json:
+        if len(targets) == 1 and not as_json:
             fail(failed[0].error or "failed")
         raise typer.Exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 import traceback
@@ -21,9 +22,10 @@ from hivemind.client import Client
 from hivemind.config import Settings, load_settings
 from hivemind.credentials import load_token
 from hivemind.errors import HivemindError
+from hivemind.states import TaskState
 
 if TYPE_CHECKING:
-    from hivemind.remote import SSHOptions
+    from hivemind.remote import SSHOptions, SSHTarget
 
 console = Console()
 # soft_wrap: an error stays one line, however narrow the terminal.
@@ -40,15 +42,38 @@ OPTIONS = GlobalOptions()
 
 # The SSH options of every command that reaches other hosts (doctor, playbook run, recover,
 # backup): declared once, so their names and help read the same everywhere.
-INVENTORY_OPTION = typer.Option(None, "--inventory", help="A file of hosts.")
-SSH_KEY_OPTION = typer.Option(None, "--ssh-key", help="Private key for SSH.")
-KNOWN_HOSTS_OPTION = typer.Option(None, "--known-hosts", help="known_hosts file to trust.")
+HOST_OPTION = typer.Option(
+    None, "--host", metavar="USER@HOST[:PORT]", help="A host to run on over SSH (repeatable)."
+)
+INVENTORY_OPTION = typer.Option(None, "--inventory", metavar="FILE", help="A file of hosts.")
+SSH_KEY_OPTION = typer.Option(None, "--ssh-key", metavar="FILE", help="Private key for SSH.")
+KNOWN_HOSTS_OPTION = typer.Option(
+    None, "--known-hosts", metavar="FILE", help="known_hosts file to trust."
+)
 INSECURE_HOST_KEY_OPTION = typer.Option(
     False, "--insecure-host-key", help="Accept unknown SSH host keys (on purpose)."
 )
 REMOTE_HIVEMIND_OPTION = typer.Option(
-    "hivemind", "--remote-hivemind", help="How hivemind is run on the hosts."
+    "hivemind", "--remote-hivemind", metavar="COMMAND", help="How hivemind is run on the hosts."
 )
+
+
+def ssh_targets(
+    hosts: list[str] | None, inventory: str | None, groups: tuple[str, ...] = ("all",)
+) -> list[SSHTarget]:
+    """The hosts of ``--host`` and ``--inventory`` (those of ``groups`` in it), in order."""
+    from hivemind.remote import load_inventory, parse_target
+
+    targets = [parse_target(h) for h in hosts or []]
+    if inventory:
+        loaded = load_inventory(inventory)
+        if groups == ("all",):
+            targets += loaded.targets()
+        else:
+            targets += [h.target for h in loaded.hosts if set(h.groups) & set(groups)]
+        if not targets:
+            fail(f"no host of {inventory} is in {', '.join(groups)}", 2)
+    return targets
 
 
 def ssh_options(
@@ -114,6 +139,20 @@ def to_dict(message: Message) -> dict[str, Any]:
     )
 
 
+def read_password(prompt: str) -> str:
+    """A password typed at the terminal (not echoed), or, when stdin is piped, its next line:
+    `echo "$PW" | hivemind login alice` reads the pipe, with no GetPassWarning."""
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        fail(f"no password on stdin (asked: {prompt.strip()!r})", 2)
+    password = line.rstrip("\r\n")
+    if not password:
+        fail("the password read from stdin is empty", 2)
+    return password
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -122,13 +161,21 @@ def when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def short_when(ts: float) -> str:
+    """Time of day for today's times, else the date: table cells on an 80-column terminal."""
+    if not ts:
+        return "-"
+    moment = datetime.fromtimestamp(ts)
+    return moment.strftime("%H:%M:%S" if moment.date() == datetime.now().date() else "%Y-%m-%d")
+
+
 STATUS_STYLE = {
-    "QUEUED": "yellow",
-    "RUNNING": "cyan",
-    "SUCCEEDED": "green",
-    "FAILED": "red",
-    "TIMEOUT": "red",
-    "CANCELLED": "magenta",
+    TaskState.QUEUED.value: "yellow",
+    TaskState.RUNNING.value: "cyan",
+    TaskState.SUCCEEDED.value: "green",
+    TaskState.FAILED.value: "red",
+    TaskState.TIMEOUT.value: "red",
+    TaskState.CANCELLED.value: "magenta",
     "online": "green",
     "lost": "red",
     "offline": "dim",

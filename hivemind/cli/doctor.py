@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hivemind.cli.common import (
+    HOST_OPTION,
     INSECURE_HOST_KEY_OPTION,
     INVENTORY_OPTION,
     KNOWN_HOSTS_OPTION,
@@ -24,6 +25,7 @@ from hivemind.cli.common import (
     print_json,
     settings,
     ssh_options,
+    ssh_targets,
 )
 
 if TYPE_CHECKING:
@@ -89,14 +91,23 @@ def render_report(report: Report) -> None:
 def doctor(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
-    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table|json|markdown"),
-    only: list[str] = typer.Option(None, "--only", help="Check ids or categories to run."),
-    skip: list[str] = typer.Option(None, "--skip", help="Check ids or categories to leave out."),
+    output: OutputFormat = typer.Option(
+        OutputFormat.table,
+        "--format",
+        metavar="table|json|markdown",
+        help="How to print the findings.",
+    ),
+    only: list[str] = typer.Option(
+        None, "--only", metavar="ID", help="A check id or category to run (repeatable)."
+    ),
+    skip: list[str] = typer.Option(
+        None, "--skip", metavar="ID", help="A check id or category to leave out (repeatable)."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
-    timeout: float | None = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
+    timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
     fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
-    host: list[str] = typer.Option(None, "--host", help="user@host[:port] to check over SSH."),
+    host: list[str] = HOST_OPTION,
     inventory: str = INVENTORY_OPTION,
     ssh_key: Path = SSH_KEY_OPTION,
     known_hosts: Path = KNOWN_HOSTS_OPTION,
@@ -158,11 +169,8 @@ def _remote(
 ) -> None:
     from doctor.remote import RemoteOptions, run_remote
     from doctor.report import summary_line, to_markdown
-    from hivemind.remote import load_inventory, parse_target
 
-    targets = [parse_target(h) for h in hosts or []]
-    if inventory:
-        targets += load_inventory(inventory).targets()
+    targets = ssh_targets(hosts, inventory)
     options = RemoteOptions(
         timeout=timeout,
         only=_names(only),
@@ -292,8 +300,10 @@ def explain_task(
 @doctor_app.command("bundle")
 @command
 def support_bundle(
-    output: str = typer.Option(".", "-o", "--output", help="The file, or a folder to put it in."),
-    timeout: float | None = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
+    output: str = typer.Option(
+        ".", "-o", "--output", metavar="PATH", help="The file, or a folder to put it in."
+    ),
+    timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
 ) -> None:
     """Write a tar.gz for a support request: findings, redacted config, logs, Redis INFO."""
     from pathlib import Path

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hivemind.cli.common import (
+    HOST_OPTION,
     INSECURE_HOST_KEY_OPTION,
     INVENTORY_OPTION,
     KNOWN_HOSTS_OPTION,
@@ -24,6 +25,7 @@ from hivemind.cli.common import (
     print_json,
     settings,
     ssh_options,
+    ssh_targets,
 )
 
 if TYPE_CHECKING:
@@ -45,8 +47,6 @@ STATUS_STYLE = {
     "planned": "cyan",
 }
 
-HOST_HELP = "user@host[:port] to run on over SSH (repeatable)."
-
 
 def _variables(pairs: list[str] | None) -> dict[str, str]:
     values = {}
@@ -56,23 +56,6 @@ def _variables(pairs: list[str] | None) -> dict[str, str]:
             fail(f"--var takes NAME=VALUE, got {pair!r}", 2)
         values[name] = value
     return values
-
-
-def _targets(
-    hosts: list[str] | None, inventory: str | None, groups: tuple[str, ...]
-) -> list[SSHTarget]:
-    from hivemind.remote import load_inventory, parse_target
-
-    targets = [parse_target(h) for h in hosts or []]
-    if inventory:
-        loaded = load_inventory(inventory)
-        if groups == ("all",):
-            targets += loaded.targets()
-        else:
-            targets += [h.target for h in loaded.hosts if set(h.groups) & set(groups)]
-        if not targets:
-            fail(f"no host of {inventory} is in {', '.join(groups)}", 2)
-    return targets
 
 
 # -- playbook list / show ---------------------------------------------------------------------
@@ -169,13 +152,20 @@ def _summary(runs: list[HostRun]) -> None:
 def run(
     name: str = typer.Argument(..., help="A shipped playbook, or a YAML file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
-    host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
+    host: list[str] = HOST_OPTION,
     inventory: str = INVENTORY_OPTION,
-    serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
-    max_fail_percent: float = typer.Option(
-        100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
+    serial: int | None = typer.Option(
+        None, "--serial", metavar="N", help="Hosts at a time (default: all at once)."
     ),
-    var: list[str] = typer.Option(None, "--var", help="NAME=VALUE for a playbook variable."),
+    max_fail_percent: float = typer.Option(
+        100.0,
+        "--max-fail-percent",
+        metavar="PERCENT",
+        help="Stop starting hosts once more than this % failed.",
+    ),
+    var: list[str] = typer.Option(
+        None, "--var", metavar="NAME=VALUE", help="A playbook variable (repeatable)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ssh_key: Path = SSH_KEY_OPTION,
     known_hosts: Path = KNOWN_HOSTS_OPTION,
@@ -190,7 +180,7 @@ def run(
     playbook = load_playbook(name)
     values = _variables(var)
     resolve_variables(playbook, values)  # a missing --var is a usage error before any host
-    targets = _targets(host, inventory, playbook.hosts)
+    targets = ssh_targets(host, inventory, playbook.hosts)
     emit = (lambda _line: None) if as_json else (lambda line: console.print(escape(line)))
     if not targets:
         runs = [run_playbook(playbook, settings(), RunOptions(dry_run, values, emit))]
@@ -209,7 +199,7 @@ def run(
             one,
             failed=lambda r: r.failed,
             broken=lambda h, why: HostRun(h, playbook.name, error=why, dry_run=dry_run),
-            serial=serial,
+            serial=serial or 0,
             max_fail_percent=max_fail_percent,
         )
     if as_json:
@@ -289,13 +279,21 @@ def render_recover(report: RecoverReport) -> None:
 def recover(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
     playbook: list[str] = typer.Option(
-        None, "--playbook", help="Run this playbook instead of what the doctor calls for."
+        None,
+        "--playbook",
+        metavar="NAME",
+        help="Run this playbook instead of what the doctor calls for (repeatable).",
     ),
-    host: list[str] = typer.Option(None, "--host", help=HOST_HELP),
+    host: list[str] = HOST_OPTION,
     inventory: str = INVENTORY_OPTION,
-    serial: int = typer.Option(0, "--serial", help="Hosts at a time (0: all at once)."),
+    serial: int | None = typer.Option(
+        None, "--serial", metavar="N", help="Hosts at a time (default: all at once)."
+    ),
     max_fail_percent: float = typer.Option(
-        100.0, "--max-fail-percent", help="Stop starting hosts once more than this % failed."
+        100.0,
+        "--max-fail-percent",
+        metavar="PERCENT",
+        help="Stop starting hosts once more than this % failed.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ssh_key: Path = SSH_KEY_OPTION,
@@ -311,7 +309,7 @@ def recover(
 
     for name in playbook or []:
         load_playbook(name)  # a typo is a usage error before anything runs
-    targets = _targets(host, inventory, ("all",))
+    targets = ssh_targets(host, inventory)
     emit = (lambda _line: None) if as_json else (lambda line: console.print(escape(line)))
     if not targets:
         reports = [recover_here(settings(), dry_run=dry_run, playbooks=playbook or (), emit=emit)]
@@ -335,7 +333,7 @@ def recover(
             one,
             failed=lambda r: r.failed,
             broken=RecoverReport.broken,
-            serial=serial,
+            serial=serial or 0,
             max_fail_percent=max_fail_percent,
         )
     if as_json:
@@ -352,8 +350,10 @@ def recover(
 @command
 def service_install(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the units; write nothing."),
-    root: str = typer.Option("/", "--root", help="Install under this root (for images/tests)."),
-    user: str = typer.Option("hivemind", "--user", help="The service user."),
+    root: str = typer.Option(
+        "/", "--root", metavar="DIR", help="Install under this root (for images/tests)."
+    ),
+    user: str = typer.Option("hivemind", "--user", metavar="USER", help="The service user."),
 ) -> None:
     """Write the systemd units hivemind-nodepool, hivemind-master and hivemind-worker@ID."""
     from hivemind.paths import layout

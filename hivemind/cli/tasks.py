@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.cli.common import (
     client,
     command,
@@ -19,32 +19,47 @@ from hivemind.cli.common import (
     fail,
     print_json,
     settings,
+    short_when,
     styled,
     to_dict,
     when,
 )
-from hivemind.client import function_spec, result_value
+from hivemind.client import Client, function_spec, result_value
 from hivemind.proto import hivemind_pb2 as pb
-from hivemind.states import is_terminal
+from hivemind.states import TaskState, is_terminal
 from hivemind.submission import TaskOptions, load_items, parse_arg, prepare_bundle
+
+TASK_ID_ARGUMENT = typer.Argument(
+    ..., metavar="TASK_ID", help="The task's id, or any unique prefix of it (4+ characters)."
+)
 
 task_app = typer.Typer(help="One task: show, logs, result, cancel.", no_args_is_help=True)
 
 
 def _render_task_table(tasks: list[pb.Task]) -> None:
     table = Table(show_edge=False)
-    for column in ("ID", "NAME", "STATUS", "OWNER", "WORKER", "TRY", "PROGRESS", "CREATED"):
-        table.add_column(column)
+    # Ids are never cut (they are what the other commands take), and nothing is ellipsised:
+    # a narrow terminal folds a name onto more lines instead.
+    owners = {t.owner for t in tasks}
+    table.add_column("ID", no_wrap=True, min_width=max((len(t.id) for t in tasks), default=2))
+    table.add_column("NAME", overflow="fold")
+    table.add_column("STATUS", no_wrap=True, min_width=max(len(s.value) for s in TaskState))
+    if len(owners) > 1:
+        table.add_column("OWNER", overflow="fold")
+    table.add_column("WORKER", overflow="fold")
+    table.add_column("TRY", no_wrap=True)
+    table.add_column("DONE", no_wrap=True, justify="right")
+    table.add_column("CREATED", no_wrap=True)
     for t in tasks:
         table.add_row(
             t.id,
             escape(t.spec.name),
             styled(t.status),
-            escape(t.owner),
+            *([escape(t.owner)] if len(owners) > 1 else []),
             escape(t.worker) or "-",
             str(t.attempt),
             f"{t.progress * 100:.0f}%",
-            when(t.created_at),
+            short_when(t.created_at),
         )
     console.print(table)
 
@@ -55,30 +70,71 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @command
     def submit(
-        target: str = typer.Argument("", help="A bundle (directory or .zip) or module:function."),
-        arg: list[str] = typer.Option([], "--arg", help="A function argument (JSON or text)."),
-        timeout: float = typer.Option(0, help="Seconds before the task is killed."),
-        retries: int = typer.Option(-1, help="Requeues after a lost worker (default: config)."),
-        cpu: int = typer.Option(0, help="Cores the worker must have."),
-        memory: int = typer.Option(0, help="MiB of RAM the worker must have."),
-        gpu: int = typer.Option(0, help="GPUs the worker must have."),
-        label: list[str] = typer.Option([], "--label", help="A label the worker must have."),
-        priority: int = typer.Option(0, help="Higher runs first."),
-        name: str = typer.Option("", help="A name to show in listings."),
-        map_function: str = typer.Option("", "--map", help="module:function to fan out."),
-        items: Path | None = typer.Option(None, help="JSONL file: one task per line, for --map."),
-        wait: bool = typer.Option(False, help="Wait for the results."),
+        target: str = typer.Argument(
+            "",
+            metavar="TARGET",
+            help="A bundle (directory or .zip) or module:function.",
+            show_default=False,
+        ),
+        arg: list[str] = typer.Option(
+            [],
+            "--arg",
+            metavar="VALUE",
+            show_default=False,
+            help="A function argument, in order (repeatable): JSON if it parses, else text; "
+            'a value opening with { [ or " must be valid JSON.',
+        ),
+        timeout: float | None = typer.Option(
+            None,
+            metavar="SECONDS",
+            help="Seconds before the task is killed (default: task.json's, else TASK_TIMEOUT).",
+        ),
+        retries: int | None = typer.Option(
+            None,
+            metavar="N",
+            help="Requeues after a lost worker (default: task.json's, else DEFAULT_RETRIES).",
+        ),
+        cpu: int | None = typer.Option(None, metavar="N", help="Cores the worker must have."),
+        memory: int | None = typer.Option(
+            None, metavar="MIB", help="MiB of RAM the worker must have."
+        ),
+        gpu: int | None = typer.Option(None, metavar="N", help="GPUs the worker must have."),
+        label: list[str] = typer.Option(
+            [],
+            "--label",
+            metavar="LABEL",
+            show_default=False,
+            help="A label the worker must have (repeatable).",
+        ),
+        priority: int | None = typer.Option(
+            None, metavar="N", help="Higher runs first (default: task.json's, else 0)."
+        ),
+        name: str = typer.Option(
+            "", metavar="TEXT", show_default=False, help="A name to show in listings."
+        ),
+        map_function: str = typer.Option(
+            "",
+            "--map",
+            metavar="MODULE:FUNCTION",
+            show_default=False,
+            help="A function to call once per item of --items.",
+        ),
+        items: Path | None = typer.Option(
+            None, metavar="FILE", help="JSONL file: one call's argument per line, for --map."
+        ),
+        wait: bool = typer.Option(False, "--wait", help="Wait for the results."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Submit a bundle, a function call, or (--map) one call per item of a JSONL file."""
         s = settings()
+        # Not given is 0 (-1 for retries) in a TaskSpec: the node pool, or task.json, decides.
         options: dict[str, Any] = dict(
-            timeout=timeout,
-            retries=retries,
-            priority=priority,
-            cpu=cpu,
-            memory_mb=memory,
-            gpu=gpu,
+            timeout=timeout or 0.0,
+            retries=-1 if retries is None else retries,
+            priority=priority or 0,
+            cpu=cpu or 0,
+            memory_mb=memory or 0,
+            gpu=gpu or 0,
             labels=label,
         )
         with client(s) as c:
@@ -104,10 +160,10 @@ def register(app: typer.Typer) -> None:
                         console.print(f"submitted [bold]{task_id}[/]")
                 return
             # Quick tasks come back with the submit call itself; the rest get a progress bar.
-            tasks = c.submit_and_wait(specs, timeout=keys.SUBMIT_QUICK_WAIT)
+            tasks = c.submit_and_wait(specs, timeout=tuning.SUBMIT_QUICK_WAIT)
             if not all(is_terminal(t.status) for t in tasks):
                 tasks = _wait_all(c, tasks)
-        failed = [t for t in tasks if t.status != "SUCCEEDED"]
+        failed = [t for t in tasks if t.status != TaskState.SUCCEEDED]
         if as_json:
             print_json([{**to_dict(t), "result": result_value(t)} for t in tasks])
         elif map_function:
@@ -126,9 +182,14 @@ def register(app: typer.Typer) -> None:
     @app.command("tasks")
     @command
     def list_tasks(
-        status: str = typer.Option("", help="QUEUED, RUNNING, SUCCEEDED, FAILED, …"),
+        status: str = typer.Option(
+            "",
+            metavar="STATE",
+            show_default=False,
+            help="Only tasks in this state: " + ", ".join(s.value for s in TaskState) + ".",
+        ),
         all_users: bool = typer.Option(False, "--all", help="Every user's tasks (admins)."),
-        limit: int = typer.Option(100, help="How many, newest first."),
+        limit: int = typer.Option(100, metavar="N", help="How many, newest first."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """List tasks, newest first."""
@@ -179,7 +240,9 @@ def register(app: typer.Typer) -> None:
 
     @task_app.command("show")
     @command
-    def show(task_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    def show(
+        task_id: str = TASK_ID_ARGUMENT, as_json: bool = typer.Option(False, "--json")
+    ) -> None:
         """A task's state, requirements and attempt history."""
         with client() as c:
             t = c.get(task_id)
@@ -210,7 +273,9 @@ def register(app: typer.Typer) -> None:
 
     @task_app.command("logs")
     @command
-    def logs(task_id: str, follow: bool = typer.Option(False, "--follow", "-f")) -> None:
+    def logs(
+        task_id: str = TASK_ID_ARGUMENT, follow: bool = typer.Option(False, "--follow", "-f")
+    ) -> None:
         """Print a task's log; --follow keeps printing until it ends."""
         with client() as c:
             for text in c.stream_log(task_id, follow):
@@ -219,38 +284,40 @@ def register(app: typer.Typer) -> None:
     @task_app.command("result")
     @command
     def result(
-        task_id: str,
-        output: Path = typer.Option(Path("."), "-o", "--output", help="Where to unpack it."),
+        task_id: str = TASK_ID_ARGUMENT,
+        output: Path = typer.Option(
+            Path("."), "-o", "--output", metavar="DIR", help="Where to unpack it."
+        ),
     ) -> None:
         """Print a function's result, or unpack a bundle's output/ files into -o DIR."""
         with client() as c:
             t = c.get(task_id)
             if not is_terminal(t.status):
-                fail(f"task {task_id} is {t.status}; no result yet")
+                fail(f"task {t.id} is {t.status}; no result yet")
             if t.result_json:
                 console.print_json(t.result_json)
             elif t.has_result_archive:
-                dest = c.fetch_result(task_id, output)
-                console.print(f"result of {task_id} unpacked into {dest}")
+                dest = c.fetch_result(t.id, output)
+                console.print(f"result of {t.id} unpacked into {dest}")
             else:
                 fail(
-                    f"task {task_id} is {t.status} and has no result "
+                    f"task {t.id} is {t.status} and has no result "
                     f"{('(' + t.error_message + ')') if t.error_message else ''}"
                 )
 
     @task_app.command("cancel")
     @command
-    def cancel(task_id: str) -> None:
+    def cancel(task_id: str = TASK_ID_ARGUMENT) -> None:
         """Cancel a queued or running task."""
         with client() as c:
             t = c.cancel(task_id)
-            if t.status == "RUNNING":
-                t = c.wait([task_id], timeout=10)[0]
-        console.print(f"{task_id}: {styled(t.status)}")
+            if t.status == TaskState.RUNNING:
+                t = c.wait([t.id], timeout=10)[0]
+        console.print(f"{t.id}: {styled(t.status)}")
 
 
 def _bundle_spec(
-    c: Any, path: Path, max_size: int, name: str, options: dict[str, Any]
+    c: Client, path: Path, max_size: int, name: str, options: dict[str, Any]
 ) -> pb.TaskSpec:
     asked = TaskOptions(name=name, **{**options, "labels": tuple(options["labels"])})
     with Progress(
@@ -270,7 +337,7 @@ def _bundle_spec(
         )
 
 
-def _wait_all(c: Any, tasks: list[pb.Task]) -> list[pb.Task]:
+def _wait_all(c: Client, tasks: list[pb.Task]) -> list[pb.Task]:
     ids = [t.id for t in tasks]
     done = {t.id: t for t in tasks if is_terminal(t.status)}
     with Progress(

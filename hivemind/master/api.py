@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
@@ -26,6 +25,7 @@ from hivemind.master.live import log_text_stream, sse_stream
 from hivemind.master.results import result_response
 from hivemind.master.submit import SubmitForm, submit_task
 from hivemind.master.views import stats_view, task_view, user_view, worker_view
+from hivemind.states import TaskState
 
 
 class ErrorBody(BaseModel):
@@ -52,15 +52,6 @@ router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Username = Annotated[str, Path(min_length=1, max_length=64)]
 INT32 = 2**31 - 1
-
-
-class Status(str, Enum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
 
 
 class Credentials(BaseModel):
@@ -148,7 +139,7 @@ def me(request: Request, caller: Caller = Depends(api_caller)) -> dict[str, Any]
 def list_tasks(
     request: Request,
     caller: Caller = Depends(api_caller),
-    status: Status | None = None,
+    status: TaskState | None = None,
     name: str = Query("", max_length=200, description="Only tasks whose name contains this"),
     owner: str = Query("", max_length=64, description="Admins: only this user's tasks"),
     all_users: bool = Query(False, description="Admins: everyone's tasks"),
@@ -161,7 +152,7 @@ def list_tasks(
 def fetch_tasks(
     request: Request,
     caller: Caller,
-    status: Status | None,
+    status: TaskState | None,
     name: str,
     owner: str,
     all_users: bool,

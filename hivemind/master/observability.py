@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from hivemind.errors import NodePoolError
 from hivemind.master.gateway import ApiError, Gateway
 from hivemind.master.views import stats_view, worker_view
+from hivemind.states import TaskState
 
 router = APIRouter(tags=["operations"])
 
@@ -39,10 +40,7 @@ def prometheus_text(stats: dict[str, Any], workers: list[dict[str, Any]]) -> str
         "hivemind_tasks_finished_total",
         "counter",
         "Tasks that ended, by final status.",
-        [
-            (f'{{status="{s}"}}', stats[s.lower()])
-            for s in ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELLED")
-        ],
+        [(f'{{status="{s.value}"}}', stats[s.value.lower()]) for s in TaskState if s.terminal],
     )
     metric(
         "hivemind_tasks_per_second",

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from hivemind.master.api import INT32, Status, fetch_tasks
+from hivemind.master.api import INT32, fetch_tasks
 from hivemind.master.auth import (
     Caller,
     LoginThrottled,
@@ -40,6 +40,7 @@ from hivemind.master.views import (
     worker_view,
 )
 from hivemind.proto import hivemind_pb2 as pb
+from hivemind.states import TaskState
 
 router = APIRouter(include_in_schema=False)
 #: Paths whose errors are pages rather than JSON.
@@ -271,14 +272,14 @@ def tasks_page(
     all_users: bool = Query(False),
     limit: int = Query(50, ge=1, le=1000),
 ) -> Response:
-    chosen = Status(status) if status in Status.__members__ else None
+    chosen = TaskState(status) if status in TaskState.__members__ else None
     found = fetch_tasks(request, caller, chosen, name, owner, all_users, limit)
     return render(
         request,
         "tasks.html",
         caller,
         tasks=[task_view(t) for t in found],
-        statuses=list(Status.__members__),
+        statuses=list(TaskState.__members__),
         filters={
             "status": chosen.value if chosen else "",
             "name": name,

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hivemind.proto import hivemind_pb2 as pb
+from hivemind.states import TaskState, is_terminal
 
 KIND_NAMES = {pb.BUNDLE: "bundle", pb.FUNCTION: "function"}
-TERMINAL = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 def task_view(task: pb.Task) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def task_view(task: pb.Task) -> dict[str, Any]:
         "has_result_archive": task.has_result_archive,
         "unschedulable_reason": task.unschedulable_reason,
         "cancel_requested": task.cancel_requested,
-        "finished": task.status in TERMINAL,
+        "finished": is_terminal(task.status),
         "history": [
             {
                 "attempt": e.attempt,
@@ -97,10 +97,8 @@ def stats_view(stats: pb.ClusterStats, workers: list[dict[str, Any]]) -> dict[st
         "at": stats.at,
         "queued": stats.queued,
         "running": stats.running,
-        "succeeded": stats.finished_total.get("SUCCEEDED", 0),
-        "failed": stats.finished_total.get("FAILED", 0),
-        "timeout": stats.finished_total.get("TIMEOUT", 0),
-        "cancelled": stats.finished_total.get("CANCELLED", 0),
+        # One counter per final state, keyed by its lower-case name ("succeeded", "timeout", ...).
+        **{s.value.lower(): stats.finished_total.get(s.value, 0) for s in TaskState if s.terminal},
         "tasks_per_second": round(sum(full) / (60.0 * len(full)), 3) if full else 0.0,
         "finished_per_minute": per_minute,
         "workers_online": sum(1 for w in workers if w["status"] == "online"),

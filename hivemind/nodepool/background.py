@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.nodepool.core import NodePoolState
 from hivemind.worker_records import (
     WorkerCaps,
@@ -32,7 +32,7 @@ class Housekeeper:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self.state.stopping.wait(keys.REAPER_INTERVAL):
+        while not self.state.stopping.wait(tuning.REAPER_INTERVAL):
             try:
                 self.run_once()
             except redis.RedisError as exc:
@@ -65,7 +65,7 @@ class Housekeeper:
         """
         records = self.state.worker_records
         now = time.time()
-        lost_after = keys.WORKER_LOST_AFTER_INTERVALS * self.state.settings.heartbeat_interval
+        lost_after = tuning.WORKER_LOST_AFTER_INTERVALS * self.state.settings.heartbeat_interval
         live: dict[str, WorkerCaps] = {}
         for node_id, summary in records.summaries().items():
             age = now - float(summary.get("last_heartbeat") or 0)
@@ -76,8 +76,8 @@ class Housekeeper:
                 # Checked again inside Redis: a heartbeat since this read keeps it online.
                 if records.mark_lost(node_id, now - lost_after):
                     log.warning("worker %s lost: no heartbeat for %.0f s", node_id, age)
-            elif age > keys.WORKER_FORGET_AFTER:
-                records.forget(node_id, now - keys.WORKER_FORGET_AFTER)
+            elif age > tuning.WORKER_FORGET_AFTER:
+                records.forget(node_id, now - tuning.WORKER_FORGET_AFTER)
         return live
 
     def check_schedulability(self, live: dict[str, WorkerCaps]) -> None:
@@ -116,17 +116,19 @@ class Housekeeper:
         goes in slices of ``ARCHIVE_SLICE`` tasks with a pause between them: the slices are
         CPU work in the node pool's own process, and calls in flight wait for it.
         """
-        deadline = time.monotonic() + keys.ARCHIVE_PASS_SECONDS
+        deadline = time.monotonic() + tuning.ARCHIVE_PASS_SECONDS
         archived = 0
         while limit is None or archived < limit:
             wanted = (
-                keys.ARCHIVE_SLICE if limit is None else min(keys.ARCHIVE_SLICE, limit - archived)
+                tuning.ARCHIVE_SLICE
+                if limit is None
+                else min(tuning.ARCHIVE_SLICE, limit - archived)
             )
             count = self._archive_slice(wanted)
             archived += count
             if count < wanted or time.monotonic() >= deadline:
                 break
-            if self.state.stopping.wait(keys.ARCHIVE_PAUSE):
+            if self.state.stopping.wait(tuning.ARCHIVE_PAUSE):
                 break
         return archived
 

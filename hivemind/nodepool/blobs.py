@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.errors import HivemindError
 
 _ID = re.compile(r"^[0-9a-f]{16,64}(-[0-9]+)?$")
@@ -74,7 +74,7 @@ class BlobStore:
 
     def read_chunks(self, kind: str, blob_id: str) -> Iterator[bytes]:
         with self.path(kind, blob_id).open("rb") as fh:
-            while chunk := fh.read(keys.CHUNK_SIZE):
+            while chunk := fh.read(tuning.CHUNK_SIZE):
                 yield chunk
 
     def write_log(self, task_id: str, text: str) -> None:

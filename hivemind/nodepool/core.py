@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import redis
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
 from hivemind.config import Settings, effective_redis_url
 from hivemind.nodepool.blobs import BlobStore
@@ -155,8 +155,8 @@ class FinishedLog(Notifier):
 
     def __init__(
         self,
-        keep: int = keys.FINISHED_NOTICES_KEPT,
-        keep_records: int = keys.FINISHED_RECORDS_KEPT,
+        keep: int = tuning.FINISHED_NOTICES_KEPT,
+        keep_records: int = tuning.FINISHED_RECORDS_KEPT,
     ) -> None:
         super().__init__()
         self._entries: deque[tuple[int, dict[str, Record | None] | None]] = deque(maxlen=keep)
@@ -283,8 +283,8 @@ class NodePoolState:
     finished: FinishedLog = field(default_factory=FinishedLog)
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
-    lease_streams: Slots = field(default_factory=lambda: Slots(keys.LEASE_STREAMS_MAX))
-    submit_streams: Slots = field(default_factory=lambda: Slots(keys.SUBMIT_STREAMS_MAX))
+    lease_streams: Slots = field(default_factory=lambda: Slots(tuning.LEASE_STREAMS_MAX))
+    submit_streams: Slots = field(default_factory=lambda: Slots(tuning.SUBMIT_STREAMS_MAX))
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
     _verified: dict[str, Identity] = field(default_factory=dict)
     _users_seen: dict[str, tuple[float, UserRecord]] = field(default_factory=dict)
@@ -337,7 +337,7 @@ class NodePoolState:
             except AuthError as exc:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             # Workers send the same token on every call: verify it once, not on each.
-            if len(self._verified) >= keys.VERIFIED_TOKENS_MAX:
+            if len(self._verified) >= tuning.VERIFIED_TOKENS_MAX:
                 self._verified.clear()
             self._verified[token] = identity
         if identity.kind == "user":
@@ -359,10 +359,10 @@ class NodePoolState:
         """
         now = time.monotonic()
         seen = self._users_seen.get(username)
-        if seen is not None and now - seen[0] < keys.USER_RECHECK:
+        if seen is not None and now - seen[0] < tuning.USER_RECHECK:
             return seen[1]
         record = self.users.get(username)
-        if len(self._users_seen) >= keys.VERIFIED_TOKENS_MAX:
+        if len(self._users_seen) >= tuning.VERIFIED_TOKENS_MAX:
             self._users_seen.clear()
         self._users_seen[username] = (now, record)
         return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -10,9 +11,10 @@ from typing import Any
 
 import grpc
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.auth import Identity
 from hivemind.errors import HivemindError
+from hivemind.function_names import missing_function, module_allowed, split_function_name
 from hivemind.nodepool.blobs import DataTooLarge
 from hivemind.nodepool.core import NodePoolState, serve_exchanges
 from hivemind.nodepool.views import KIND_NAMES, task_message
@@ -21,10 +23,13 @@ from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState, is_terminal
 from hivemind.taskstore import Lease, NewTask
 
-FUNCTION_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 LABEL = re.compile(r"^[\w.\-]{1,64}$")
 MAX_RETRIES = 100
 MAX_TIMEOUT = 7 * 24 * 3600.0
+#: What counts as a task id prefix: four characters or more, and no glob characters.
+TASK_ID_PREFIX = re.compile(r"^[A-Za-z0-9_-]{4,64}$")
+#: Candidates named when a prefix is ambiguous.
+PREFIX_CANDIDATES = 10
 
 
 #: A task's record and its attempt history, as the reading helpers return them.
@@ -43,9 +48,22 @@ class BundleNotFound(SpecError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FunctionRefused(SpecError):
+    """A function no live worker would run: refused before any task exists."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class TaskService(pb_grpc.TaskServiceServicer):
     def __init__(self, state: NodePoolState) -> None:
         self.state = state
+        # (read at, live workers' --allow lists, function -> refusal): the lists are read at
+        # most every ALLOW_LISTS_TTL, and each function is judged once per reading.
+        self._allow_view: tuple[float, dict[str, tuple[str, ...] | None], dict[str, str]] = (
+            -math.inf,
+            {},
+            {},
+        )
 
     # -- uploads and submission ------------------------------------------------------------
     def UploadBundle(
@@ -72,10 +90,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
         identity = self.state.require_user(context)
         if not request.tasks:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no tasks to submit")
-        if len(request.tasks) > keys.SUBMIT_BATCH_MAX:
+        if len(request.tasks) > tuning.SUBMIT_BATCH_MAX:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"at most {keys.SUBMIT_BATCH_MAX} tasks per call, got {len(request.tasks)}",
+                f"at most {tuning.SUBMIT_BATCH_MAX} tasks per call, got {len(request.tasks)}",
             )
         try:
             bundles = self._usable_bundles(identity, request.tasks)
@@ -162,8 +180,11 @@ class TaskService(pb_grpc.TaskServiceServicer):
                 )
             payload["bundle_id"] = spec.bundle_id
         elif kind == "FUNCTION":
-            if not FUNCTION_NAME.match(spec.function):
+            if split_function_name(spec.function) is None:
                 raise SpecError(f"{where}: function must look like module:function")
+            refusal = self._function_refusal(spec.function)
+            if refusal:
+                raise FunctionRefused(f"{where}: {refusal}")
             args_json = spec.args_json or "[]"
             if len(args_json) > settings.max_task_data_size:
                 raise SpecError(f"{where}: arguments are over MAX_TASK_DATA_SIZE")
@@ -203,6 +224,29 @@ class TaskService(pb_grpc.TaskServiceServicer):
             req_gpu=req.gpu,
             req_labels=tuple(sorted(set(req.labels))),
         )
+
+    def _function_refusal(self, function: str) -> str:
+        """Why no worker would run ``function`` ("" when one may), judged once per reading of
+        the live workers' allow lists."""
+        refusal, fresh = self._judged(function, refresh=False)
+        if refusal and not fresh:
+            # A refusal is rare and final for the caller: judge it again on a fresh reading,
+            # so that a worker that registered a moment ago counts.
+            refusal, _ = self._judged(function, refresh=True)
+        return refusal
+
+    def _judged(self, function: str, refresh: bool) -> tuple[str, bool]:
+        read_at, allow_lists, judged = self._allow_view
+        fresh = refresh or time.monotonic() - read_at > tuning.ALLOW_LISTS_TTL
+        if fresh:
+            allow_lists, judged = self.state.worker_records.live_allow_lists(), {}
+            self._allow_view = (time.monotonic(), allow_lists, judged)
+        elif function in judged:
+            return judged[function], False
+        refusal = function_refusal(function, allow_lists)
+        if len(judged) < tuning.ALLOW_JUDGED_MAX:
+            judged[function] = refusal
+        return refusal, fresh
 
     def _blob_exists(self, bundle_id: str) -> bool:
         try:
@@ -255,8 +299,52 @@ class TaskService(pb_grpc.TaskServiceServicer):
             visible.append(found)
         return visible
 
+    def _resolve(
+        self, identity: Identity, task_id: str, context: grpc.ServicerContext
+    ) -> tuple[str, Found]:
+        """The caller's task, by its id or by a unique prefix of it (as git takes commits):
+        its full id and its record."""
+        found = self._records([task_id])[0] if task_id else None
+        if found is None or not _may_see(identity, found[0]):
+            full_id = self._by_prefix(identity, task_id, context)
+            found = self._records([full_id])[0] if full_id != task_id else None
+            # Someone else's task is reported as missing, so ids of others cannot be probed.
+            if found is None or not _may_see(identity, found[0]):
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+            task_id = full_id
+        return task_id, found
+
     def _visible(self, identity: Identity, task_id: str, context: grpc.ServicerContext) -> Found:
-        return self._visible_many(identity, [task_id], context)[0]
+        return self._resolve(identity, task_id, context)[1]
+
+    def _by_prefix(self, identity: Identity, prefix: str, context: grpc.ServicerContext) -> str:
+        """The one id among the caller's tasks (an admin's: everyone's) that starts with
+        ``prefix``; NOT_FOUND for none, INVALID_ARGUMENT naming the candidates for several."""
+        if not TASK_ID_PREFIX.match(prefix):
+            return prefix  # too short or odd to be a prefix: reported as no such task
+        owner = None if identity.is_admin else identity.subject
+        index = keys.TASKS_ALL if owner is None else keys.owner_tasks_key(owner)
+        matches = {
+            task_id
+            for task_id, _score in self.state.redis.zscan_iter(
+                index, match=f"{prefix}*", count=tuning.TASK_PREFIX_SCAN_COUNT
+            )
+        }
+        matches.update(
+            self.state.users.archived_ids_with_prefix(prefix, owner, PREFIX_CANDIDATES + 1)
+        )
+        if len(matches) == 1:
+            return matches.pop()
+        if not matches:
+            return prefix
+        shown = sorted(matches)[:PREFIX_CANDIDATES]
+        more = f" and {len(matches) - len(shown)} more" if len(matches) > len(shown) else ""
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"task id {prefix!r} is ambiguous: it starts {len(matches)} tasks "
+            f"({', '.join(shown)}{more}); give more of the id",
+        )
+        raise AssertionError("unreachable")  # context.abort raises
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
         identity = self.state.require_user(context)
@@ -300,12 +388,12 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     def CancelTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> pb.Task:
         identity = self.state.require_user(context)
-        self._visible(identity, request.task_id, context)
-        ok, detail = self.state.tasks.cancel(request.task_id)
+        task_id, _found = self._resolve(identity, request.task_id, context)
+        ok, detail = self.state.tasks.cancel(task_id)
         if not ok:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, detail)
-        self.state.finished.notify([request.task_id])
-        return task_message(*self._visible(identity, request.task_id, context))
+        self.state.finished.notify([task_id])
+        return task_message(*self._visible(identity, task_id, context))
 
     def WaitTasks(self, request: pb.WaitRequest, context: grpc.ServicerContext) -> pb.TaskList:
         identity = self.state.require_user(context)
@@ -359,7 +447,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         ``records`` holds what was read at finished-generation ``seen``; a task missing from
         it, or not terminal there, is waited for.
         """
-        deadline = time.monotonic() + max(0.0, min(timeout, keys.TASK_WAIT_MAX))
+        deadline = time.monotonic() + max(0.0, min(timeout, tuning.TASK_WAIT_MAX))
         finished = self.state.finished
         pending = {
             i for i in ids if i not in records or not is_terminal(records[i][0].get("status", ""))
@@ -403,18 +491,18 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self, request: pb.LogRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LogChunk]:
         identity = self.state.require_user(context)
-        self._visible(identity, request.task_id, context)
+        task_id, _found = self._resolve(identity, request.task_id, context)
         index = max(0, request.offset)
-        log_key = keys.task_log_key(request.task_id)
+        log_key = keys.task_log_key(task_id)
         while context.is_active():
             seen = self.state.logs.generation
             pipe = self.state.redis.pipeline(transaction=False)
             pipe.lrange(log_key, index, -1)
-            pipe.hget(keys.task_key(request.task_id), "status")
+            pipe.hget(keys.task_key(task_id), "status")
             chunks, status = pipe.execute()
             if status is None and not chunks:
                 # Expired from Redis: the archived log on disk has it all.
-                text = self.state.blobs.read_log(request.task_id) or ""
+                text = self.state.blobs.read_log(task_id) or ""
                 for i, piece in enumerate(text.splitlines(keepends=True)[index:]):
                     yield pb.LogChunk(index=index + i, text=piece)
                 return
@@ -431,10 +519,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self, request: pb.TaskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DataChunk]:
         identity = self.state.require_user(context)
-        record, _ = self._visible(identity, request.task_id, context)
+        task_id, (record, _) = self._resolve(identity, request.task_id, context)
         if record.get("has_result_archive") != "1":
             context.abort(grpc.StatusCode.NOT_FOUND, "this task has no result archive")
-        blob_id = f"{request.task_id}-{record.get('attempt', '0')}"
+        blob_id = f"{task_id}-{record.get('attempt', '0')}"
         if not self.state.blobs.exists("results", blob_id):
             context.abort(grpc.StatusCode.DATA_LOSS, "the result archive is missing on disk")
         for chunk in self.state.blobs.read_chunks("results", blob_id):
@@ -445,7 +533,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self.state.identify(context)
         now = time.time()
         this_minute = int(now // 60)
-        minutes = range(this_minute - keys.STATS_MINUTES + 1, this_minute + 1)
+        minutes = range(this_minute - tuning.STATS_MINUTES + 1, this_minute + 1)
         pipe = self.state.redis.pipeline(transaction=False)
         pipe.llen(keys.TASK_QUEUE)
         pipe.zcard(keys.LEASES)
@@ -460,6 +548,24 @@ class TaskService(pb_grpc.TaskServiceServicer):
             finished_total={status: int(n) for status, n in totals.items()},
             finished_per_minute=[sum(int(n) for n in m.values()) for m in per_minute],
         )
+
+
+def function_refusal(function: str, allow_lists: dict[str, tuple[str, ...] | None]) -> str:
+    """Why no worker would run ``function`` ("" when one may): every live worker says what it
+    allows (``allow_lists``, node id -> modules, None for a worker that does not say) and none
+    allows its module; or its module, found here without being imported, has no such name."""
+    module, attribute = split_function_name(function) or ("", "")
+    known = [allowed for allowed in allow_lists.values() if allowed is not None]
+    # No live worker, or one that does not say: the task may yet find a worker; queue it.
+    everyone_says = bool(known) and len(known) == len(allow_lists)
+    if everyone_says and not any(module_allowed(module, allowed) for allowed in known):
+        offered = sorted({name for allowed in known for name in allowed})
+        return (
+            f"no live worker runs functions of module {module!r}: the {len(known)} live "
+            f"worker(s) allow {', '.join(offered) or 'none'}; start one with "
+            f"`hivemind worker --allow {module}`"
+        )
+    return missing_function(module, attribute) or ""
 
 
 def _may_see(identity: Identity, record: dict[str, str]) -> bool:

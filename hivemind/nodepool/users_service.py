@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import grpc
 import redis
 
-from hivemind import keys
+from hivemind import auth, keys, tuning
 from hivemind.auth import AuthError, issue_worker_token
 from hivemind.nodepool.core import NodePoolState
 from hivemind.nodepool.views import user_message
@@ -114,11 +114,11 @@ class LoginThrottle:
             args=[
                 at,
                 name,
-                keys.LOGIN_USER_FAILURES_FREE,
-                keys.LOGIN_ADDRESS_FAILURES_FREE,
-                keys.LOGIN_BACKOFF_FIRST,
-                keys.LOGIN_BACKOFF_MAX,
-                keys.LOGIN_FAILURE_WINDOW,
+                tuning.LOGIN_USER_FAILURES_FREE,
+                tuning.LOGIN_ADDRESS_FAILURES_FREE,
+                tuning.LOGIN_BACKOFF_FIRST,
+                tuning.LOGIN_BACKOFF_MAX,
+                tuning.LOGIN_FAILURE_WINDOW,
             ],
         )
         if outcome != "ok":
@@ -130,15 +130,15 @@ class LoginThrottle:
                 f"too many failed logins{whose} from this address; retry in {wait} s",
             )
         last_before, across = rest
-        slow = int(across or 0) - keys.LOGIN_SLOWDOWN_AFTER
+        slow = int(across or 0) - tuning.LOGIN_SLOWDOWN_AFTER
         if slow > 0:
-            time.sleep(min(keys.LOGIN_SLOWDOWN_MAX, slow * keys.LOGIN_SLOWDOWN_STEP))
+            time.sleep(min(tuning.LOGIN_SLOWDOWN_MAX, slow * tuning.LOGIN_SLOWDOWN_STEP))
         return Attempt(address_key, username_key, name, at, last_before)
 
     def failed(self, attempt: Attempt) -> None:
         pipe = self.redis.pipeline()
         pipe.incr(attempt.username_key)
-        pipe.expire(attempt.username_key, keys.LOGIN_FAILURE_WINDOW)
+        pipe.expire(attempt.username_key, tuning.LOGIN_FAILURE_WINDOW)
         pipe.execute()
 
     def succeeded(self, attempt: Attempt) -> None:
@@ -158,9 +158,9 @@ class UserService(pb_grpc.UserServiceServicer):
         next to the master's service token), else the gRPC peer's."""
         forwarded = forwarder = ""
         for key, value in context.invocation_metadata():
-            if key == keys.FORWARDED_FOR_METADATA and isinstance(value, str):
+            if key == auth.FORWARDED_FOR_METADATA and isinstance(value, str):
                 forwarded = value
-            elif key == keys.FORWARDER_METADATA and isinstance(value, str):
+            elif key == auth.FORWARDER_METADATA and isinstance(value, str):
                 forwarder = value
         if forwarded and forwarder:
             try:

@@ -7,6 +7,7 @@ from typing import Any
 
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.userdb import UserRecord
+from hivemind.worker_records import allowed_modules_of
 
 KIND_NAMES = {pb.BUNDLE: "BUNDLE", pb.FUNCTION: "FUNCTION"}
 KIND_VALUES = {v: k for k, v in KIND_NAMES.items()}
@@ -104,6 +105,7 @@ def worker_message(node_id: str, record: dict[str, str], running: list[str]) -> 
             hostname=record.get("hostname", ""),
             address=record.get("address", ""),
             version=record.get("version", ""),
+            allowed_modules=list(allowed_modules_of(record) or ()),
         ),
         metrics=pb.Metrics(
             cpu_percent=float(metrics.get("cpu_percent", 0)),

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.nodepool.blobs import DataTooLarge
 from hivemind.nodepool.core import NodePoolState, serve_exchanges
 from hivemind.nodepool.views import task_spec, worker_message
@@ -57,6 +57,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             address=res.address or (context.peer() or ""),
             version=res.version,
             registered_at=f"{time.time():.3f}",
+            # Left out when the worker does not say (an older one): then it is unknown, not none.
+            **({"allowed_modules": ",".join(res.allowed_modules)} if res.allowed_modules else {}),
         )
         self.state.remember_caps(request.node_id, caps)
         self.state.set_leaving(request.node_id, False)
@@ -127,7 +129,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
         # Outcomes first: their waiters wake now, not when this call's long poll ends.
         replies = self._complete(request.results, context) if request.results else []
-        deadline = time.monotonic() + max(0.0, min(request.wait, keys.LEASE_WAIT_MAX))
+        deadline = time.monotonic() + max(0.0, min(request.wait, tuning.LEASE_WAIT_MAX))
         queued = self.state.queued
         ask = LeaseAsk(
             request.node_id,
@@ -144,7 +146,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
                 break
             # A worker that just reported is usually back for more with nothing queued: its
             # first look in Redis would only slow the waiters its outcomes just woke.
-            if not (first and queued.known_empty(seen, keys.QUEUE_EMPTY_TRUST)):
+            if not (first and queued.known_empty(seen, tuning.QUEUE_EMPTY_TRUST)):
                 round_ = self.state.tasks.lease_for(ask)
                 leases = round_.leases
                 if round_.queue_empty:
@@ -155,7 +157,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
                 break
             # A fallback poll every second covers work queued by another process. A submit
             # may lease for this call while it waits (one round trip to Redis, not two).
-            leases = queued.wait(seen, min(remaining, keys.QUEUE_EMPTY_TRUST), ask)
+            leases = queued.wait(seen, min(remaining, tuning.QUEUE_EMPTY_TRUST), ask)
             if leases:
                 break
         if leases and not context.is_active():

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.states import TaskState
 from hivemind.taskstore import scripts
 from hivemind.taskstore.lua import LuaScript, ScriptConnections
@@ -205,7 +205,7 @@ class TaskStore:
         ids = [new_task_id() for _ in tasks]
         records = []
         for task_id, task in zip(ids, tasks, strict=True):
-            priority = max(-keys.PRIORITY_MAX, min(keys.PRIORITY_MAX, task.priority))
+            priority = max(-tuning.PRIORITY_MAX, min(tuning.PRIORITY_MAX, task.priority))
             records.append(
                 {
                     "id": task_id,
@@ -260,15 +260,15 @@ class TaskStore:
             now,
             now_ms,
             int(ask.lease_seconds * 1000),
-            max(0, min(ask.max_tasks, keys.LEASE_BATCH_MAX)),
+            max(0, min(ask.max_tasks, tuning.LEASE_BATCH_MAX)),
             ask.caps.cpu,
             ask.caps.memory_mb,
             ask.caps.gpu,
             ",".join(ask.caps.labels),
-            keys.LEASE_SCAN_LIMIT,
+            tuning.LEASE_SCAN_LIMIT,
             _LEASE_FIELDS_JSON,
             ask.max_tasks if ask.max_bundles is None else ask.max_bundles,
-            int(keys.TIMEOUT_GRACE * 1000),
+            int(tuning.TIMEOUT_GRACE * 1000),
         ]
 
     @staticmethod
@@ -335,7 +335,7 @@ class TaskStore:
     def append_log(self, task_id: str, attempt: int, worker: str, text: str) -> str:
         now, _ = _now()
         return _text(
-            self._append_log(args=[task_id, attempt, worker, now, text, keys.TASK_LOG_MAX_CHUNKS])
+            self._append_log(args=[task_id, attempt, worker, now, text, tuning.TASK_LOG_MAX_CHUNKS])
         )
 
     def mark_data(self, task_id: str, attempt: int, worker: str, kind: str) -> str:
@@ -412,7 +412,7 @@ class TaskStore:
         """(task_id, worker) for each RUNNING task marked TIMEOUT because no result came
         within TIMEOUT_GRACE of its timeout."""
         now, now_ms = _now()
-        rows = self._reap_timeouts(args=[now, now_ms, limit, f"{keys.TIMEOUT_GRACE:g}"])
+        rows = self._reap_timeouts(args=[now, now_ms, limit, f"{tuning.TIMEOUT_GRACE:g}"])
         return [(_text(r[0]), _text(r[1])) for r in rows]
 
     def mark_unschedulable(self, task_id: str, reason: str) -> bool:

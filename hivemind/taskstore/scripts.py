@@ -3,18 +3,23 @@ atomically inside Redis. Only ``TaskStore`` loads them."""
 
 from __future__ import annotations
 
-from hivemind import keys
+from hivemind import keys, tuning
 from hivemind.worker_records import LUA_HELPERS
 
 # Shared Lua helpers, prepended to every script. ``fmt`` keeps large integer scores exact:
 # Redis' Lua turns numbers into strings with 14 significant digits.
 _LUA_COMMON = f"""
-local PRIORITY_MAX = {keys.PRIORITY_MAX}
-local STRIDE = {keys.PRIORITY_STRIDE}
+local PRIORITY_MAX = {tuning.PRIORITY_MAX}
+local STRIDE = {tuning.PRIORITY_STRIDE}
 local function fmt(n) return string.format('%.0f', n) end
 local function tkey(id) return '{keys.TASK_PREFIX}' .. id end
+local function thistory(id) return tkey(id) .. '{keys.TASK_HISTORY_SUFFIX}' end
+local function tlog(id) return tkey(id) .. '{keys.TASK_LOG_SUFFIX}' end
+local function wtasks(node)
+  return '{keys.WORKER_PREFIX}' .. node .. '{keys.WORKER_TASKS_SUFFIX}'
+end
 local function history(id, attempt, event, worker, at, detail)
-  redis.call('RPUSH', tkey(id) .. ':history', cjson.encode({{
+  redis.call('RPUSH', thistory(id), cjson.encode({{
     attempt = tonumber(attempt) or 0, event = event, worker = worker or '',
     at = tonumber(at), detail = detail or ''}}))
 end
@@ -67,7 +72,7 @@ local function finish(id, status, now, worker, attempt, detail, fields)
   redis.call('ZREM', '{keys.LEASES}', id)
   redis.call('ZREM', '{keys.DEADLINES}', id)
   if worker and worker ~= '' then
-    redis.call('SREM', '{keys.WORKER_PREFIX}' .. worker .. ':tasks', id)
+    redis.call('SREM', wtasks(worker), id)
   end
   redis.call('SADD', '{keys.TASKS_ARCHIVE_PENDING}', id)
   history(id, attempt, string.lower(status), worker, now, detail)
@@ -83,7 +88,7 @@ local function count_finished()
     redis.call('HINCRBY', '{keys.STATS_FINISHED}', status, count)
     redis.call('HINCRBY', minute_key, status, count)
   end
-  redis.call('EXPIRE', minute_key, {keys.STATS_MINUTE_TTL})
+  redis.call('EXPIRE', minute_key, {tuning.STATS_MINUTE_TTL})
 end
 -- A worker's write is accepted only for the current attempt of a RUNNING task it holds.
 local function fence(id, attempt, worker)
@@ -171,7 +176,7 @@ local function take(id, owner, g)
   -- heartbeats.
   local timeout_ms = (tonumber(g[F.timeout]) or 0) * 1000
   redis.call('ZADD', '%(deadlines)s', fmt(now_ms + timeout_ms + timeout_grace_ms), id)
-  redis.call('SADD', '%(worker_prefix)s' .. worker .. ':tasks', id)
+  redis.call('SADD', wtasks(worker), id)
   history(id, attempt, 'leased', worker, now, '')
   -- Round-robin: the owner just served goes behind the others of its priority (or out of
   -- the line, with nothing left queued).
@@ -291,7 +296,7 @@ APPEND_LOG = """
 -- ARGV: id, attempt, worker, now, text, max_chunks
 local why = fence(ARGV[1], ARGV[2], ARGV[3])
 if why then return why end
-local lk = tkey(ARGV[1]) .. ':log'
+local lk = tlog(ARGV[1])
 if redis.call('LLEN', lk) < tonumber(ARGV[6]) then redis.call('RPUSH', lk, ARGV[5]) end
 redis.call('HSET', tkey(ARGV[1]), 'last_update', ARGV[4])
 return ''
@@ -337,7 +342,7 @@ for _, r in ipairs(cjson.decode(ARGV[2])) do
   else
     local tk = tkey(r.id)
     redis.call('ZREM', '%(leases)s', r.id)
-    redis.call('SREM', '%(worker_prefix)s' .. r.worker .. ':tasks', r.id)
+    redis.call('SREM', wtasks(r.worker), r.id)
     if redis.call('HGET', tk, 'cancel_requested') == '1' then
       finish(r.id, 'CANCELLED', now, r.worker, r.attempt, 'cancelled')
     else
@@ -390,7 +395,7 @@ for _, id in ipairs(ids) do
   local f = redis.call('HMGET', tk, 'status', 'worker', 'attempt', 'retries', 'cancel_requested')
   redis.call('ZREM', '%(leases)s', id)
   if f[2] and f[2] ~= '' then
-    redis.call('SREM', '%(worker_prefix)s' .. f[2] .. ':tasks', id)
+    redis.call('SREM', wtasks(f[2]), id)
   end
   if f[1] == 'RUNNING' then
     local worker, attempt = f[2], f[3]
@@ -470,7 +475,7 @@ for _, id in ipairs(cjson.decode(ARGV[2])) do
   if f[1] == 'RUNNING' then
     redis.call('ZREM', '%(leases)s', id)
     if f[2] and f[2] ~= '' then
-      redis.call('SREM', '%(worker_prefix)s' .. f[2] .. ':tasks', id)
+      redis.call('SREM', wtasks(f[2]), id)
     end
     if f[4] == '1' then
       finish(id, 'CANCELLED', now, f[2], f[3], 'cancelled; restored from a backup')
@@ -506,7 +511,7 @@ local wk = '%(worker_prefix)s' .. node
 local beat = tonumber(redis.call('HGET', wk, 'last_heartbeat') or '0') or 0
 if beat >= stale_before then return -1 end
 local requeued = 0
-for _, id in ipairs(redis.call('SMEMBERS', wk .. ':tasks')) do
+for _, id in ipairs(redis.call('SMEMBERS', wtasks(node))) do
   local attempt = redis.call('HGET', tkey(id), 'attempt') or '0'
   if not fence(id, attempt, node) then
     redis.call('ZREM', '%(leases)s', id)
@@ -519,7 +524,7 @@ for _, id in ipairs(redis.call('SMEMBERS', wk .. ':tasks')) do
     end
     requeued = requeued + 1
   end
-  redis.call('SREM', wk .. ':tasks', id)
+  redis.call('SREM', wtasks(node), id)
 end
 set_worker_status(wk, '%(worker_nodes)s', node, 'lost')
 return requeued
@@ -531,8 +536,8 @@ ARCHIVE_BATCH = """
 local out = {}
 for _, id in ipairs(redis.call('SRANDMEMBER', '%(archive_pending)s', ARGV[1])) do
   local tk = tkey(id)
-  out[#out + 1] = {id, redis.call('HGETALL', tk), redis.call('LRANGE', tk .. ':history', 0, -1),
-                   redis.call('LRANGE', tk .. ':log', 0, -1)}
+  out[#out + 1] = {id, redis.call('HGETALL', tk), redis.call('LRANGE', thistory(id), 0, -1),
+                   redis.call('LRANGE', tlog(id), 0, -1)}
 end
 return out
 """
@@ -543,8 +548,8 @@ ARCHIVED = """
 for i = 2, #ARGV do
   local tk = tkey(ARGV[i])
   redis.call('EXPIRE', tk, ARGV[1])
-  redis.call('EXPIRE', tk .. ':history', ARGV[1])
-  redis.call('EXPIRE', tk .. ':log', ARGV[1])
+  redis.call('EXPIRE', thistory(ARGV[i]), ARGV[1])
+  redis.call('EXPIRE', tlog(ARGV[i]), ARGV[1])
   redis.call('SREM', '%(archive_pending)s', ARGV[i])
 end
 return #ARGV - 1

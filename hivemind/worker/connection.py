@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from hivemind import keys
+from hivemind import tuning
 from hivemind.client import open_channel, rpc_error
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
@@ -30,8 +30,8 @@ class WorkerConnection:
             lambda requests, deadline: self.tasks.LeaseStream(
                 requests, metadata=self._metadata, timeout=deadline
             ),
-            keys.LEASE_STREAM_LIFETIME,
-            keys.STREAM_RETRY,
+            tuning.LEASE_STREAM_LIFETIME,
+            tuning.STREAM_RETRY,
         )
 
     def close(self) -> None:
@@ -112,7 +112,7 @@ class WorkerConnection:
             with path.open("rb") as fh:
                 first = True
                 while True:
-                    data = fh.read(keys.CHUNK_SIZE)
+                    data = fh.read(tuning.CHUNK_SIZE)
                     if first:
                         yield pb.UploadChunk(ref=self.ref(task_id, attempt), kind=kind, data=data)
                         first = False

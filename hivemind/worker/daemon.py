@@ -27,7 +27,7 @@ from types import FrameType
 
 import psutil
 
-from hivemind import __version__, keys
+from hivemind import __version__, tuning
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.logs import configure_logging, rotating_handler
@@ -129,6 +129,7 @@ class Worker:
             capacity=self.capacity,
             hostname=socket.gethostname(),
             version=__version__,
+            allowed_modules=list(self.options.allowed_modules),
         )
 
     def connect(self) -> None:
@@ -297,17 +298,17 @@ class Worker:
     def _outcome_due(self) -> float:
         """Seconds to wait for an outcome to carry with the next lease: a quick function
         task is executing, so the lease would otherwise go out just before its outcome."""
-        if not self.reports.carry or self._mean_call_seconds > keys.OUTCOME_CARRY_WAIT:
+        if not self.reports.carry or self._mean_call_seconds > tuning.OUTCOME_CARRY_WAIT:
             return 0.0
         with self._lock:
             executing = any(t.executing and t.kind == pb.FUNCTION for t in self.running.values())
-        return keys.OUTCOME_CARRY_WAIT if executing else 0.0
+        return tuning.OUTCOME_CARRY_WAIT if executing else 0.0
 
     def prefetch(self) -> int:
         """Function tasks to hold ahead of the free slots."""
         per_slot = min(
-            keys.FUNCTION_PREFETCH_MAX_PER_SLOT,
-            int(keys.PREFETCH_WORK_SECONDS / max(self._mean_call_seconds, 1e-6)),
+            tuning.FUNCTION_PREFETCH_MAX_PER_SLOT,
+            int(tuning.PREFETCH_WORK_SECONDS / max(self._mean_call_seconds, 1e-6)),
         )
         return per_slot * self.capacity
 

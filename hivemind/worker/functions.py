@@ -37,11 +37,11 @@ from typing import Any
 
 from hivemind import task as task_api
 from hivemind.errors import HivemindError
+from hivemind.function_names import module_allowed, split_function_name
 from hivemind.worker.guard import guard
 
 _log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$")
 #: Progress goes to the worker at most this often; the latest report is never lost.
 _PROGRESS_INTERVAL = 0.1
 #: Wait before restarting a process that died before it was ready, to avoid a crash loop.
@@ -81,20 +81,16 @@ class FunctionOutcome:
 # -- naming and resolving functions (used on both sides) --------------------------------------
 
 
-def _module_allowed(module: str, allowed: Sequence[str]) -> bool:
-    return any(module == name or module.startswith(name + ".") for name in allowed if name)
-
-
 @functools.lru_cache(maxsize=1024)
 def check_function_name(name: str, allowed: tuple[str, ...]) -> tuple[str, str]:
     """Split ``module:function`` and check the module is allowed, importing nothing.
 
     Cached: a worker checks every call, and most calls name the same few functions."""
-    match = _NAME.match(name)
-    if not match:
+    parts = split_function_name(name)
+    if parts is None:
         raise FunctionError(f"function must be written 'module:function', got {name!r}")
-    module, attribute = match.groups()
-    if not _module_allowed(module, allowed):
+    module, attribute = parts
+    if not module_allowed(module, allowed):
         raise FunctionError(f"module {module!r} is not allowed on this worker (--allow)")
     return module, attribute
 
@@ -117,7 +113,7 @@ def resolve_function(name: str, allowed: Sequence[str]) -> Callable[..., Any]:
     # that must not become a way round the allow list.
     if inspect.isroutine(function) or inspect.isclass(function):
         origin = getattr(function, "__module__", None)
-        if isinstance(origin, str) and not _module_allowed(origin, allowed):
+        if isinstance(origin, str) and not module_allowed(origin, allowed):
             raise FunctionError(
                 f"{name!r} comes from module {origin!r}, which is not allowed on this worker "
                 "(--allow)"

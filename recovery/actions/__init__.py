@@ -22,9 +22,6 @@ from hivemind.config import Settings
 from hivemind.paths import HomeLayout, layout
 from hivemind.remote import LocalRunner, Runner
 
-# Re-exported for the action modules that still import it from here; its home is the model.
-from recovery.model import ActionFailed as ActionFailed
-
 
 @dataclass(frozen=True)
 class Param:

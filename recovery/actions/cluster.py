@@ -13,14 +13,15 @@ from typing import Any
 
 import redis
 
-from doctor import Context
+from doctor import DEFAULT_CHECK_TIMEOUT, Context
 from doctor.fixes import planners
 from doctor.model import CheckResult, Report, Status
 from doctor.registry import all_checks
 from hivemind import keys
 from hivemind.config import effective_redis_url
 from hivemind.taskstore import TaskStore
-from recovery.actions import ActionFailed, Outcome, Param, StepContext, action
+from recovery.actions import Outcome, Param, StepContext, action
+from recovery.model import ActionFailed
 
 
 @action(
@@ -57,7 +58,7 @@ def apply_fixes(ctx: StepContext, check_ids: list[str], what: str) -> Outcome:
     """Plan the doctor's own fixes for ``check_ids`` and apply them (or say what they'd be)."""
     registered = {spec.id for spec in all_checks()}
     wanted = [c for c in check_ids if c in registered]
-    context = Context(ctx.settings, timeout=min(ctx.timeout, 5.0))
+    context = Context(ctx.settings, timeout=min(ctx.timeout, DEFAULT_CHECK_TIMEOUT))
     from doctor import run_doctor
 
     report = run_doctor(ctx.settings, wanted, context=context)
