@@ -21,7 +21,13 @@ class HiveMindStack:
     """A local stack started with the CLI (`hivemind up`) in a temporary home."""
 
     def __init__(
-        self, workdir: Path, redis_port: int, db: int, workers: int, concurrency: int
+        self,
+        workdir: Path,
+        redis_port: int,
+        db: int,
+        workers: int,
+        concurrency: int,
+        tls: bool = False,
     ) -> None:
         self.home = workdir / "home"
         self.xdg = workdir / "xdg"
@@ -39,6 +45,7 @@ class HiveMindStack:
             HIVEMIND_MASTER_PORT=str(self.master_port),
             HIVEMIND_MAX_CONCURRENT_TASKS=str(concurrency),
             XDG_CONFIG_HOME=str(self.xdg),
+            HIVEMIND_TLS="on" if tls else "off",
         )
 
     def _cli(self, *args: str, timeout: float) -> None:
@@ -88,10 +95,13 @@ class HiveMindStack:
 
 class HiveMind:
     name = "hivemind"
+    tls = False
 
     def __init__(self, workdir: Path, redis_port: int, concurrency: int) -> None:
-        self.stack = HiveMindStack(workdir, redis_port, HIVEMIND_DB, 2, concurrency)
+        self.stack = HiveMindStack(workdir, redis_port, HIVEMIND_DB, 2, concurrency, self.tls)
         self.setup = f"2 workers x {concurrency} slots (MAX_CONCURRENT_TASKS={concurrency})"
+        if self.tls:
+            self.setup += ", TLS=on (every client, worker and the master verify the CA)"
         self.client: Any = None
         self.started = False
 
@@ -99,8 +109,12 @@ class HiveMind:
         from hivemind.client import Client
 
         self.started = True
+        from hivemind.tls import client_security
+
         self.stack.up()
-        self.client = Client(self.stack.address, self.stack.token())
+        security = client_security(self.stack.settings())
+        assert (security is not None) == self.tls
+        self.client = Client(self.stack.address, self.stack.token(), security=security)
 
     def _spec(self) -> Any:
         from hivemind.client import function_spec
@@ -143,3 +157,10 @@ class HiveMind:
             self.client.close()
         if self.started:
             self.stack.down()
+
+
+class HiveMindTLS(HiveMind):
+    """The same stack with TLS on its gRPC port: what encryption costs, beside plaintext."""
+
+    name = "hivemind-tls"
+    tls = True

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `hivemind` im
     sys.path.insert(0, str(ROOT))
 
 from bench.heartbeat import HeartbeatResult, run_heartbeat  # noqa: E402
-from bench.hivemind_runner import HIVEMIND_DB, HiveMind  # noqa: E402
+from bench.hivemind_runner import HIVEMIND_DB, HiveMind, HiveMindTLS  # noqa: E402
 from bench.machine import NoiseLimits, phase  # noqa: E402
 from bench.peers import CeleryPeer, DramatiqPeer, RqPeer, missing_peers  # noqa: E402
 from bench.processes import base_environment, flush_db, free_ports, start_redis  # noqa: E402
@@ -48,7 +48,7 @@ from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
 from bench.task_phases import SystemResult, run_interleaved_latency, run_system  # noqa: E402
 
-SYSTEMS = ("hivemind", "celery", "rq", "dramatiq")
+SYSTEMS = ("hivemind", "hivemind-tls", "celery", "rq", "dramatiq")
 SECTIONS = (*SYSTEMS, "heartbeat")
 
 
@@ -198,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "hivemind":
                 flush_db(redis_port, HIVEMIND_DB)
                 return HiveMind(sysdir, redis_port, args.hivemind_concurrency)
+            if name == "hivemind-tls":
+                flush_db(redis_port, HIVEMIND_DB)
+                return HiveMindTLS(sysdir, redis_port, args.hivemind_concurrency)
             if name == "celery":
                 flush_db(redis_port, 2)
                 return CeleryPeer(sysdir, peer_env)

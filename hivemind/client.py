@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -15,6 +15,9 @@ from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.streams import StreamedCalls
+
+if TYPE_CHECKING:
+    from hivemind.tls import ChannelSecurity
 
 T = TypeVar("T")
 
@@ -45,8 +48,8 @@ def _retry_after(exc: grpc.RpcError) -> int:
     return 0
 
 
-def rpc_error(exc: grpc.RpcError, address: str) -> NodePoolError:
-    """One clear line for a failed call."""
+def rpc_error(exc: grpc.RpcError, address: str, secured: bool = False) -> NodePoolError:
+    """One clear line for a failed call (``secured``: it went over TLS)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -54,6 +57,11 @@ def rpc_error(exc: grpc.RpcError, address: str) -> NodePoolError:
         if retry_after:
             return RetryLater(details or code.name, code.name, retry_after)
     if code == grpc.StatusCode.UNAVAILABLE:
+        from hivemind.tls import explain_failure  # only on failures: it loads cryptography
+
+        why = explain_failure(details or "", address, secured)
+        if why:
+            return NodePoolError(why, "TLS")
         return NodePoolError(
             f"cannot reach the node pool at {address} ({details}); is it running? "
             "(`hivemind up` or `hivemind nodepool`)",
@@ -64,8 +72,13 @@ def rpc_error(exc: grpc.RpcError, address: str) -> NodePoolError:
     return NodePoolError(details or code.name, code.name)
 
 
-def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, security: ChannelSecurity | None = None) -> grpc.Channel:
+    """A channel to the node pool: TLS trusting ``security``'s CA, or plaintext for None."""
+    if security is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(
+        address, security.credentials(), options=[*CHANNEL_OPTIONS, *security.options()]
+    )
 
 
 class Client:
@@ -75,13 +88,17 @@ class Client:
         token: str = "",
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
+        security: ChannelSecurity | None = None,
     ) -> None:
-        """``channel``: one to share with other clients (closing this client leaves it open)."""
+        """``channel``: one to share with other clients (closing this client leaves it open).
+        ``security``: the CA to trust for TLS (``hivemind.tls.client_security``); None dials
+        plaintext."""
         self.address = address
         self.token = token
         self.timeout = timeout
+        self.secured = security is not None
         self._owns_channel = channel is None
-        self.channel = channel if channel is not None else open_channel(address)
+        self.channel = channel if channel is not None else open_channel(address, security)
         self.users = pb_grpc.UserServiceStub(self.channel)
         self.tasks = pb_grpc.TaskServiceStub(self.channel)
         self.workers_stub = pb_grpc.WorkerServiceStub(self.channel)
@@ -121,7 +138,7 @@ class Client:
                 timeout=timeout or self.timeout,
             )
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
 
     def _open_submit_stream(
         self, requests: Iterator[pb.SubmitRequest], deadline: float
@@ -140,13 +157,13 @@ class Client:
                 lambda r, t: self.call(self.tasks.SubmitTasks, r, timeout=t),
             )
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
 
     def _stream(self, method: Callable[..., Any], request: Any) -> Iterator[Any]:
         try:
             yield from method(request, metadata=self._metadata())
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
 
     # -- users -------------------------------------------------------------------------------
     def login(

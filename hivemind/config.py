@@ -80,6 +80,17 @@ class Settings:
     #: Redis's password when REDIS_URL carries none; empty means the one ``hivemind up``
     #: generated into ``redis/redis.password`` (0600), when that file exists.
     redis_password: str = ""
+    #: TLS on the node pool's gRPC port: "auto" serves it unless GRPC_HOST is loopback, "on"
+    #: always, "off" never (see hivemind.tls). Clients follow the same setting.
+    tls: str = "auto"
+    #: The CA certificate a client or worker trusts; empty means this home's
+    #: ``node_pool/tls/ca.crt`` (the node pool's own, on its host).
+    tls_ca_file: str = ""
+    #: More names (DNS or IP, comma-separated) for the server certificate, besides this
+    #: host's names and loopback: the address workers dial when it is not the hostname.
+    tls_hosts: str = ""
+    #: The name a client checks in the server's certificate, when it dials another.
+    tls_server_name: str = ""
     #: Seconds a stopping worker waits for running tasks before handing them back.
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -263,6 +274,7 @@ def _validate(settings: Settings) -> Settings:
         (settings.max_task_data_size > 0, "MAX_TASK_DATA_SIZE must be positive"),
         (settings.default_retries >= 0, "DEFAULT_RETRIES must not be negative"),
         (settings.task_sandbox in ("auto", "off"), "TASK_SANDBOX must be auto or off"),
+        (settings.tls in ("auto", "on", "off"), "TLS must be auto, on or off"),
         (
             urlsplit(settings.redis_url).scheme in ("redis", "rediss", "unix"),
             f"REDIS_URL must be a redis:// URL, got {redact_url(settings.redis_url)!r}",

@@ -26,6 +26,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hivemind.client import open_channel
 from hivemind.config import (
     ENV_PREFIX,
     SECRET_SETTINGS,
@@ -58,6 +59,7 @@ from hivemind.supervisor import (
     start_services,
     stop_services,
 )
+from hivemind.tls import ChannelSecurity, client_security, ensure_server_files, server_uses_tls
 
 #: The command that runs `hivemind` subcommands as children.
 DEFAULT_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "hivemind")
@@ -80,9 +82,12 @@ class StackStatus:
         return all(service.healthy for service in self.services if service.enabled)
 
 
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
-    """True when the gRPC health service at ``address`` reports SERVING for the server."""
-    with grpc.insecure_channel(address) as channel:
+def grpc_serving(
+    address: str, timeout: float = 1.0, security: ChannelSecurity | None = None
+) -> bool:
+    """True when the gRPC health service at ``address`` reports SERVING for the server (over
+    TLS trusting ``security``'s CA, or plaintext)."""
+    with open_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -333,13 +338,21 @@ def _start_one(
         return
     env = child_environment(settings)
     if service == "nodepool":
+        if server_uses_tls(settings):
+            # Made here, before it starts, so the first health check can already verify it.
+            _files, made = ensure_server_files(settings)
+            if made:
+                emit(f"TLS: {made}")
         extra = ["--config", str(Path(config).absolute())] if config else []
         nodepool = ServiceSpec(
             name="node pool",
             argv=[*launcher, "nodepool", *extra],
             log=_console(home.nodepool_log),
             pidfile=_pidfile(home, "nodepool"),
-            health=lambda: grpc_serving(settings.client_address),
+            # Read each time: the node pool makes its CA on its first TLS start.
+            health=lambda: grpc_serving(
+                settings.client_address, security=client_security(settings)
+            ),
             env=env,
         )
         _start_unless_answering(nodepool, settings.client_address, timeout, emit)
@@ -497,7 +510,7 @@ def status(settings: Settings) -> StackStatus:
         redis_state.detail += f"; no Redis answers at {shown}"
 
     def nodepool_health() -> bool:
-        return grpc_serving(settings.client_address)
+        return grpc_serving(settings.client_address, security=client_security(settings))
 
     nodepool = service_state(
         "node pool", _pidfile(home, "nodepool"), nodepool_health, _console(home.nodepool_log)

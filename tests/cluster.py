@@ -17,6 +17,7 @@ import redis
 from hivemind.client import Client
 from hivemind.config import Settings, effective_redis_url
 from hivemind.credentials import load_token
+from hivemind.tls import ChannelSecurity, client_security
 from tests.helpers import REPO_ROOT, RedisServer, free_port
 
 
@@ -49,12 +50,21 @@ class Cluster:
         old = os.environ.get("XDG_CONFIG_HOME")
         os.environ["XDG_CONFIG_HOME"] = self.env["XDG_CONFIG_HOME"]
         try:
-            return Client(self.address, load_token(self.address))
+            return Client(self.address, load_token(self.address), security=self.security())
         finally:
             if old is None:
                 del os.environ["XDG_CONFIG_HOME"]
             else:
                 os.environ["XDG_CONFIG_HOME"] = old
+
+    def security(self) -> ChannelSecurity | None:
+        """What this cluster's own clients trust (None: it serves plaintext)."""
+        settings = Settings(
+            home=self.home,
+            grpc_host=self.env["HIVEMIND_GRPC_HOST"],
+            tls=self.env.get("HIVEMIND_TLS", "auto"),
+        )
+        return client_security(settings)
 
     def pid(self, service: str) -> int:
         data = json.loads((self.home / "run" / f"{service}.pid").read_text())

@@ -296,6 +296,9 @@ def launcher(tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def stack_settings(settings: Settings) -> Iterator[Settings]:
+    # The fake node pool below answers health checks in plaintext (TLS is tested for real in
+    # test_tls.py).
+    settings = settings.replace(tls="off")
     yield settings
     down(settings)
 
@@ -377,6 +380,7 @@ def test_up_names_the_service_that_failed(
 def test_run_foreground_stops_everything_on_sigterm(
     settings: Settings, launcher: list[str], tmp_path: Path
 ) -> None:
+    settings = settings.replace(tls="off")  # the fake node pool answers in plaintext
     home = layout(settings.home)
     code = (
         "import sys\n"

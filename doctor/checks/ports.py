@@ -21,6 +21,7 @@ from doctor.services import start_command, systemd_unit
 from hivemind import stack
 from hivemind.config import effective_redis_url, redact_url, redis_password_source
 from hivemind.stack import STACK_SERVICES
+from hivemind.tls import client_security
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -52,7 +53,8 @@ def nodepool_port(ctx: Context) -> Finding:
         took = connect_ms(host, port, ctx.probe_timeout)
     except OSError as exc:
         return Finding.fail(f"nothing accepts connections at {address}", fix, error=str(exc))
-    if not stack.grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout):
+    security = client_security(ctx.settings)
+    if not stack.grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout, security=security):
         return Finding.fail(
             f"{address} accepts TCP but its gRPC health is not SERVING",
             f"look at node_pool/logs/nodepool.log, then {fix}",

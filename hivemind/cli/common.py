@@ -23,6 +23,7 @@ from hivemind.config import Settings, load_settings
 from hivemind.credentials import load_token
 from hivemind.errors import HivemindError
 from hivemind.states import TaskState
+from hivemind.tls import client_security
 
 if TYPE_CHECKING:
     from hivemind.remote import SSHOptions, SSHTarget
@@ -100,7 +101,7 @@ def settings(**overrides: Any) -> Settings:
 
 def client(settings_: Settings | None = None) -> Client:
     s = settings_ or settings()
-    return Client(s.client_address, load_token(s.client_address))
+    return Client(s.client_address, load_token(s.client_address), security=client_security(s))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -138,7 +138,7 @@ def nodepool_login(request: Request, username: str, password: str) -> pb.TokenRe
     """Log in at the node pool for the client of ``request`` (raises ApiError)."""
     gateway: Gateway = request.app.state.gateway
     metadata = forwarded(request)
-    with Client(gateway.address, timeout=LOGIN_TIMEOUT) as anonymous:
+    with Client(gateway.address, timeout=LOGIN_TIMEOUT, security=gateway.security) as anonymous:
         try:
             return anonymous.login(username, password, metadata)
         except NodePoolError as exc:
@@ -152,7 +152,9 @@ def change_own_password(
     (if this is one) goes on with the new token and their other sessions end."""
     gateway: Gateway = request.app.state.gateway
     metadata = forwarded(request)
-    with Client(gateway.address, caller.token, timeout=LOGIN_TIMEOUT) as client:
+    with Client(
+        gateway.address, caller.token, timeout=LOGIN_TIMEOUT, security=gateway.security
+    ) as client:
         try:
             reply = client.change_password(old_password, new_password, metadata)
         except NodePoolError as exc:

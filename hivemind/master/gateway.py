@@ -16,6 +16,7 @@ from hivemind.auth import AuthError, TokenSigner, load_secret
 from hivemind.client import Client, open_channel, rpc_error
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
+from hivemind.tls import client_security
 
 #: gRPC status -> HTTP status. Anything not listed is the node pool's fault: 502.
 HTTP_STATUS = {
@@ -66,7 +67,8 @@ class Gateway:
         self.settings = settings
         self.address = settings.client_address
         self._lock = threading.Lock()
-        self._channel = open_channel(self.address)
+        self.security = client_security(settings)
+        self._channel = open_channel(self.address, self.security)
         self._clients: OrderedDict[str, Client] = OrderedDict()
         self._service_token = ""
         self._service_expires = 0.0
@@ -75,7 +77,9 @@ class Gateway:
         with self._lock:
             found = self._clients.get(token)
             if found is None:
-                found = Client(self.address, token, timeout=30.0, channel=self._channel)
+                found = Client(
+                    self.address, token, timeout=30.0, channel=self._channel, security=self.security
+                )
                 self._clients[token] = found
                 if len(self._clients) > CACHED_CLIENTS:
                     # Not closed: a call may still be using it, and it holds nothing of its
@@ -116,7 +120,9 @@ class Gateway:
             ]
             return [future.result() for future in pending]
         except grpc.RpcError as exc:
-            raise api_error(rpc_error(exc, self.address), is_admin=is_admin) from None
+            raise api_error(
+                rpc_error(exc, self.address, self.security is not None), is_admin=is_admin
+            ) from None
 
     def nodepool_health(self) -> str:
         """ "ok", or why the node pool's gRPC health check does not say SERVING."""
@@ -126,14 +132,14 @@ class Gateway:
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
         except grpc.RpcError as exc:
-            return f"unreachable: {rpc_error(exc, self.address)}"
+            return f"unreachable: {rpc_error(exc, self.address, self.security is not None)}"
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             return f"not serving: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         return "ok"
 
     def login(self, username: str, password: str) -> tuple[str, float, str]:
         """(token, expires_at, role) for a username and password."""
-        with Client(self.address, timeout=15.0) as anonymous:
+        with Client(self.address, timeout=15.0, security=self.security) as anonymous:
             try:
                 reply = anonymous.login(username, password)
             except NodePoolError as exc:

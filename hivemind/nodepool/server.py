@@ -24,6 +24,7 @@ from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
+from hivemind.tls import ensure_server_files, fingerprint, server_credentials, server_uses_tls
 
 log = logging.getLogger("hivemind.nodepool")
 
@@ -74,15 +75,32 @@ class NodePoolServer:
             raise HivemindError(
                 f"cannot reach Redis at {self.settings.redacted()['REDIS_URL']}: {exc}"
             ) from None
+        secured = server_uses_tls(self.settings)
         try:
-            self.server.add_insecure_port(self.address)
+            if secured:
+                files, made = ensure_server_files(self.settings)
+                if made:
+                    log.info("TLS: %s", made)
+                self.server.add_secure_port(self.address, server_credentials(files))
+            else:
+                self.server.add_insecure_port(self.address)
         except RuntimeError:
             raise HivemindError(f"cannot listen on {self.address}: the port is in use") from None
         self.server.start()
         self.housekeeper.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node pool listening on %s", self.address)
+        if secured:
+            log.info(
+                "node pool listening on %s with TLS (CA %s, fingerprint %s)",
+                self.address,
+                files.ca_cert,
+                fingerprint(files.ca_cert.read_bytes()),
+            )
+        else:
+            log.info(
+                "node pool listening on %s, plaintext (TLS=%s)", self.address, self.settings.tls
+            )
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting calls, let in-flight ones finish (long polls return early)."""

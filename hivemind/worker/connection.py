@@ -12,6 +12,7 @@ from hivemind.client import open_channel, rpc_error
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.streams import StreamedCalls
+from hivemind.tls import ChannelSecurity
 
 RPC_TIMEOUT = 30.0
 #: Seconds a lease call may take beyond its long poll before it counts as failed.
@@ -19,11 +20,14 @@ LEASE_MARGIN = 15.0
 
 
 class WorkerConnection:
-    def __init__(self, address: str, node_id: str, token: str) -> None:
+    def __init__(
+        self, address: str, node_id: str, token: str, security: ChannelSecurity | None = None
+    ) -> None:
         self.address = address
         self.node_id = node_id
+        self.secured = security is not None
         self._metadata = [("authorization", f"Bearer {token}")]
-        self.channel = open_channel(address)
+        self.channel = open_channel(address, security)
         self.workers = pb_grpc.WorkerServiceStub(self.channel)
         self.tasks = pb_grpc.WorkerTaskServiceStub(self.channel)
         self._leases: StreamedCalls[pb.LeaseRequest, pb.LeaseReply] = StreamedCalls(
@@ -42,7 +46,7 @@ class WorkerConnection:
         try:
             return method(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
 
     def ref(self, task_id: str, attempt: int) -> pb.AttemptRef:
         return pb.AttemptRef(task_id=task_id, attempt=attempt, node_id=self.node_id)
@@ -84,7 +88,7 @@ class WorkerConnection:
         try:
             return self._leases.send(request, wait + LEASE_MARGIN, self._lease_call)
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
 
     def _lease_call(self, request: pb.LeaseRequest, timeout: float) -> pb.LeaseReply:
         return self._call(self.tasks.LeaseTasks, request, timeout=timeout)  # type: ignore[no-any-return]
@@ -134,5 +138,5 @@ class WorkerConnection:
                     fh.write(chunk.data)
         except grpc.RpcError as exc:
             dest.unlink(missing_ok=True)
-            raise rpc_error(exc, self.address) from None
+            raise rpc_error(exc, self.address, self.secured) from None
         return dest

@@ -34,6 +34,7 @@ from hivemind.logs import configure_logging, rotating_handler
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.sandbox import detect as detect_sandbox
+from hivemind.tls import client_security
 from hivemind.worker.checkpoints import FunctionCheckpoints
 from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
@@ -72,7 +73,9 @@ class Worker:
         self.options = options
         self.home = layout(settings.home).ensure()
         self.capacity = options.capacity or settings.effective_max_concurrent_tasks
-        self.conn = WorkerConnection(settings.client_address, options.node_id, options.token)
+        self.conn = WorkerConnection(
+            settings.client_address, options.node_id, options.token, client_security(settings)
+        )
         self.work_root = self.home.worker_work / options.node_id
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.sandbox = detect_sandbox(settings)
