@@ -40,6 +40,8 @@ HiveMind's own keys:
 ``stats:finished:<minute>``    hash    the same for one minute (unix s // 60); expires
 ``bundle:<hash>:uploaders``    set     users who uploaded that bundle: only they (and admins)
                                        may submit tasks that run it
+``join:<sha256>``              string  an unused join token's grant (JSON: labels, node id),
+                                       keyed by the SHA-256 of its secret; expires with it
 =============================  ======  =====================================================
 """
 
@@ -108,6 +110,11 @@ def owner_queue_key(owner: str) -> str:
 
 def owner_tasks_key(owner: str) -> str:
     return f"{TASKS_OWNER_PREFIX}{owner}"
+
+
+def join_key(secret_digest: str) -> str:
+    """An unused join token's grant; taken (GETDEL) by the one enrolment it allows."""
+    return f"join:{secret_digest}"
 
 
 def login_failures_key(username: str) -> str:

@@ -127,3 +127,14 @@ class HomeLayout:
 
 def layout(root: str | os.PathLike[str]) -> HomeLayout:
     return HomeLayout(Path(root).expanduser().resolve())
+
+
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write ``path`` as 0600 from its first byte (never briefly readable by others), whole
+    or not at all (a temporary file renamed over it); its folder is made 0700 if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)

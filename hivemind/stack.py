@@ -156,6 +156,11 @@ def _console(log: Path) -> Path:
     return log.with_suffix(".out")
 
 
+def worker_spec_paths(home: HomeLayout, node_id: str) -> tuple[Path, Path]:
+    """(pid file, console log) of worker ``node_id``: where `up`, `down` and `join` look."""
+    return _pidfile(home, f"worker-{node_id}"), _worker_console(home, node_id)
+
+
 def _worker_console(home: HomeLayout, node_id: str) -> Path:
     return home.worker_log.with_name(f"worker-{node_id}.out")
 

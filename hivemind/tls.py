@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import grpc
 
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
-from hivemind.paths import layout
+from hivemind.paths import layout, write_private
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -134,15 +133,6 @@ def client_security(settings: Settings) -> ChannelSecurity | None:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` 0600 from the start (never briefly readable by others)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -328,7 +318,7 @@ def ensure_server_files(settings: Settings) -> tuple[TLSFiles, str]:
     done = []
     if not (files.ca_cert.is_file() and files.ca_key.is_file()):
         ca_cert, ca_key = make_ca()
-        _write_private(files.ca_key, ca_key)
+        write_private(files.ca_key, ca_key)
         files.ca_cert.write_bytes(ca_cert)
         done.append(f"made a CA ({files.ca_cert})")
     names = server_names(settings)
@@ -344,18 +334,21 @@ def ensure_server_files(settings: Settings) -> tuple[TLSFiles, str]:
             )
         except (OSError, ValueError) as exc:
             raise TLSError(f"cannot make the server certificate from {files.root}: {exc}") from None
-        _write_private(files.server_key, key)
+        write_private(files.server_key, key)
         files.server_cert.write_bytes(cert)
         done.append(f"made the server certificate for {', '.join(names)} ({reason})")
     return files, "; ".join(done)
 
 
 def server_credentials(files: TLSFiles) -> grpc.ServerCredentials:
+    """The server's key and its chain: its certificate, then the CA's, so that a joining host
+    can pick the CA out of the handshake and check it against the fingerprint it pins."""
     try:
-        key, cert = files.server_key.read_bytes(), files.server_cert.read_bytes()
+        key = files.server_key.read_bytes()
+        chain = files.server_cert.read_bytes() + files.ca_cert.read_bytes()
     except OSError as exc:
         raise TLSError(f"cannot read the server certificate in {files.root}: {exc}") from None
-    return grpc.ssl_server_credentials([(key, cert)])
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 def fingerprint(cert_pem: bytes) -> str:

@@ -20,6 +20,7 @@ from doctor.probes.grpc_options import GUIDE_KEEPALIVE, guide_options_text, keep
 from doctor.probes.grpc_peer import parse_grpc_peer
 from doctor.probes.wireguard import WireguardInterface, parse_wg_dump
 from doctor.registry import check
+from hivemind import vpn as vpn_setup
 
 LATENCY_WARN_MS = 100.0
 #: At most this many workers are probed (at once, a few at a time).
@@ -229,6 +230,26 @@ def vpn_finding(interfaces: list[WireguardInterface], configured: list[str], now
     )
 
 
+def generated_not_installed(
+    generated: Path | None, interfaces: list[str], configured: list[str], wg_installed: bool
+) -> Finding | None:
+    """A warning when `hivemind vpn init` set up WireGuard here but it is not in use."""
+    if generated is None or vpn_setup.INTERFACE in interfaces or vpn_setup.INTERFACE in configured:
+        return None
+    install = (
+        f"sudo install -m 600 {generated} /etc/wireguard/{vpn_setup.INTERFACE}.conf && "
+        f"sudo wg-quick up {vpn_setup.INTERFACE}"
+    )
+    if not wg_installed:
+        install = "apt-get install wireguard-tools; then " + install
+    return Finding.warn(
+        f"`hivemind vpn init` made {generated}, but {vpn_setup.INTERFACE} is not installed or up",
+        install,
+        generated=str(generated),
+        interfaces=interfaces,
+    )
+
+
 @check(
     "network.vpn",
     title="WireGuard VPN",
@@ -236,9 +257,14 @@ def vpn_finding(interfaces: list[WireguardInterface], configured: list[str], now
 )
 def vpn(ctx: Context) -> Finding:
     configured = configured_interfaces()
+    server_config = vpn_setup.vpn_files(ctx.settings).server_config
+    generated = server_config if server_config.is_file() else None
     try:
         output = ctx.run(("wg", "show", "all", "dump"))
     except Unavailable:
+        pending = generated_not_installed(generated, [], configured, wg_installed=False)
+        if pending is not None:
+            return pending
         if configured:
             raise Unavailable(
                 f"WireGuard is configured ({', '.join(configured)}) but `wg` is not installed"
@@ -247,6 +273,11 @@ def vpn(ctx: Context) -> Finding:
     if output.exit_code != 0:
         raise Unavailable(f"wg show all dump: {output.stderr.strip() or 'failed'}")
     interfaces = parse_wg_dump(output.stdout)
+    pending = generated_not_installed(
+        generated, [i.name for i in interfaces], configured, wg_installed=True
+    )
+    if pending is not None:
+        return pending
     if not interfaces and not configured:
         return Finding.skip("no VPN configured (no WireGuard interface)")
     return vpn_finding(interfaces, configured, ctx.now())

@@ -22,6 +22,7 @@ from doctor.probes.sqlite_file import describe_mode
 from doctor.registry import check
 from hivemind.config import CONFIG_FILE_NAME
 from hivemind.paths import HOME_MODE, HomeLayout
+from hivemind.vpn import PRIVATE_KEY_ERE
 
 GENERATE = (
     'generate one with `python3 -c "import secrets; print(secrets.token_hex(32))"`, set it '
@@ -102,6 +103,21 @@ def secret_sources(ctx: Context) -> list[SecretSource]:
     return sources
 
 
+def private_keys_in_repository(ctx: Context) -> list[str]:
+    """Files of the git work tree around the current folder (tracked, or untracked and not
+    ignored) with a WireGuard private key in them; [] outside a repository or without git."""
+    try:
+        found = ctx.run(("git", "grep", "-l", "--untracked", "-E", PRIVATE_KEY_ERE))
+    except Unavailable:
+        return []
+    # 0: found; 1: nothing; 128: not a repository.
+    return parse_file_list(found.stdout) if found.exit_code == 0 else []
+
+
+def parse_file_list(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def world_readable(path: Path) -> bool:
     try:
         return bool(path.stat().st_mode & stat.S_IROTH)
@@ -154,6 +170,15 @@ def _mode(path: Path) -> int | None:
     guide="(implied by 用戶認證失敗: 1 Redis 連接失敗; 5 數據庫連接失敗)",
 )
 def secrets_check(ctx: Context) -> Finding:
+    committed = private_keys_in_repository(ctx)
+    if committed:
+        return Finding.fail(
+            f"WireGuard private key(s) in the repository here: {', '.join(committed[:5])}; "
+            "anyone with the repository can join the VPN as that peer",
+            f"git rm --cached {' '.join(committed[:5])}, make new keys (`hivemind vpn "
+            "add-peer`), and keep the configs in HIVEMIND_HOME/vpn, outside any repository",
+            committed_private_keys=committed,
+        )
     sources = secret_sources(ctx)
     exposed = [str(p) for p in private_files(ctx) if world_readable(p)]
     evidence: dict[str, object] = {"secrets": [s.evidence() for s in sources]}

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hivemind import __version__
 from hivemind.cli import backup as backup_commands
+from hivemind.cli import join as join_commands
 from hivemind.cli import playbook as playbook_commands
 from hivemind.cli import tasks as task_commands
 from hivemind.cli.common import (
@@ -29,6 +30,7 @@ from hivemind.cli.common import (
     when,
 )
 from hivemind.cli.doctor import doctor_app
+from hivemind.cli.vpn import vpn_app
 from hivemind.credentials import forget_token, save_token
 
 if TYPE_CHECKING:
@@ -51,9 +53,11 @@ db_app = typer.Typer(help="The SQLite database.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(doctor_app, name="doctor")
+app.add_typer(vpn_app, name="vpn")
 task_commands.register(app)
 playbook_commands.register(app)
 backup_commands.register(app)
+join_commands.register(app)
 
 
 @app.callback()
@@ -260,7 +264,7 @@ def worker_token(
     or --revoke the ones it has."""
     from hivemind import tuning
     from hivemind.auth import issue_worker_token
-    from hivemind.paths import layout
+    from hivemind.paths import layout, write_private
 
     s = settings()
     if revoke:
@@ -282,9 +286,7 @@ def worker_token(
     token = issue_worker_token(s, node_id, ttl)
     if save:
         path = layout(s.home).ensure().worker_token_file(node_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
+        write_private(path, token + "\n")
         console.print(f"saved to {path}")
     else:
         sys.stdout.write(token + "\n")

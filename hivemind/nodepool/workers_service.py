@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 
 import grpc
 
 from hivemind import keys, tuning
+from hivemind.auth import issue_worker_token, load_secret
+from hivemind.join import JoinError, redeem
 from hivemind.nodepool.blobs import DataTooLarge
 from hivemind.nodepool.core import NodePoolState, serve_exchanges
 from hivemind.nodepool.views import task_spec, worker_message
@@ -22,6 +26,10 @@ from hivemind.worker_records import (
     record_fields,
     worker_summary,
 )
+
+log = logging.getLogger(__name__)
+#: What a joining host may call itself.
+NODE_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
 
 OUTCOMES = {
     pb.SUCCEEDED: TaskState.SUCCEEDED,
@@ -114,6 +122,20 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             for i, node_id in enumerate(node_ids)
         ]
         return pb.WorkerList(workers=workers)
+
+    def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollReply:
+        """A new host's join: the join token is its only credential, and it works once."""
+        try:
+            grant = redeem(self.state.redis, load_secret(self.state.settings), request.join_token)
+        except JoinError as exc:
+            log.warning("join refused (%s, from %s)", exc, context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        node_id = request.node_id or grant.node_id or request.hostname
+        if not NODE_ID.match(node_id):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node id {node_id!r} is not a name")
+        token = issue_worker_token(self.state.settings, node_id)
+        log.info("joined: worker %s (labels %s) from %s", node_id, grant.labels, context.peer())
+        return pb.EnrollReply(node_id=node_id, worker_token=token, labels=list(grant.labels))
 
 
 class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):

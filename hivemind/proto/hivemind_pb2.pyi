@@ -253,6 +253,26 @@ class WorkerList(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
 
+class EnrollRequest(_message.Message):
+    __slots__ = ("join_token", "node_id", "hostname")
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    join_token: str
+    node_id: str
+    hostname: str
+    def __init__(self, join_token: _Optional[str] = ..., node_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class EnrollReply(_message.Message):
+    __slots__ = ("node_id", "worker_token", "labels")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    worker_token: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., worker_token: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class TaskSpec(_message.Message):
     __slots__ = ("name", "kind", "bundle_id", "function", "args_json", "timeout", "retries", "priority", "requirements")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -645,6 +645,11 @@ class WorkerServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerList.FromString,
                 _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/hivemind.v1.WorkerService/Enroll',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -674,6 +679,13 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enroll(self, request, context):
+        """no token: the join token is the credential
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -696,6 +708,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.Empty.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.WorkerList.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -806,6 +823,33 @@ class WorkerService:
             '/hivemind.v1.WorkerService/ListWorkers',
             hivemind_dot_proto_dot_hivemind__pb2.Empty.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.WorkerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.WorkerService/Enroll',
+            hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.FromString,
             options,
             channel_credentials,
             insecure,
