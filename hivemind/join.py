@@ -196,8 +196,9 @@ class Joined:
 def _config_lines(address: str, ca_file: Path) -> str:
     return (
         "# Written by `hivemind join`: where this host's worker finds its node pool.\n"
-        f'NODEPOOL_ADDRESS = "{address}"\n'
-        f'TLS_CA_FILE = "{ca_file}"\n'
+        # JSON strings are TOML basic strings: quotes and backslashes are escaped alike.
+        f"NODEPOOL_ADDRESS = {json.dumps(address)}\n"
+        f"TLS_CA_FILE = {json.dumps(str(ca_file))}\n"
     )
 
 
@@ -346,11 +347,14 @@ def issue_join_token(
     return token.encode(load_secret(settings))
 
 
-def redeem(client: Any, signing_secret: bytes, token_text: str) -> Grant:
-    """Take the grant of a valid, unused, unexpired token: once (GETDEL)."""
+def redeem(client: Any, signing_secret: bytes, token_text: str, node_id: str = "") -> Grant:
+    """Take the grant of a valid, unused, unexpired token: once (GETDEL). ``node_id`` is the
+    id the new host asks for; a token issued for another id is refused before it is used."""
     from hivemind import keys
 
     token = verify_token(token_text, signing_secret)
+    if token.node_id and node_id and node_id != token.node_id:
+        raise JoinError(f"this join token is for worker {token.node_id}, not {node_id}")
     if token.expired():
         raise JoinError("the join token expired; ask for a new one")
     stored = client.getdel(keys.join_key(token.secret_digest))

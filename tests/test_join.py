@@ -147,3 +147,17 @@ def test_a_plaintext_node_pool_gives_no_join_token(
         refused = plain.cli("join-token", check=False)
     assert refused.returncode != 0
     assert "a join needs TLS" in refused.stdout + refused.stderr
+
+
+def test_a_token_for_one_node_id_joins_only_as_that_id(pool: Cluster, tmp_path: Path) -> None:
+    token = _token(pool, "--node-id", "box-7")
+    host = Host(tmp_path / "host-f")
+    other = host.cli("join", token, "--node-id", "box-8", "--no-start")
+    assert other.returncode != 0
+    assert "is for worker box-7, not box-8" in other.stdout + other.stderr
+    assert host.written() == []
+    # Refused before it was used: the same token joins as box-7.
+    joined = host.cli("join", token, "--no-start")
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert "as worker box-7" in joined.stdout
+    assert (host.home / "worker" / "config" / "box-7.token").is_file()

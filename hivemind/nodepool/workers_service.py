@@ -126,11 +126,16 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollReply:
         """A new host's join: the join token is its only credential, and it works once."""
         try:
-            grant = redeem(self.state.redis, load_secret(self.state.settings), request.join_token)
+            grant = redeem(
+                self.state.redis,
+                load_secret(self.state.settings),
+                request.join_token,
+                request.node_id,
+            )
         except JoinError as exc:
             log.warning("join refused (%s, from %s)", exc, context.peer())
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        node_id = request.node_id or grant.node_id or request.hostname
+        node_id = grant.node_id or request.node_id or request.hostname
         if not NODE_ID.match(node_id):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node id {node_id!r} is not a name")
         token = issue_worker_token(self.state.settings, node_id)
