@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,11 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import grpc
-import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from hivemind.client import open_channel
 from hivemind.config import (
     ENV_PREFIX,
     SECRET_SETTINGS,
@@ -39,7 +33,6 @@ from hivemind.config import (
     url_password,
 )
 from hivemind.errors import StackError
-from hivemind.keys import worker_key
 from hivemind.paths import HomeLayout, layout
 from hivemind.redis_server import (
     Answer,
@@ -48,6 +41,7 @@ from hivemind.redis_server import (
     redis_reply,
     start_redis,
 )
+from hivemind.service_health import grpc_serving, port_listening, worker_online
 from hivemind.supervisor import (
     EventSink,
     ServiceSpec,
@@ -59,7 +53,7 @@ from hivemind.supervisor import (
     start_services,
     stop_services,
 )
-from hivemind.tls import ChannelSecurity, client_security, ensure_server_files, server_uses_tls
+from hivemind.tls import client_security, ensure_server_files, server_uses_tls
 
 #: The command that runs `hivemind` subcommands as children.
 DEFAULT_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "hivemind")
@@ -80,44 +74,6 @@ class StackStatus:
     @property
     def healthy(self) -> bool:
         return all(service.healthy for service in self.services if service.enabled)
-
-
-def grpc_serving(
-    address: str, timeout: float = 1.0, security: ChannelSecurity | None = None
-) -> bool:
-    """True when the gRPC health service at ``address`` reports SERVING for the server (over
-    TLS trusting ``security``'s CA, or plaintext)."""
-    with open_channel(address, security) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def worker_online(redis_url: str, node_id: str, timeout: float = 1.0) -> bool:
-    """True when the worker's Redis hash says ``status`` = online (``redis_url`` with its
-    password: :func:`hivemind.config.effective_redis_url`)."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-    )
-    try:
-        return bool(client.hget(worker_key(node_id), "status") == "online")
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
-def port_listening(host: str, port: int, timeout: float = 1.0) -> bool:
-    # A wildcard bind is reached through loopback.
-    target = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    try:
-        with socket.create_connection((target, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def master_installed() -> bool:

@@ -23,7 +23,7 @@ from hivemind.client import Client
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.nodepool.server import NodePoolServer
-from hivemind.stack import grpc_serving
+from hivemind.service_health import grpc_serving
 from tests.cluster import started_cluster
 from tests.helpers import RedisServer
 

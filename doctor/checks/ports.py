@@ -20,6 +20,7 @@ from doctor.registry import check
 from doctor.services import start_command, systemd_unit
 from hivemind import stack
 from hivemind.config import effective_redis_url, redact_url, redis_password_source
+from hivemind.service_health import grpc_serving
 from hivemind.stack import STACK_SERVICES
 from hivemind.tls import client_security
 
@@ -54,7 +55,7 @@ def nodepool_port(ctx: Context) -> Finding:
     except OSError as exc:
         return Finding.fail(f"nothing accepts connections at {address}", fix, error=str(exc))
     security = client_security(ctx.settings)
-    if not stack.grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout, security=security):
+    if not grpc_serving(f"{host}:{port}", timeout=ctx.probe_timeout, security=security):
         return Finding.fail(
             f"{address} accepts TCP but its gRPC health is not SERVING",
             f"look at node_pool/logs/nodepool.log, then {fix}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hivemind.stack import port_listening
+from hivemind.service_health import port_listening
 from recovery.actions import Outcome, Param, StepContext, action
 from recovery.model import ActionFailed
 from recovery.services import SERVICES, ServiceControl, expand
