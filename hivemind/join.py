@@ -16,6 +16,7 @@ nothing on the host.
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import hmac
 import json
@@ -287,10 +288,21 @@ def join_and_start(
     """:func:`join_host`, then start its worker (unless ``start`` is False): (what was
     joined, how the worker was started or "")."""
     from hivemind.supervisor import start_service
+    from recovery.systemd import (
+        start_joined_worker,
+        systemd_manages_services,
+        write_joined_worker_units,
+    )
 
     joined = join_host(settings, token_text, node_id)
     if not start:
         return joined, ""
+    if systemd_manages_services():
+        # Where systemd runs, it keeps the worker up across reboots and crashes.
+        write_joined_worker_units(
+            Path("/"), joined.node_id, joined.labels, layout(settings.home).root, getpass.getuser()
+        )
+        return joined, start_joined_worker(joined.node_id, JOIN_START_TIMEOUT)
     started = start_service(joined_worker_spec(settings, joined), timeout=JOIN_START_TIMEOUT)
     return joined, f"worker {joined.node_id} runs (pid {started.pid}), log: {started.log}"
 

@@ -8,9 +8,12 @@ node pool holds a socket per worker and per client stream).
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +109,89 @@ def install_units(
                 raise UsageError(f"cannot write {path}: {exc.strerror} (run with sudo?)") from None
         written.append(UnitFile(name, path, text, changed))
     return written
+
+
+# -- a worker joined with `hivemind join` ------------------------------------------------------
+
+#: Where systemd says it is the running init (sd_booted(3) checks the same directory).
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
+WORKER_TEMPLATE = "hivemind-worker@.service"
+
+
+def systemd_manages_services(runtime_dir: Path = SYSTEMD_RUNTIME_DIR) -> bool:
+    """True when systemd runs this host and we may install system units (root, systemctl)."""
+    return runtime_dir.is_dir() and os.geteuid() == 0 and shutil.which("systemctl") is not None
+
+
+def worker_instance(node_id: str) -> str:
+    """``hivemind-worker@<id>.service``; refuses ids systemd would need escaping for."""
+    if not node_id or not all(c.isalnum() or c in "-_." for c in node_id):
+        raise UsageError(f"node id {node_id!r} cannot name a systemd unit (use A-Z a-z 0-9 - _ .)")
+    return f"hivemind-worker@{node_id}.service"
+
+
+def joined_worker_units(
+    node_id: str,
+    labels: Sequence[str],
+    home: Path,
+    user: str,
+    command: str | None = None,
+) -> dict[Path, str]:
+    """The files that make systemd run a joined worker, by path under the unit dir.
+
+    The guide's ``hivemind-worker@.service`` template (so ``systemctl restart
+    hivemind-worker@<id>`` and the recovery engine work as on any host) and a drop-in for
+    this instance: its user, its HIVEMIND_HOME and its labels, which the template cannot know.
+    """
+    run = command or hivemind_command()
+    instance = worker_instance(node_id)
+    words = [f"--node-id {shlex.quote(node_id)}"] + [f"--label {shlex.quote(x)}" for x in labels]
+    dropin = f"""\
+# Written by `hivemind join`; joining again rewrites it.
+[Service]
+User={user}
+Group={user}
+Environment=HIVEMIND_HOME={home}
+WorkingDirectory={home}
+ExecStart=
+ExecStart={run} worker {" ".join(words)}
+"""
+    template = unit_texts(user, home, run)[WORKER_TEMPLATE]
+    return {
+        Path(WORKER_TEMPLATE): template,
+        Path(f"{instance}.d") / "joined.conf": dropin,
+    }
+
+
+def write_joined_worker_units(
+    root: Path, node_id: str, labels: Sequence[str], home: Path, user: str
+) -> list[Path]:
+    """Write :func:`joined_worker_units` under ``root``/etc/systemd/system; an installed
+    template (``hivemind service install``) is kept as it is. The paths written."""
+    folder = root / UNIT_DIR
+    written = []
+    for relative, text in joined_worker_units(node_id, labels, home, user).items():
+        path = folder / relative
+        if relative == Path(WORKER_TEMPLATE) and path.exists():
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        written.append(path)
+    return written
+
+
+def start_joined_worker(node_id: str, timeout: float = 60.0) -> str:
+    """``systemctl daemon-reload`` and ``enable --now`` the joined worker's unit."""
+    instance = worker_instance(node_id)
+    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", instance]):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UsageError(f"{shlex.join(argv)} failed: {exc}") from None
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines()
+            raise UsageError(f"{shlex.join(argv)} failed: {said[-1] if said else done.returncode}")
+    return f"worker {node_id} runs as systemd unit {instance} (journalctl -u {instance})"

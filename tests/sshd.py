@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +70,24 @@ def _answers_ssh(port: int) -> bool:
         return False
 
 
+def _set_env_line(env: Mapping[str, str]) -> str:
+    for name, value in env.items():
+        if not name.isidentifier() or any(c.isspace() or c == '"' for c in value):
+            raise ValueError(f"SetEnv cannot carry {name}={value!r}")
+    return "SetEnv " + " ".join(f"{name}={value}" for name, value in env.items())
+
+
 @contextmanager
-def running_sshd(root: Path, wait: float = 10.0) -> Iterator[SSHD]:
+def running_sshd(
+    root: Path,
+    wait: float = 10.0,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_config: Sequence[str] = (),
+) -> Iterator[SSHD]:
+    """An sshd in ``root``; ``env`` is set in every session it starts (``SetEnv``, which
+    overrides even HOME: each sshd can be a "host" with a home of its own, though they all
+    run as this user), ``extra_config`` lines are added to its sshd_config."""
     if shutil.which("ssh-keygen") is None:
         raise SSHDUnavailable(f"no ssh-keygen found; {INSTALL_HINT}")
     binary = _sshd_binary()
@@ -102,6 +118,8 @@ def running_sshd(root: Path, wait: float = 10.0) -> Iterator[SSHD]:
                 "PermitRootLogin prohibit-password",
                 "Subsystem sftp internal-sftp",
                 "LogLevel VERBOSE",
+                *([_set_env_line(env)] if env else []),
+                *extra_config,
                 "",
             ]
         )

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hivemind import __version__
 from hivemind.cli import backup as backup_commands
+from hivemind.cli import deploy as deploy_commands
 from hivemind.cli import join as join_commands
 from hivemind.cli import playbook as playbook_commands
 from hivemind.cli import tasks as task_commands
@@ -58,6 +59,7 @@ task_commands.register(app)
 playbook_commands.register(app)
 backup_commands.register(app)
 join_commands.register(app)
+deploy_commands.register(app)
 
 
 @app.callback()

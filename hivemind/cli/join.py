@@ -57,8 +57,9 @@ def register(app: typer.Typer) -> None:
         start: bool = typer.Option(True, "--start/--no-start", help="Start the worker now."),
     ) -> None:
         """Join this host to the node pool of TOKEN: pin its CA, enrol, write worker/config/
-        and hivemind.toml, and start the worker (a single-use token; nothing is written when
-        the node pool refuses it)."""
+        and hivemind.toml, and start the worker: a systemd unit where systemd runs (as root),
+        else the pid supervisor (a single-use token; nothing is written when the node pool
+        refuses it)."""
         from hivemind.join import join_and_start
 
         joined, started = join_and_start(settings(), token, node_id, start)
