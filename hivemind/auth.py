@@ -67,11 +67,13 @@ class Identity:
         return self.kind == "worker"
 
 
-def _b64(data: bytes) -> str:
+def b64_unpadded(data: bytes) -> str:
+    """URL-safe base64 without ``=`` padding, as signed tokens (ours and JWTs) spell it."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
+def b64_unpadded_decode(text: str) -> bytes:
+    """The bytes of :func:`b64_unpadded` text; ``binascii.Error`` when it is not base64."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -105,7 +107,7 @@ class TokenSigner:
             "exp": int(expires_at),
             "gen": int(generation),
         }
-        body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        body = b64_unpadded(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
         return f"{body}.{self._sign(body)}", float(int(expires_at))
 
     def verify(self, token: str, now: float | None = None) -> Identity:
@@ -115,7 +117,7 @@ class TokenSigner:
         if not hmac.compare_digest(self._sign(body), signature):
             raise AuthError("invalid token signature")
         try:
-            claims = json.loads(_unb64(body))
+            claims = json.loads(b64_unpadded_decode(body))
             identity = Identity(
                 subject=str(claims["sub"]),
                 kind=str(claims["kind"]),
@@ -135,7 +137,7 @@ class TokenSigner:
         return identity
 
     def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+        return b64_unpadded(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
 
 
 def load_secret(settings: Settings, create: bool = True) -> bytes:

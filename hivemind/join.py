@@ -15,7 +15,6 @@ nothing on the host.
 
 from __future__ import annotations
 
-import base64
 import getpass
 import hashlib
 import hmac
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivemind.auth import b64_unpadded, b64_unpadded_decode
 from hivemind.config import CONFIG_FILE_NAME, Settings
 from hivemind.errors import HivemindError
 from hivemind.paths import layout, write_private
@@ -45,14 +45,6 @@ HANDSHAKE_TIMEOUT = 10.0
 
 class JoinError(HivemindError):
     """A join token that cannot be used; nothing was changed."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class JoinToken:
         }
 
     def encode(self, signing_secret: bytes) -> str:
-        body = _b64(json.dumps(self.payload(), separators=(",", ":")).encode())
+        body = b64_unpadded(json.dumps(self.payload(), separators=(",", ":")).encode())
         return f"{TOKEN_PREFIX}.{body}.{_mac(signing_secret, body)}"
 
     @property
@@ -87,7 +79,7 @@ class JoinToken:
 
 
 def _mac(signing_secret: bytes, body: str) -> str:
-    return _b64(hmac.new(signing_secret, f"join:{body}".encode(), hashlib.sha256).digest())
+    return b64_unpadded(hmac.new(signing_secret, f"join:{body}".encode(), hashlib.sha256).digest())
 
 
 def parse_token(text: str) -> JoinToken:
@@ -96,7 +88,7 @@ def parse_token(text: str) -> JoinToken:
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         raise JoinError("this is not a join token (it starts with 'hmj1.' and has 3 parts)")
     try:
-        data = json.loads(_unb64(parts[1]))
+        data = json.loads(b64_unpadded_decode(parts[1]))
         token = JoinToken(
             address=str(data["a"]),
             ca_fingerprint=str(data["f"]),

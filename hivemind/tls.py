@@ -369,21 +369,17 @@ def explain_failure(details: str, address: str, secured: bool) -> str:
     it reads gRPC's error text)."""
     text = details.lower()
     if secured:
-        if "certificate_verify_failed" in text or "certificate verify failed" in text:
-            if "expired" in text:
-                return (
-                    f"the node pool at {address} presents an expired certificate; restart it "
-                    "(`hivemind down && hivemind up`) to renew it"
-                )
-            return (
-                f"the node pool at {address} presents a certificate that the trusted CA did "
-                "not sign (TLS_CA_FILE, or this home's node_pool/tls/ca.crt): it is another "
-                "cluster's, or the CA was made again; fetch its ca.crt"
-            )
+        # An expired certificate also fails verification: say the more precise thing first.
         if "expired" in text:
             return (
                 f"the node pool at {address} presents an expired certificate; restart it "
                 "(`hivemind down && hivemind up`) to renew it"
+            )
+        if "certificate_verify_failed" in text or "certificate verify failed" in text:
+            return (
+                f"the node pool at {address} presents a certificate that the trusted CA did "
+                "not sign (TLS_CA_FILE, or this home's node_pool/tls/ca.crt): it is another "
+                "cluster's, or the CA was made again; fetch its ca.crt"
             )
         if "peer name" in text or "hostname" in text or "subject alternative" in text:
             return (
