@@ -274,11 +274,9 @@ def joined_worker_spec(settings: Settings, joined: Joined) -> ServiceSpec:
     )
 
 
-def join_and_start(
-    settings: Settings, token_text: str, node_id: str = "", start: bool = True
-) -> tuple[Joined, str]:
-    """:func:`join_host`, then start its worker (unless ``start`` is False): (what was
-    joined, how the worker was started or "")."""
+def start_joined(settings: Settings, joined: Joined) -> str:
+    """Start the worker of a joined host: a systemd unit where systemd runs (it keeps the
+    worker up across reboots and crashes), else the pid supervisor. How it runs, to read."""
     from hivemind.supervisor import start_service
     from recovery.systemd import (
         start_joined_worker,
@@ -286,17 +284,23 @@ def join_and_start(
         write_joined_worker_units,
     )
 
-    joined = join_host(settings, token_text, node_id)
-    if not start:
-        return joined, ""
     if systemd_manages_services():
-        # Where systemd runs, it keeps the worker up across reboots and crashes.
         write_joined_worker_units(
             Path("/"), joined.node_id, joined.labels, layout(settings.home).root, getpass.getuser()
         )
-        return joined, start_joined_worker(joined.node_id, JOIN_START_TIMEOUT)
+        return start_joined_worker(joined.node_id, JOIN_START_TIMEOUT)
     started = start_service(joined_worker_spec(settings, joined), timeout=JOIN_START_TIMEOUT)
-    return joined, f"worker {joined.node_id} runs (pid {started.pid}), log: {started.log}"
+    how = "runs" if started.started else "was running already"
+    return f"worker {joined.node_id} {how} (pid {started.pid}), log: {started.log}"
+
+
+def join_and_start(
+    settings: Settings, token_text: str, node_id: str = "", start: bool = True
+) -> tuple[Joined, str]:
+    """:func:`join_host`, then :func:`start_joined` (unless ``start`` is False): (what was
+    joined, how the worker was started or "")."""
+    joined = join_host(settings, token_text, node_id)
+    return joined, start_joined(settings, joined) if start else ""
 
 
 # -- the node pool's side --------------------------------------------------------------------

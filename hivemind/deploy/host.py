@@ -21,7 +21,7 @@ from hivemind.deploy.model import (
     Phase,
 )
 from hivemind.deploy.wheel import last_lines
-from hivemind.errors import HivemindError, RemoteError
+from hivemind.errors import HivemindError
 from hivemind.remote.runner import CommandResult, Runner
 
 #: Python the venv needs: what hivemind requires.
@@ -213,7 +213,10 @@ class HostDeployment:
         probe = self._run(runner, [remote.bin("python"), "-c", _INSTALLED], _QUICK)
         if not probe.ok:
             raise StepFailed(f"the installed hivemind does not import:\n{_output(probe)}")
-        facts = json.loads(probe.text.strip().splitlines()[-1])
+        try:
+            facts = json.loads(probe.text.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StepFailed(f"the installed hivemind printed no facts: {_output(probe)}") from None
         # An editable or user install on the host could shadow the venv's copy.
         if not str(facts["file"]).startswith(str(facts["prefix"]) + "/"):
             raise StepFailed(
@@ -232,26 +235,12 @@ class HostDeployment:
         if not joined.ok:
             raise StepFailed(f"the join failed: {_output(joined)}")
 
-    def _worker_pid(self, runner: Runner, remote: _Remote) -> int | None:
-        pidfile = posixpath.join(remote.home, "run", f"worker-{self.host.node_id}.pid")
-        try:
-            data = json.loads(runner.read_file(pidfile))
-        except (RemoteError, ValueError):
-            return None
-        pid = data.get("pid") if isinstance(data, dict) else None
-        return pid if isinstance(pid, int) else None
-
-    def _alive(self, runner: Runner, pid: int) -> bool:
-        return self._run(runner, ["kill", "-0", str(pid)], _QUICK).ok
-
     def _drain(self, runner: Runner, remote: _Remote) -> None:
-        """SIGTERM through `hivemind down`: the worker finishes or hands back its tasks."""
-        pid = self._worker_pid(runner, remote)
+        """SIGTERM through `hivemind down`: the worker finishes or hands back its tasks, and
+        `down` returns only once it is gone (killed after SHUTDOWN_GRACE)."""
         down = self._run(runner, [remote.bin("hivemind"), "down"])
         if not down.ok:
             raise StepFailed(f"`hivemind down` failed: {_output(down)}")
-        if pid is not None and self._alive(runner, pid):
-            raise StepFailed(f"the worker (pid {pid}) still runs after `hivemind down`")
 
     def _start(self, runner: Runner, remote: _Remote) -> None:
         argv = [remote.bin("hivemind"), "worker-start", "--node-id", self.host.node_id]

@@ -24,8 +24,7 @@ def start_joined_worker(settings: Settings, node_id: str = "", labels: Sequence[
     """Start (unless it runs) the worker `hivemind join` set up in this HIVEMIND_HOME, with
     the node pool address and CA the join wrote; wait until it registered. Returns what
     runs, for a person to read."""
-    from hivemind.join import JOIN_START_TIMEOUT, Joined, joined_worker_spec
-    from hivemind.supervisor import start_service
+    from hivemind.join import Joined, start_joined
 
     home = layout(settings.home)
     if not (home.root / CONFIG_FILE_NAME).is_file() or not settings.nodepool_address:
@@ -36,7 +35,4 @@ def start_joined_worker(settings: Settings, node_id: str = "", labels: Sequence[
     node = node_id or joined_node_id(settings)
     if not home.worker_token_file(node).is_file():
         raise DeployError(f"no worker token for {node} at {home.worker_token_file(node)}")
-    joined = Joined(node, tuple(labels), settings.nodepool_address)
-    started = start_service(joined_worker_spec(settings, joined), timeout=JOIN_START_TIMEOUT)
-    how = "runs" if started.started else "was running already"
-    return f"worker {node} {how} (pid {started.pid}), log: {started.log}"
+    return start_joined(settings, Joined(node, tuple(labels), settings.nodepool_address))
