@@ -91,9 +91,24 @@ class Settings:
     tls_hosts: str = ""
     #: The name a client checks in the server's certificate, when it dials another.
     tls_server_name: str = ""
+    #: Mutual TLS: the node pool accepts only connections that present a certificate its CA
+    #: issued, and a worker's certificate must name the worker its token is for.
+    require_client_cert: bool = False
+    #: The certificate and key this host's clients and worker present (mutual TLS); empty
+    #: means the worker's own (``worker/config/<node id>.crt``), else the node pool host's
+    #: ``node_pool/tls/client.crt``.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: With mutual TLS, the port where hosts without a certificate yet may only enrol
+    #: (``hivemind join``); 0 means GRPC_PORT + 1.
+    enroll_port: int = 0
     #: Seconds a stopping worker waits for running tasks before handing them back.
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+
+    @property
+    def effective_enroll_port(self) -> int:
+        return self.enroll_port or self.grpc_port + 1
 
     @property
     def client_address(self) -> str:
@@ -275,6 +290,11 @@ def _validate(settings: Settings) -> Settings:
         (settings.default_retries >= 0, "DEFAULT_RETRIES must not be negative"),
         (settings.task_sandbox in ("auto", "off"), "TASK_SANDBOX must be auto or off"),
         (settings.tls in ("auto", "on", "off"), "TLS must be auto, on or off"),
+        (0 <= settings.enroll_port <= 65535, "ENROLL_PORT must be a port number (1-65535)"),
+        (
+            not (settings.require_client_cert and settings.tls == "off"),
+            'REQUIRE_CLIENT_CERT needs TLS: remove TLS = "off"',
+        ),
         (
             urlsplit(settings.redis_url).scheme in ("redis", "rediss", "unix"),
             f"REDIS_URL must be a redis:// URL, got {redact_url(settings.redis_url)!r}",

@@ -55,9 +55,12 @@ class JoinToken:
     expires_at: float
     labels: tuple[str, ...] = ()
     node_id: str = ""
+    #: Where to enrol when it is not ``address``: with mutual TLS, the port that takes a
+    #: connection without a client certificate.
+    enroll_address: str = ""
 
     def payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "a": self.address,
             "f": self.ca_fingerprint,
             "s": self.secret,
@@ -65,6 +68,13 @@ class JoinToken:
             "l": list(self.labels),
             "n": self.node_id,
         }
+        if self.enroll_address:
+            payload["p"] = self.enroll_address
+        return payload
+
+    @property
+    def dial_address(self) -> str:
+        return self.enroll_address or self.address
 
     def encode(self, signing_secret: bytes) -> str:
         body = b64_unpadded(json.dumps(self.payload(), separators=(",", ":")).encode())
@@ -96,6 +106,7 @@ def parse_token(text: str) -> JoinToken:
             expires_at=float(data["e"]),
             labels=tuple(str(x) for x in data.get("l", [])),
             node_id=str(data.get("n", "")),
+            enroll_address=str(data.get("p", "")),
         )
     except (ValueError, KeyError, TypeError):
         raise JoinError("the join token is damaged (its contents do not parse)") from None
@@ -135,11 +146,18 @@ def new_token(
     ttl: float = DEFAULT_TTL,
     labels: tuple[str, ...] = (),
     node_id: str = "",
+    enroll_address: str = "",
 ) -> JoinToken:
     if not ttl > 0:
         raise JoinError(f"--ttl must be a positive number of seconds, not {ttl:g}")
     return JoinToken(
-        address, ca_fingerprint, secrets.token_urlsafe(32), time.time() + ttl, labels, node_id
+        address,
+        ca_fingerprint,
+        secrets.token_urlsafe(32),
+        time.time() + ttl,
+        labels,
+        node_id,
+        enroll_address,
     )
 
 
@@ -199,9 +217,11 @@ def join_host(settings: Settings, token_text: str, node_id: str = "") -> Joined:
     """Enrol this host (its HIVEMIND_HOME) with the node pool the token names, then write
     its worker config. Raises JoinError, changing nothing, for a token the node pool refuses."""
     from hivemind.client import Client
+    from hivemind.client_certs import make_key_and_csr, worker_cert_paths, write_key_pair
     from hivemind.errors import NodePoolError
     from hivemind.proto import hivemind_pb2 as pb
     from hivemind.tls import ChannelSecurity
+    from hivemind.tls import fingerprint as pinned_fingerprint
 
     token = parse_token(token_text)
     if token.expired():
@@ -217,8 +237,10 @@ def join_host(settings: Settings, token_text: str, node_id: str = "") -> Joined:
             f"{config_file} exists: this home is set up already; join with another "
             "HIVEMIND_HOME, or remove it first"
         )
-    ca_pem = fetch_pinned_ca(token.address, token.ca_fingerprint)
-    with Client(token.address, security=ChannelSecurity(ca_pem), timeout=30) as client:
+    ca_pem = fetch_pinned_ca(token.dial_address, token.ca_fingerprint)
+    # The key is made here and stays here: the node pool signs its request.
+    key_pem, csr_pem = make_key_and_csr(node_id or socket.gethostname())
+    with Client(token.dial_address, security=ChannelSecurity(ca_pem), timeout=30) as client:
         try:
             reply = client.call(
                 client.workers_stub.Enroll,
@@ -226,19 +248,45 @@ def join_host(settings: Settings, token_text: str, node_id: str = "") -> Joined:
                     join_token=token_text.strip(),
                     node_id=node_id,
                     hostname=socket.gethostname(),
+                    csr=csr_pem,
                 ),
             )
         except NodePoolError as exc:
             raise JoinError(f"the node pool refused the join token: {exc}") from None
+    # The bundle came over the channel verified by the pinned CA; it must start with that CA.
+    bundle = ca_pem
+    if reply.ca_bundle and pinned_fingerprint(reply.ca_bundle) == token.ca_fingerprint:
+        bundle = reply.ca_bundle
     home.ensure()
     ca_file = home.worker_config / "ca.crt"
-    ca_file.write_bytes(ca_pem)
+    ca_file.write_bytes(bundle)
+    written = [ca_file]
+    if reply.certificate:
+        cert_file, key_file = worker_cert_paths(settings, reply.node_id)
+        write_key_pair(cert_file, key_file, reply.certificate, key_pem)
+        written += [cert_file, key_file]
+    labels_file = _labels_file(settings, reply.node_id)
+    labels_file.write_text(json.dumps({"labels": list(reply.labels)}) + "\n")
+    written.append(labels_file)
     token_file = home.worker_token_file(reply.node_id)
     write_private(token_file, reply.worker_token + "\n")
     write_private(config_file, _config_lines(token.address, ca_file))
     return Joined(
-        reply.node_id, tuple(reply.labels), token.address, [ca_file, token_file, config_file]
+        reply.node_id, tuple(reply.labels), token.address, [*written, token_file, config_file]
     )
+
+
+def _labels_file(settings: Settings, node_id: str) -> Path:
+    return layout(settings.home).worker_config / f"{node_id}.json"
+
+
+def joined_labels(settings: Settings, node_id: str) -> tuple[str, ...]:
+    """The labels the join gave worker ``node_id`` (none when it wrote none down)."""
+    try:
+        data = json.loads(_labels_file(settings, node_id).read_text())
+        return tuple(str(label) for label in data["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
 
 
 def joined_worker_spec(settings: Settings, joined: Joined) -> ServiceSpec:
@@ -340,9 +388,14 @@ def issue_join_token(
     ca = tls_files(settings).ca_cert
     if not ca.is_file():
         raise JoinError(f"no CA at {ca} yet: start the node pool once (`hivemind up`)")
-    token = new_token(
-        join_address(settings, address), fingerprint(ca.read_bytes()), ttl, labels, node_id
+    dial = join_address(settings, address)
+    # With mutual TLS a new host has no certificate: it enrols on the enrolment port.
+    enroll = (
+        f"{dial.rpartition(':')[0]}:{settings.effective_enroll_port}"
+        if settings.require_client_cert
+        else ""
     )
+    token = new_token(dial, fingerprint(ca.read_bytes()), ttl, labels, node_id, enroll)
     client = redis.Redis.from_url(effective_redis_url(settings))
     try:
         client.set(

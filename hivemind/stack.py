@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import (
     ENV_PREFIX,
     SECRET_SETTINGS,
@@ -53,7 +54,7 @@ from hivemind.supervisor import (
     start_services,
     stop_services,
 )
-from hivemind.tls import client_security, ensure_server_files, server_uses_tls
+from hivemind.tls import client_security, server_uses_tls
 
 #: The command that runs `hivemind` subcommands as children.
 DEFAULT_LAUNCHER: tuple[str, ...] = (sys.executable, "-m", "hivemind")
@@ -301,7 +302,7 @@ def _start_one(
     if service == "nodepool":
         if server_uses_tls(settings):
             # Made here, before it starts, so the first health check can already verify it.
-            _files, made = ensure_server_files(settings)
+            _files, made = ensure_node_pool_files(settings)
             if made:
                 emit(f"TLS: {made}")
         extra = ["--config", str(Path(config).absolute())] if config else []
@@ -397,6 +398,10 @@ def _worker_specs(
             from hivemind.auth import issue_worker_token
 
             worker_env["HIVEMIND_WORKER_TOKEN"] = issue_worker_token(settings, node_id)
+        if settings.require_client_cert:
+            from hivemind.client_certs import issue_local
+
+            issue_local(settings, node_id)  # mutual TLS: each worker presents its own
         specs.append(
             ServiceSpec(
                 name=f"worker {node_id}",

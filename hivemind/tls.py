@@ -20,7 +20,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -66,6 +66,16 @@ class TLSFiles:
     def server_key(self) -> Path:
         return self.root / "server.key"
 
+    def read_ca(self) -> tuple[bytes, bytes]:
+        """(the CA bundle, the current CA's key): what signs certificates."""
+        try:
+            return self.ca_cert.read_bytes(), self.ca_key.read_bytes()
+        except OSError as exc:
+            raise TLSError(
+                f"cannot read the node pool's CA in {self.root} ({exc.strerror}): run this on "
+                "the node pool's host, after it started once with TLS (`hivemind up`)"
+            ) from None
+
 
 def tls_files(settings: Settings) -> TLSFiles:
     return TLSFiles(layout(settings.home).node_pool / "tls")
@@ -91,25 +101,52 @@ def server_uses_tls(settings: Settings) -> bool:
 
 @dataclass(frozen=True)
 class ChannelSecurity:
-    """What a client trusts: the CA's PEM. ``server_name`` overrides the name checked in the
-    server's certificate (for an address the certificate does not list)."""
+    """What a client trusts: the CA's PEM (a bundle during a rotation's grace period), and
+    with mutual TLS the certificate and key it presents. ``server_name`` overrides the name
+    checked in the server's certificate (for an address the certificate does not list)."""
 
     ca_pem: bytes
     server_name: str = ""
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.key_pem,
+            certificate_chain=self.cert_pem,
+        )
 
     def options(self) -> list[tuple[str, str]]:
         if not self.server_name:
             return []
         return [("grpc.ssl_target_name_override", self.server_name)]
 
+    @property
+    def presents_certificate(self) -> bool:
+        return self.cert_pem is not None
 
-def client_security(settings: Settings) -> ChannelSecurity | None:
-    """How this host's clients reach the node pool: None for plaintext. TLS_CA_FILE names the
-    CA to trust (a worker host's join writes it); else, when the node pool of this home serves
-    TLS, the CA it made."""
+
+def client_cert_paths(settings: Settings, node_id: str = "") -> tuple[Path, Path] | None:
+    """The certificate and key this host's client (or worker ``node_id``) presents, or None:
+    TLS_CERT_FILE and TLS_KEY_FILE, else the worker's own, else the node pool host's client
+    certificate (its CLI and master)."""
+    if settings.tls_cert_file:
+        return Path(settings.tls_cert_file), Path(settings.tls_key_file or settings.tls_cert_file)
+    home = layout(settings.home)
+    candidates = [home.worker_config / node_id] if node_id else []
+    candidates.append(tls_files(settings).root / "client")
+    for stem in candidates:
+        cert, key = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        if cert.is_file() and key.is_file():
+            return cert, key
+    return None
+
+
+def client_security(settings: Settings, node_id: str = "") -> ChannelSecurity | None:
+    """How this host's clients (or worker ``node_id``) reach the node pool: None for
+    plaintext. TLS_CA_FILE names the CA to trust (a worker host's join writes it); else, when
+    the node pool of this home serves TLS, the CA it made."""
     if settings.tls == "off":
         return None
     ca_file = Path(settings.tls_ca_file) if settings.tls_ca_file else None
@@ -120,12 +157,23 @@ def client_security(settings: Settings) -> ChannelSecurity | None:
     if ca_file is None:
         return None
     try:
-        return ChannelSecurity(ca_file.read_bytes(), settings.tls_server_name)
+        ca_pem = ca_file.read_bytes()
     except OSError as exc:
         raise TLSError(
             f"cannot read the node pool's CA certificate {ca_file}: {exc.strerror}; set "
             "TLS_CA_FILE to the ca.crt of the node pool (its node_pool/tls/ca.crt)"
         ) from None
+    paths = client_cert_paths(settings, node_id)
+    if paths is None:
+        return ChannelSecurity(ca_pem, settings.tls_server_name)
+    try:
+        cert_pem, key_pem = paths[0].read_bytes(), paths[1].read_bytes()
+    except OSError as exc:
+        raise TLSError(
+            f"cannot read the client certificate {exc.filename}: {exc.strerror}; check "
+            "TLS_CERT_FILE and TLS_KEY_FILE"
+        ) from None
+    return ChannelSecurity(ca_pem, settings.tls_server_name, cert_pem, key_pem)
 
 
 # -- making certificates ---------------------------------------------------------------------
@@ -186,6 +234,66 @@ def make_ca(common_name: str = "HiveMind node pool CA", days: int = CA_DAYS) -> 
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, Any]:
+    """The CA's certificate and EC private key, parsed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError as exc:
+        raise TLSError(f"the CA certificate or key does not parse: {exc}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TLSError("the CA key is not an EC key made by HiveMind")
+    return ca_cert, ca_key
+
+
+def issue_certificate(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    public_key: Any,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    client: bool,
+    days: int,
+    not_before: dt.datetime | None = None,
+) -> bytes:
+    """A leaf certificate for ``public_key`` signed by the CA: a server's (``client`` False) or
+    a client's, valid ``days`` from ``not_before`` (default: five minutes ago). Its PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert, ca_key = load_ca(ca_cert_pem, ca_key_pem)
+    start = not_before or (_now() - dt.timedelta(minutes=5))
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def new_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def make_server_cert(
     ca_cert_pem: bytes,
     ca_key_pem: bytes,
@@ -196,39 +304,18 @@ def make_server_cert(
     """A server certificate for ``names`` (DNS names and IP addresses), signed by the CA:
     (certificate PEM, private key PEM). ``not_before`` back-dates it (tests make expired ones)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TLSError("the CA key is not an EC key made by HiveMind")
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or (_now() - dt.timedelta(minutes=5))
     sans: list[x509.GeneralName] = []
     for name in dict.fromkeys(names):
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             sans.append(x509.DNSName(name))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
+    key = new_key()
+    cert = issue_certificate(
+        ca_cert_pem, ca_key_pem, key.public_key(), names[0], sans, False, days, not_before
     )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    return cert, _key_pem(key)
 
 
 def server_names(settings: Settings) -> list[str]:
@@ -340,17 +427,6 @@ def ensure_server_files(settings: Settings) -> tuple[TLSFiles, str]:
     return files, "; ".join(done)
 
 
-def server_credentials(files: TLSFiles) -> grpc.ServerCredentials:
-    """The server's key and its chain: its certificate, then the CA's, so that a joining host
-    can pick the CA out of the handshake and check it against the fingerprint it pins."""
-    try:
-        key = files.server_key.read_bytes()
-        chain = files.server_cert.read_bytes() + files.ca_cert.read_bytes()
-    except OSError as exc:
-        raise TLSError(f"cannot read the server certificate in {files.root}: {exc}") from None
-    return grpc.ssl_server_credentials([(key, chain)])
-
-
 def fingerprint(cert_pem: bytes) -> str:
     """``sha256:<hex>`` of a certificate's DER form: what a join token pins."""
     from cryptography import x509
@@ -394,6 +470,15 @@ def explain_failure(details: str, address: str, secured: bool) -> str:
             return (
                 f"the TLS handshake with {address} failed: is the node pool serving "
                 "plaintext (TLS=off, or a loopback bind)? Set TLS=off here to match"
+            )
+        # Closed while connecting (not mid-call, as a restart does): the handshake failed.
+        if "failed to connect" in text and ("socket closed" in text or "connection reset" in text):
+            return (
+                f"the node pool at {address} closed the connection in the TLS handshake: it "
+                "requires a client certificate (REQUIRE_CLIENT_CERT) and this client presented "
+                "none, or one its CA did not issue or that expired; a worker host gets one "
+                "with `hivemind join`, any other with `hivemind tls issue` on the node pool's "
+                "host (then TLS_CERT_FILE and TLS_KEY_FILE)"
             )
         return ""
     if any(hint in text for hint in ("socket closed", "connection reset", "handshake", "eof")):

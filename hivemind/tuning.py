@@ -123,3 +123,6 @@ STATS_MINUTE_TTL = 2 * 3600
 STATS_MINUTES = 60
 #: Tasks one SubmitTasks call may carry.
 SUBMIT_BATCH_MAX = 10_000
+#: Seconds between the master's looks at its CA and certificate files, by which it follows a
+#: CA rotation without a restart (two small files read, so often is cheap).
+TRUST_RECHECK = 1.0

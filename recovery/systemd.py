@@ -183,15 +183,38 @@ def write_joined_worker_units(
     return written
 
 
+def _systemctl(*args: str, timeout: float) -> None:
+    """Run ``systemctl ARGS``; a failure is a UsageError with systemctl's last line."""
+    argv = ["systemctl", *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"{shlex.join(argv)} failed: {exc}") from None
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise UsageError(f"{shlex.join(argv)} failed: {said[-1] if said else done.returncode}")
+
+
 def start_joined_worker(node_id: str, timeout: float = 60.0) -> str:
     """``systemctl daemon-reload`` and ``enable --now`` the joined worker's unit."""
     instance = worker_instance(node_id)
-    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", instance]):
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UsageError(f"{shlex.join(argv)} failed: {exc}") from None
-        if done.returncode != 0:
-            said = (done.stderr or done.stdout).strip().splitlines()
-            raise UsageError(f"{shlex.join(argv)} failed: {said[-1] if said else done.returncode}")
+    _systemctl("daemon-reload", timeout=timeout)
+    _systemctl("enable", "--now", instance, timeout=timeout)
     return f"worker {node_id} runs as systemd unit {instance} (journalctl -u {instance})"
+
+
+def joined_worker_active(node_id: str) -> bool:
+    """Whether systemd runs the joined worker's unit now (``systemctl is-active``)."""
+    try:
+        _systemctl("is-active", "--quiet", worker_instance(node_id), timeout=10.0)
+    except UsageError:
+        return False
+    return True
+
+
+def stop_joined_worker(node_id: str, timeout: float = 120.0) -> str:
+    """``systemctl stop`` the joined worker's unit: systemd sends SIGTERM and waits, so the
+    worker finishes or hands back its tasks (its drain). The unit stays enabled."""
+    instance = worker_instance(node_id)
+    _systemctl("stop", instance, timeout=timeout)
+    return f"worker {node_id} stopped (systemd unit {instance})"

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -19,6 +21,8 @@ from hivemind.config import Settings, effective_redis_url
 from hivemind.credentials import load_token
 from hivemind.tls import ChannelSecurity, client_security
 from tests.helpers import REPO_ROOT, RedisServer, free_port
+
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 @dataclass
@@ -84,6 +88,15 @@ class Cluster:
         events = [json.loads(e)["event"] for e in history]
         return [e for e in events if e in ("succeeded", "failed", "timeout", "cancelled")]
 
+    def wait_all(self, ids: list[str], timeout: float) -> list[Any]:
+        """The tasks ``ids`` once all ended, or as they are at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while True:
+                tasks = client.wait(ids, timeout=10)
+                if all(t.status in TERMINAL for t in tasks) or time.monotonic() > deadline:
+                    return tasks
+
     def up(self, workers: int = 2) -> subprocess.CompletedProcess[str]:
         return self.cli("up", "--workers", str(workers), timeout=180)
 
@@ -129,3 +142,34 @@ def started_cluster(
         yield cluster
     finally:
         cluster.down()
+
+
+class Host:
+    """A new host: a home of its own and an environment without any HiveMind setting."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True)
+        self.home = root / "home"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
+        self.env.update(
+            HIVEMIND_HOME=str(self.home),
+            XDG_CONFIG_HOME=str(root / "xdg"),
+            PYTHONPATH=str(REPO_ROOT),
+            HIVEMIND_HEARTBEAT_INTERVAL="0.5",
+        )
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hivemind", *args],
+            env=self.env,
+            cwd=self.home.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def written(self) -> list[Path]:
+        """What a join would have written: nothing, for a refused one."""
+        config = self.home / "worker" / "config"
+        found = [self.home / "hivemind.toml"] if (self.home / "hivemind.toml").exists() else []
+        return found + (sorted(config.iterdir()) if config.is_dir() else [])

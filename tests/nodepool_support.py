@@ -4,6 +4,7 @@ helpers that sign in users and register workers. The ``pool`` fixture is in conf
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -45,5 +46,19 @@ def pool(settings: Settings) -> Iterator[Pool]:
     server.start()
     try:
         yield Pool(server, s.client_address, s)
+    finally:
+        server.stop(grace=1)
+
+
+@contextmanager
+def node_pool_serving(settings: Settings, alice: bool = False) -> Iterator[NodePoolServer]:
+    """A node pool in this process for ``settings`` (with user alice, password
+    alice-password-1, if asked), stopped afterwards."""
+    server = NodePoolServer(settings)
+    server.start()
+    if alice:
+        server.state.users.create_user("alice", "alice-password-1", "user", 10)
+    try:
+        yield server
     finally:
         server.stop(grace=1)

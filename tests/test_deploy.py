@@ -33,7 +33,6 @@ from tests.sshd import SSHD, running_sshd
 #: The Python the hosts make their venvs from: this one, whose site packages hold every
 #: dependency (the sshd sessions' PATH finds only the system python3, which has none).
 HOST_PYTHON = os.path.realpath(sys.executable)
-TERMINAL = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELLED")
 
 
 @dataclass
@@ -163,15 +162,6 @@ def _runs_from_venv(host: Host) -> None:
     assert where.startswith(str(host.venv) + "/"), where
 
 
-def _wait_all(pool: Cluster, ids: list[str], timeout: float) -> list:
-    deadline = time.monotonic() + timeout
-    with pool.client() as client:
-        while True:
-            tasks = client.wait(ids, timeout=10)
-            if all(t.status in TERMINAL for t in tasks) or time.monotonic() > deadline:
-                return tasks
-
-
 def test_deploy_to_a_group_runs_tasks_on_both_workers(fleet: Fleet, deployed: dict) -> None:
     workers = [h.node_id for h in fleet.hosts[:2]]
     assert deployed["counts"] == {"ok": 2, "failed": 0, "skipped": 0}, deployed
@@ -184,7 +174,7 @@ def test_deploy_to_a_group_runs_tasks_on_both_workers(fleet: Fleet, deployed: di
 
     with fleet.pool.client() as client:
         ids = client.submit([function_spec("hivemind.examples:sleep", [0.05]) for _ in range(200)])
-    tasks = _wait_all(fleet.pool, ids, 90)
+    tasks = fleet.pool.wait_all(ids, 90)
     assert [t.status for t in tasks] == ["SUCCEEDED"] * 200
     assert all(t.attempt == 1 for t in tasks)
     ran_on = {t.worker for t in tasks}
@@ -222,7 +212,7 @@ def test_rolling_upgrade_while_tasks_run(fleet: Fleet, deployed: dict) -> None:
     assert [h["installed_version"] for h in summary["hosts"]] == ["0.1.0+upgrade1"] * 2
     assert all("drain" in h["durations"] and "start" in h["durations"] for h in summary["hosts"])
 
-    tasks = _wait_all(fleet.pool, ids, 120)
+    tasks = fleet.pool.wait_all(ids, 120)
     assert [t.status for t in tasks] == ["SUCCEEDED"] * 300
     for task_id in ids:
         assert fleet.pool.terminal_events(task_id) == ["succeeded"]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hivemind.join import parse_token
-from tests.cluster import Cluster, started_cluster
-from tests.helpers import REPO_ROOT, RedisServer
+from tests.cluster import Cluster, Host, started_cluster
+from tests.helpers import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -24,37 +21,6 @@ def pool(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("join-pool")
     with started_cluster(redis_server, root, workers=1, tls="on") as cluster:
         yield cluster
-
-
-class Host:
-    """A new host: a home of its own and an environment without any HiveMind setting."""
-
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True)
-        self.home = root / "home"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HIVEMIND_")}
-        self.env.update(
-            HIVEMIND_HOME=str(self.home),
-            XDG_CONFIG_HOME=str(root / "xdg"),
-            PYTHONPATH=str(REPO_ROOT),
-            HIVEMIND_HEARTBEAT_INTERVAL="0.5",
-        )
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hivemind", *args],
-            env=self.env,
-            cwd=self.home.parent,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def written(self) -> list[Path]:
-        """What a join would have written: nothing, for a refused one."""
-        config = self.home / "worker" / "config"
-        found = [self.home / "hivemind.toml"] if (self.home / "hivemind.toml").exists() else []
-        return found + (sorted(config.iterdir()) if config.is_dir() else [])
 
 
 def _token(pool: Cluster, *args: str) -> str:
@@ -95,6 +61,14 @@ def test_a_host_joins_with_one_token_and_runs_tasks(pool: Cluster, tmp_path: Pat
         assert reused.returncode != 0
         assert "used already" in reused.stdout + reused.stderr
         assert again.written() == []
+
+        # Stopped and started again without --label: the labels of the join stay.
+        stopped = host.cli("worker-stop")
+        assert stopped.returncode == 0 and "worker joined-1 stopped" in stopped.stdout
+        assert pool.redis().hget("worker:joined-1", "status") == "offline"
+        started = host.cli("worker-start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert pool.redis().hget("worker:joined-1", "labels") == "joined"
     finally:
         host.cli("down")
 
@@ -137,7 +111,8 @@ def test_a_tampered_token_is_refused_and_nothing_is_written(pool: Cluster, tmp_p
     # The tampered tries did not use it up: the genuine token still joins.
     joined = host.cli("join", token, "--no-start")
     assert joined.returncode == 0, joined.stdout + joined.stderr
-    assert len(host.written()) == 3
+    written = sorted(path.name for path in host.written())
+    assert len(written) == 6 and "ca.crt" in written and "hivemind.toml" in written, written
 
 
 def test_a_plaintext_node_pool_gives_no_join_token(

@@ -26,19 +26,15 @@ from hivemind.nodepool.server import NodePoolServer
 from hivemind.service_health import grpc_serving
 from tests.cluster import started_cluster
 from tests.helpers import RedisServer
+from tests.nodepool_support import node_pool_serving
 
 
 @pytest.fixture
 def secured(settings: Settings, free_port_factory: Callable[[], int]) -> Iterator[Settings]:
     """A node pool serving TLS on 127.0.0.1; the settings its own clients use."""
     s = settings.replace(grpc_host="127.0.0.1", grpc_port=free_port_factory(), tls="on")
-    server = NodePoolServer(s)
-    server.start()
-    server.state.users.create_user("alice", "alice-password-1", "user", 10)
-    try:
+    with node_pool_serving(s, alice=True):
         yield s
-    finally:
-        server.stop(grace=1)
 
 
 def test_the_node_pool_makes_its_ca_and_certificate_with_private_keys(secured: Settings) -> None:

@@ -11,6 +11,8 @@ from doctor.context import Context
 from doctor.model import Finding
 from doctor.registry import check
 from hivemind import tls
+from hivemind.paths import layout
+from hivemind.tls_rotation import Rotation, read_rotation
 
 TURN_ON = (
     'remove TLS = "off" from hivemind.toml (the default, auto, serves TLS on any bind but '
@@ -24,9 +26,12 @@ def tls_verdict(
     info: tls.CertificateInfo | None,
     loose_keys: list[str],
     now: dt.datetime,
+    mutual: bool = False,
+    rotation: Rotation | None = None,
 ) -> Finding:
     """``info`` is the server certificate (None: missing or unreadable); ``loose_keys`` the
-    key files others may read."""
+    key files others may read; ``mutual``: client certificates are required; ``rotation``:
+    what ``rotation.json`` says of the last CA rotation."""
     if not serves_tls:
         if loopback_bind:
             return Finding.ok("plaintext on loopback only: nothing leaves this host")
@@ -49,7 +54,17 @@ def tls_verdict(
         "not_after": info.not_after.isoformat(),
         "names": sorted(info.names),
         "fingerprint": info.fingerprint,
+        "mutual_tls": mutual,
     }
+    if rotation is not None and rotation.previous_fingerprint:
+        evidence["previous_ca"] = rotation.previous_fingerprint
+        if not rotation.in_grace(now.timestamp()):
+            return Finding.warn(
+                "the CA rotation's grace period is over: a worker that did not renew cannot "
+                "connect again",
+                "`hivemind tls status`; then `hivemind tls rotate --finish` to drop the old CA",
+                **evidence,
+            )
     left = info.not_after - now
     if left <= dt.timedelta(0):
         return Finding.fail(
@@ -63,8 +78,9 @@ def tls_verdict(
             "restart the node pool before then: it renews the certificate at start",
             **evidence,
         )
+    kind = "mutual TLS (client certificates required)" if mutual else "TLS"
     return Finding.ok(
-        f"TLS, certificate valid until {info.not_after:%Y-%m-%d} for "
+        f"{kind}, certificate valid until {info.not_after:%Y-%m-%d} for "
         + ", ".join(sorted(info.names)),
         **evidence,
     )
@@ -82,6 +98,7 @@ def _loose(paths: list[Path]) -> list[str]:
 def tls_check(ctx: Context) -> Finding:
     settings = ctx.settings
     files = tls.tls_files(settings)
+    worker_keys = sorted(layout(settings.home).worker_config.glob("*.key"))
     try:
         pem = files.server_cert.read_bytes()
     except OSError:
@@ -92,6 +109,8 @@ def tls_check(ctx: Context) -> Finding:
         tls.server_uses_tls(settings),
         tls.is_loopback(settings.grpc_host),
         info,
-        _loose([files.ca_key, files.server_key]),
+        _loose([files.ca_key, files.server_key, files.root / "client.key", *worker_keys]),
         dt.datetime.now(dt.timezone.utc),
+        settings.require_client_cert,
+        read_rotation(files),
     )

@@ -31,6 +31,7 @@ from hivemind.cli.common import (
     when,
 )
 from hivemind.cli.doctor import doctor_app
+from hivemind.cli.tls import tls_app
 from hivemind.cli.vpn import vpn_app
 from hivemind.credentials import forget_token, save_token
 
@@ -55,6 +56,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(doctor_app, name="doctor")
 app.add_typer(vpn_app, name="vpn")
+app.add_typer(tls_app, name="tls")
 task_commands.register(app)
 playbook_commands.register(app)
 backup_commands.register(app)

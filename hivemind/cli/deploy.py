@@ -1,5 +1,6 @@
 """`hivemind deploy`: this checkout onto hosts over SSH, each joined as a worker; and
-`hivemind worker-start`, which starts a joined host's worker again (what an upgrade runs)."""
+`hivemind worker-stop` / `worker-start`, which stop and start a joined host's worker (what an
+upgrade runs)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ from hivemind.cli.common import (
 )
 from hivemind.deploy.model import DeployEvent, DeployHost, DeploySummary, Outcome
 
+JOINED_NODE_ID_OPTION = typer.Option(
+    "",
+    "--node-id",
+    metavar="NODE_ID",
+    show_default=False,
+    help="The joined worker's id (default: the one `join` wrote a token for).",
+)
 _STATE_STYLE = {"started": "yellow", "done": "green", "failed": "red", "skipped": "dim"}
 
 
@@ -167,13 +175,7 @@ def register(app: typer.Typer) -> None:
     @app.command("worker-start")
     @command
     def worker_start(
-        node_id: str = typer.Option(
-            "",
-            "--node-id",
-            metavar="NODE_ID",
-            show_default=False,
-            help="The joined worker's id (default: the one `join` wrote a token for).",
-        ),
+        node_id: str = JOINED_NODE_ID_OPTION,
         label: list[str] = typer.Option(
             [], "--label", metavar="LABEL", help="A label to advertise (repeatable)."
         ),
@@ -183,3 +185,14 @@ def register(app: typer.Typer) -> None:
         from hivemind.deploy.worker_start import start_joined_worker
 
         console.print(escape(start_joined_worker(settings(), node_id, label)), soft_wrap=True)
+
+    @app.command("worker-stop")
+    @command
+    def worker_stop(
+        node_id: str = JOINED_NODE_ID_OPTION,
+    ) -> None:
+        """Stop the worker `hivemind join` set up on this host (its systemd unit, or the pid
+        supervisor's), once it finished or handed back its tasks."""
+        from hivemind.deploy.worker_start import stop_joined_worker
+
+        console.print(escape(stop_joined_worker(settings(), node_id)), soft_wrap=True)

@@ -236,11 +236,13 @@ class HostDeployment:
             raise StepFailed(f"the join failed: {_output(joined)}")
 
     def _drain(self, runner: Runner, remote: _Remote) -> None:
-        """SIGTERM through `hivemind down`: the worker finishes or hands back its tasks, and
-        `down` returns only once it is gone (killed after SHUTDOWN_GRACE)."""
-        down = self._run(runner, [remote.bin("hivemind"), "down"])
-        if not down.ok:
-            raise StepFailed(f"`hivemind down` failed: {_output(down)}")
+        """SIGTERM through `hivemind worker-stop` (``systemctl stop`` for a systemd unit):
+        the worker finishes or hands back its tasks, and the command returns only once it is
+        gone (killed after SHUTDOWN_GRACE)."""
+        argv = [remote.bin("hivemind"), "worker-stop", "--node-id", self.host.node_id]
+        stopped = self._run(runner, argv)
+        if not stopped.ok:
+            raise StepFailed(f"`hivemind worker-stop` failed: {_output(stopped)}")
 
     def _start(self, runner: Runner, remote: _Remote) -> None:
         argv = [remote.bin("hivemind"), "worker-start", "--node-id", self.host.node_id]

@@ -1,4 +1,5 @@
-"""Start the worker of a host that `hivemind join` set up, again (after a drain or reboot)."""
+"""Stop and start the worker of a host that `hivemind join` set up (a drain, an upgrade, a
+reboot), however it runs: its systemd unit, or the pid supervisor."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 from hivemind.config import CONFIG_FILE_NAME, Settings
 from hivemind.deploy.wheel import DeployError
+from hivemind.join import joined_labels
 from hivemind.paths import layout
 
 
@@ -35,4 +37,24 @@ def start_joined_worker(settings: Settings, node_id: str = "", labels: Sequence[
     node = node_id or joined_node_id(settings)
     if not home.worker_token_file(node).is_file():
         raise DeployError(f"no worker token for {node} at {home.worker_token_file(node)}")
-    return start_joined(settings, Joined(node, tuple(labels), settings.nodepool_address))
+    # The labels the join token gave, unless others are asked for.
+    chosen = tuple(labels) or joined_labels(settings, node)
+    return start_joined(settings, Joined(node, chosen, settings.nodepool_address))
+
+
+def stop_joined_worker(settings: Settings, node_id: str = "") -> str:
+    """Stop this host's joined worker and wait until it is gone: it finishes its running
+    tasks or hands them back within SHUTDOWN_GRACE (the drain of an upgrade)."""
+    from hivemind.stack import worker_spec_paths
+    from hivemind.supervisor import stop_services
+    from recovery.systemd import joined_worker_active, systemd_manages_services
+    from recovery.systemd import stop_joined_worker as stop_unit
+
+    node = node_id or joined_node_id(settings)
+    if systemd_manages_services() and joined_worker_active(node):
+        return stop_unit(node, settings.shutdown_grace + 60.0)
+    pidfile, _console = worker_spec_paths(layout(settings.home), node)
+    stopped = [r for r in stop_services([pidfile], settings.shutdown_grace + 5.0) if r.stopped]
+    if not stopped:
+        return f"worker {node} was not running"
+    return f"worker {node} stopped ({stopped[0].detail or stopped[0].outcome})"

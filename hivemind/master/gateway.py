@@ -12,10 +12,11 @@ from typing import Any
 
 import grpc
 
+from hivemind import tuning
 from hivemind.auth import AuthError, TokenSigner, load_secret
 from hivemind.client import Client, open_channel, rpc_error
 from hivemind.config import Settings
-from hivemind.errors import NodePoolError
+from hivemind.errors import HivemindError, NodePoolError
 from hivemind.tls import client_security
 
 #: gRPC status -> HTTP status. Anything not listed is the node pool's fault: 502.
@@ -72,9 +73,29 @@ class Gateway:
         self._clients: OrderedDict[str, Client] = OrderedDict()
         self._service_token = ""
         self._service_expires = 0.0
+        self._trust_checked = time.monotonic()
+
+    def _follow_rotation(self) -> None:
+        """After a CA rotation (``hivemind tls rotate``) new calls go over a channel with the
+        new trust and certificate; calls open on the old one finish there. Looked at once
+        per ``tuning.TRUST_RECHECK`` seconds, under the lock."""
+        now = time.monotonic()
+        if now - self._trust_checked < tuning.TRUST_RECHECK:
+            return
+        self._trust_checked = now
+        try:
+            security = client_security(self.settings)
+        except HivemindError:
+            return  # unreadable mid-write: the next look gets it
+        if security == self.security:
+            return
+        self.security = security
+        self._channel = open_channel(self.address, security)
+        self._clients.clear()  # not closed: their calls in flight keep the old channel
 
     def client(self, token: str) -> Client:
         with self._lock:
+            self._follow_rotation()
             found = self._clients.get(token)
             if found is None:
                 found = Client(

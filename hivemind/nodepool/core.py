@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections import deque
@@ -16,12 +17,17 @@ import redis
 
 from hivemind import keys, tuning
 from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
+from hivemind.client_certs import PeerNodes
 from hivemind.config import Settings, effective_redis_url
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
 from hivemind.taskstore import Lease, LeaseAsk, TaskStore
+from hivemind.tls import server_uses_tls, tls_files
+from hivemind.tls_rotation import SigningCA
 from hivemind.userdb import UserError, UserRecord, UserStore
 from hivemind.worker_records import WorkerCaps, WorkerRecords, caps_from_record
+
+log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
@@ -289,6 +295,8 @@ class NodePoolState:
     _verified: dict[str, Identity] = field(default_factory=dict)
     _users_seen: dict[str, tuple[float, UserRecord]] = field(default_factory=dict)
     _leaving: set[str] = field(default_factory=set)
+    peer_nodes: PeerNodes = field(default_factory=PeerNodes)
+    ca: SigningCA | None = None  # with TLS: the CA that signs workers' certificates
 
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
@@ -308,6 +316,7 @@ class NodePoolState:
             users=UserStore(home.users_db),
             blobs=BlobStore(home.data, settings.max_task_data_size),
             signer=signer_for(settings),
+            ca=SigningCA(tls_files(settings)) if server_uses_tls(settings) else None,
         )
 
     @functools.cached_property
@@ -330,6 +339,13 @@ class NodePoolState:
                     token = ""
         if not token:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token; log in first")
+        if self.settings.require_client_cert and self.peer_nodes.of(context) is None:
+            # Only the enrolment port takes connections without a certificate.
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this node pool requires a client certificate (REQUIRE_CLIENT_CERT); this "
+                "port only enrols new hosts (`hivemind join`)",
+            )
         identity = self._verified.get(token)
         if identity is None or identity.expires_at < time.time():
             try:
@@ -396,6 +412,21 @@ class NodePoolState:
         identity = self.identify(context)
         if not identity.is_worker:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs a worker token")
+        if self.settings.require_client_cert:
+            presented = self.peer_nodes.of(context)
+            if presented != identity.subject:
+                whose = f"worker {presented}" if presented else "no worker (a CLI's)"
+                log.warning(
+                    "refused worker %s from %s: its certificate is for %s",
+                    identity.subject,
+                    context.peer(),
+                    whose,
+                )
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this token is for worker {identity.subject}, but the connection's "
+                    f"certificate is for {whose}: a worker presents its own certificate",
+                )
         for node_id in node_ids:
             if identity.subject != node_id:
                 context.abort(

@@ -13,6 +13,7 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.logs import configure_logging
@@ -24,7 +25,8 @@ from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
-from hivemind.tls import ensure_server_files, fingerprint, server_credentials, server_uses_tls
+from hivemind.tls import fingerprint, server_uses_tls
+from hivemind.tls_rotation import server_credentials
 
 log = logging.getLogger("hivemind.nodepool")
 
@@ -58,7 +60,8 @@ class NodePoolServer:
             ],
         )
         pb_grpc.add_UserServiceServicer_to_server(UserService(self.state), self.server)
-        pb_grpc.add_WorkerServiceServicer_to_server(WorkerService(self.state), self.server)
+        self.workers = WorkerService(self.state)
+        pb_grpc.add_WorkerServiceServicer_to_server(self.workers, self.server)
         pb_grpc.add_TaskServiceServicer_to_server(TaskService(self.state), self.server)
         pb_grpc.add_WorkerTaskServiceServicer_to_server(WorkerTaskService(self.state), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -66,7 +69,17 @@ class NodePoolServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.address = f"{settings.grpc_host}:{settings.grpc_port}"
+        self.enroll_address = f"{settings.grpc_host}:{settings.effective_enroll_port}"
+        self.enroll_server: grpc.Server | None = None
         self._stopped = threading.Event()
+
+    def _enrollment_server(self) -> grpc.Server:
+        """With mutual TLS, a joining host has no certificate yet: it enrols on a port of its
+        own, which serves the worker calls alone (and those need a certificate, but Enroll)."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="enroll"))
+        pb_grpc.add_WorkerServiceServicer_to_server(self.workers, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
 
     def start(self) -> None:
         try:
@@ -78,25 +91,39 @@ class NodePoolServer:
         secured = server_uses_tls(self.settings)
         try:
             if secured:
-                files, made = ensure_server_files(self.settings)
+                files, made = ensure_node_pool_files(self.settings)
                 if made:
                     log.info("TLS: %s", made)
-                self.server.add_secure_port(self.address, server_credentials(files))
+                mutual = self.settings.require_client_cert
+                self.server.add_secure_port(self.address, server_credentials(files, mutual))
+                if mutual:
+                    self.enroll_server = self._enrollment_server()
+                    self.enroll_server.add_secure_port(
+                        self.enroll_address, server_credentials(files, require_client_cert=False)
+                    )
             else:
                 self.server.add_insecure_port(self.address)
         except RuntimeError:
-            raise HivemindError(f"cannot listen on {self.address}: the port is in use") from None
+            raise HivemindError(
+                f"cannot listen on {self.address} (or, with mutual TLS, the enrolment port "
+                f"{self.enroll_address}): the port is in use"
+            ) from None
         self.server.start()
+        if self.enroll_server is not None:
+            self.enroll_server.start()
         self.housekeeper.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if secured:
             log.info(
-                "node pool listening on %s with TLS (CA %s, fingerprint %s)",
+                "node pool listening on %s with %s (CA %s, fingerprint %s)",
                 self.address,
+                "mutual TLS" if self.settings.require_client_cert else "TLS",
                 files.ca_cert,
                 fingerprint(files.ca_cert.read_bytes()),
             )
+            if self.settings.require_client_cert:
+                log.info("enrolment (hivemind join) on %s", self.enroll_address)
         else:
             log.info(
                 "node pool listening on %s, plaintext (TLS=%s)", self.address, self.settings.tls
@@ -111,6 +138,8 @@ class NodePoolServer:
         self.health.enter_graceful_shutdown()
         self.state.stopping.set()
         self.state.queued.notify()
+        if self.enroll_server is not None:
+            self.enroll_server.stop(grace)
         self.server.stop(grace).wait()
         self.housekeeper.join(5)
         self.state.users.close()

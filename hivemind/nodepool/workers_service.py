@@ -20,6 +20,7 @@ from hivemind.proto import hivemind_pb2 as pb
 from hivemind.proto import hivemind_pb2_grpc as pb_grpc
 from hivemind.states import TaskState
 from hivemind.taskstore import Lease, LeaseAsk, Outcome
+from hivemind.tls import TLSError
 from hivemind.worker_records import (
     WorkerCaps,
     heartbeat_fields,
@@ -100,7 +101,10 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         cancel = self.state.tasks.heartbeat(
             request.node_id, fields, summary, request.running_task_ids, self.state.lease_seconds
         )
-        return pb.HeartbeatReply(cancel_task_ids=cancel)
+        ca = self.state.ca
+        return pb.HeartbeatReply(
+            cancel_task_ids=cancel, ca_fingerprint=ca.fingerprint() if ca else ""
+        )
 
     def Deregister(self, request: pb.DeregisterRequest, context: grpc.ServicerContext) -> pb.Empty:
         self.state.require_worker(context, request.node_id)
@@ -138,9 +142,45 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         node_id = grant.node_id or request.node_id or request.hostname
         if not NODE_ID.match(node_id):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node id {node_id!r} is not a name")
+        certificate, bundle = self._certify(request.csr, node_id, context)
         token = issue_worker_token(self.state.settings, node_id)
         log.info("joined: worker %s (labels %s) from %s", node_id, grant.labels, context.peer())
-        return pb.EnrollReply(node_id=node_id, worker_token=token, labels=list(grant.labels))
+        return pb.EnrollReply(
+            node_id=node_id,
+            worker_token=token,
+            labels=list(grant.labels),
+            certificate=certificate,
+            ca_bundle=bundle,
+        )
+
+    def RenewCertificate(
+        self, request: pb.RenewRequest, context: grpc.ServicerContext
+    ) -> pb.RenewReply:
+        """A worker's certificate for a new key, and the CAs to trust: after a rotation, or
+        before its certificate expires."""
+        self.state.require_worker(context, request.node_id)
+        certificate, bundle = self._certify(request.csr, request.node_id, context)
+        log.info(
+            "renewed: worker %s %s", request.node_id, "certificate" if certificate else "trust"
+        )
+        return pb.RenewReply(certificate=certificate, ca_bundle=bundle)
+
+    def _certify(
+        self, csr: bytes, node_id: str, context: grpc.ServicerContext
+    ) -> tuple[bytes, bytes]:
+        """(the certificate for ``csr``, or b"" without one; the CA bundle)."""
+        ca = self.state.ca
+        if ca is None:
+            if csr:
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this node pool serves plaintext: it has no CA to sign certificates",
+                )
+            return b"", b""
+        try:
+            return (ca.sign(csr, node_id) if csr else b""), ca.bundle()
+        except (TLSError, OSError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot issue a certificate: {exc}")
 
 
 class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):

@@ -220,10 +220,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., running_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("cancel_task_ids",)
+    __slots__ = ("cancel_task_ids", "ca_fingerprint")
     CANCEL_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    CA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     cancel_task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cancel_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    ca_fingerprint: str
+    def __init__(self, cancel_task_ids: _Optional[_Iterable[str]] = ..., ca_fingerprint: _Optional[str] = ...) -> None: ...
 
 class DeregisterRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -254,24 +256,46 @@ class WorkerList(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("join_token", "node_id", "hostname")
+    __slots__ = ("join_token", "node_id", "hostname", "csr")
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
     join_token: str
     node_id: str
     hostname: str
-    def __init__(self, join_token: _Optional[str] = ..., node_id: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+    csr: bytes
+    def __init__(self, join_token: _Optional[str] = ..., node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
 
 class EnrollReply(_message.Message):
-    __slots__ = ("node_id", "worker_token", "labels")
+    __slots__ = ("node_id", "worker_token", "labels", "certificate", "ca_bundle")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     worker_token: str
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., worker_token: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    certificate: bytes
+    ca_bundle: bytes
+    def __init__(self, node_id: _Optional[str] = ..., worker_token: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., certificate: _Optional[bytes] = ..., ca_bundle: _Optional[bytes] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("node_id", "csr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    csr: bytes
+    def __init__(self, node_id: _Optional[str] = ..., csr: _Optional[bytes] = ...) -> None: ...
+
+class RenewReply(_message.Message):
+    __slots__ = ("certificate", "ca_bundle")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    ca_bundle: bytes
+    def __init__(self, certificate: _Optional[bytes] = ..., ca_bundle: _Optional[bytes] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("name", "kind", "bundle_id", "function", "args_json", "timeout", "retries", "priority", "requirements")

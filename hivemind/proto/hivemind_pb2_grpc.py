@@ -650,6 +650,11 @@ class WorkerServiceStub:
                 request_serializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/hivemind.v1.WorkerService/RenewCertificate',
+                request_serializer=hivemind_dot_proto_dot_hivemind__pb2.RenewRequest.SerializeToString,
+                response_deserializer=hivemind_dot_proto_dot_hivemind__pb2.RenewReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -686,6 +691,12 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -713,6 +724,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.FromString,
                     response_serializer=hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=hivemind_dot_proto_dot_hivemind__pb2.RenewRequest.FromString,
+                    response_serializer=hivemind_dot_proto_dot_hivemind__pb2.RenewReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -850,6 +866,33 @@ class WorkerService:
             '/hivemind.v1.WorkerService/Enroll',
             hivemind_dot_proto_dot_hivemind__pb2.EnrollRequest.SerializeToString,
             hivemind_dot_proto_dot_hivemind__pb2.EnrollReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.v1.WorkerService/RenewCertificate',
+            hivemind_dot_proto_dot_hivemind__pb2.RenewRequest.SerializeToString,
+            hivemind_dot_proto_dot_hivemind__pb2.RenewReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,11 +25,14 @@ class WorkerConnection:
     ) -> None:
         self.address = address
         self.node_id = node_id
+        self.security = security
         self.secured = security is not None
         self._metadata = [("authorization", f"Bearer {token}")]
         self.channel = open_channel(address, security)
         self.workers = pb_grpc.WorkerServiceStub(self.channel)
         self.tasks = pb_grpc.WorkerTaskServiceStub(self.channel)
+        # Channels replaced by use_security: calls still open on them finish there.
+        self._retired: list[grpc.Channel] = []
         self._leases: StreamedCalls[pb.LeaseRequest, pb.LeaseReply] = StreamedCalls(
             lambda requests, deadline: self.tasks.LeaseStream(
                 requests, metadata=self._metadata, timeout=deadline
@@ -40,7 +43,21 @@ class WorkerConnection:
 
     def close(self) -> None:
         self._leases.close()
-        self.channel.close()
+        for channel in (*self._retired, self.channel):
+            channel.close()
+
+    def use_security(self, security: ChannelSecurity) -> None:
+        """Make new calls over a channel with ``security`` (a renewed certificate or trust).
+        The old channel stays open, unused, so that no call in flight on it is cut."""
+        channel = open_channel(self.address, security)
+        self._retired.append(self.channel)
+        self.channel, self.security = channel, security
+        self.workers = pb_grpc.WorkerServiceStub(channel)
+        self.tasks = pb_grpc.WorkerTaskServiceStub(channel)
+
+    def renew(self, csr: bytes) -> pb.RenewReply:
+        request = pb.RenewRequest(node_id=self.node_id, csr=csr)
+        return self._call(self.workers.RenewCertificate, request, timeout=10)  # type: ignore[no-any-return]
 
     def _call(self, method, request, timeout: float = RPC_TIMEOUT):  # type: ignore[no-untyped-def]
         try:
@@ -57,11 +74,11 @@ class WorkerConnection:
         )
         return self._call(self.workers.Register, request, timeout=10)
 
-    def heartbeat(self, metrics: pb.Metrics, running: Sequence[str]) -> list[str]:
+    def heartbeat(self, metrics: pb.Metrics, running: Sequence[str]) -> pb.HeartbeatReply:
         request = pb.HeartbeatRequest(
             node_id=self.node_id, metrics=metrics, running_task_ids=list(running)
         )
-        return list(self._call(self.workers.Heartbeat, request, timeout=10).cancel_task_ids)
+        return self._call(self.workers.Heartbeat, request, timeout=10)  # type: ignore[no-any-return]
 
     def deregister(self) -> None:
         self._call(self.workers.Deregister, pb.DeregisterRequest(node_id=self.node_id), 5)

@@ -40,6 +40,7 @@ from hivemind.worker.connection import WorkerConnection
 from hivemind.worker.execution import BundleRun, RunOutcome, run_bundle
 from hivemind.worker.functions import FunctionCall, FunctionOutcome, FunctionPool
 from hivemind.worker.guard import guard
+from hivemind.worker.renewal import CertificateRenewal, renew_if_due
 from hivemind.worker.reporting import Reporter
 from hivemind.worker.running import Backoff, RunningTask
 
@@ -74,8 +75,12 @@ class Worker:
         self.home = layout(settings.home).ensure()
         self.capacity = options.capacity or settings.effective_max_concurrent_tasks
         self.conn = WorkerConnection(
-            settings.client_address, options.node_id, options.token, client_security(settings)
+            settings.client_address,
+            options.node_id,
+            options.token,
+            client_security(settings, options.node_id),
         )
+        self.renewal = CertificateRenewal(settings, options.node_id)
         self.work_root = self.home.worker_work / options.node_id
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.sandbox = detect_sandbox(settings)
@@ -149,7 +154,7 @@ class Worker:
                 continue
             self.heartbeat_interval = reply.heartbeat_interval or self.settings.heartbeat_interval
             self.reports.carry = reply.lease_takes_results
-            self._cancel(reply.cancel_task_ids)
+            self._cancel(list(reply.cancel_task_ids))
             self.connected.set()
             log.info("registered as %s with %s", self.options.node_id, self.conn.address)
             return
@@ -331,7 +336,7 @@ class Worker:
             if self.stopped.is_set():
                 return
             try:
-                cancel = self.conn.heartbeat(self._metrics(), self.running_ids())
+                reply = self.conn.heartbeat(self._metrics(), self.running_ids())
                 backoff.reset()
             except NodePoolError as exc:
                 if exc.code == "FAILED_PRECONDITION":  # the node pool forgot us: register
@@ -340,7 +345,8 @@ class Worker:
                 else:
                     self._lost_connection(exc, backoff)
                 continue
-            self._cancel(cancel)
+            self._cancel(list(reply.cancel_task_ids))
+            renew_if_due(self.renewal, self.conn, reply.ca_fingerprint)
 
     def _metrics(self) -> pb.Metrics:
         try:
