@@ -28,11 +28,12 @@ class HiveMindStack:
         workers: int,
         concurrency: int,
         tls: bool = False,
+        mutual: bool = False,
     ) -> None:
         self.home = workdir / "home"
         self.xdg = workdir / "xdg"
         self.workers = workers
-        self.grpc_port, self.master_port = free_ports(2)
+        self.grpc_port, self.master_port, enroll_port = free_ports(3)
         self.address = f"localhost:{self.grpc_port}"
         self.log = workdir / "cli.log"
         self.env = base_environment()
@@ -47,6 +48,8 @@ class HiveMindStack:
             XDG_CONFIG_HOME=str(self.xdg),
             HIVEMIND_TLS="on" if tls else "off",
         )
+        if mutual:
+            self.env.update(HIVEMIND_REQUIRE_CLIENT_CERT="1", HIVEMIND_ENROLL_PORT=str(enroll_port))
 
     def _cli(self, *args: str, timeout: float) -> None:
         with self.log.open("ab") as out:
@@ -96,12 +99,17 @@ class HiveMindStack:
 class HiveMind:
     name = "hivemind"
     tls = False
+    mutual = False
 
     def __init__(self, workdir: Path, redis_port: int, concurrency: int) -> None:
-        self.stack = HiveMindStack(workdir, redis_port, HIVEMIND_DB, 2, concurrency, self.tls)
+        self.stack = HiveMindStack(
+            workdir, redis_port, HIVEMIND_DB, 2, concurrency, self.tls, self.mutual
+        )
         self.setup = f"2 workers x {concurrency} slots (MAX_CONCURRENT_TASKS={concurrency})"
         if self.tls:
             self.setup += ", TLS=on (every client, worker and the master verify the CA)"
+        if self.mutual:
+            self.setup += ", REQUIRE_CLIENT_CERT (each presents its own certificate)"
         self.client: Any = None
         self.started = False
 
@@ -164,3 +172,11 @@ class HiveMindTLS(HiveMind):
 
     name = "hivemind-tls"
     tls = True
+
+
+class HiveMindMutualTLS(HiveMind):
+    """TLS with client certificates required: what the node id check per call costs."""
+
+    name = "hivemind-mtls"
+    tls = True
+    mutual = True

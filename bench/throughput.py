@@ -40,7 +40,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `hivemind` im
     sys.path.insert(0, str(ROOT))
 
 from bench.heartbeat import HeartbeatResult, run_heartbeat  # noqa: E402
-from bench.hivemind_runner import HIVEMIND_DB, HiveMind, HiveMindTLS  # noqa: E402
+from bench.hivemind_runner import (  # noqa: E402
+    HIVEMIND_DB,
+    HiveMind,
+    HiveMindMutualTLS,
+    HiveMindTLS,
+)
 from bench.machine import NoiseLimits, phase  # noqa: E402
 from bench.peers import CeleryPeer, DramatiqPeer, RqPeer, missing_peers  # noqa: E402
 from bench.processes import base_environment, flush_db, free_ports, start_redis  # noqa: E402
@@ -48,7 +53,7 @@ from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
 from bench.task_phases import SystemResult, run_interleaved_latency, run_system  # noqa: E402
 
-SYSTEMS = ("hivemind", "hivemind-tls", "celery", "rq", "dramatiq")
+SYSTEMS = ("hivemind", "hivemind-tls", "hivemind-mtls", "celery", "rq", "dramatiq")
 SECTIONS = (*SYSTEMS, "heartbeat")
 
 
@@ -203,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "hivemind-tls":
                 flush_db(redis_port, HIVEMIND_DB)
                 return HiveMindTLS(sysdir, redis_port, args.hivemind_concurrency)
+            if name == "hivemind-mtls":
+                flush_db(redis_port, HIVEMIND_DB)
+                return HiveMindMutualTLS(sysdir, redis_port, args.hivemind_concurrency)
             if name == "celery":
                 flush_db(redis_port, 2)
                 return CeleryPeer(sysdir, peer_env)
