@@ -180,3 +180,48 @@ class HiveMindMutualTLS(HiveMind):
     name = "hivemind-mtls"
     tls = True
     mutual = True
+
+
+class HiveMindFutures(HiveMind):
+    """The same stack driven through the Python API (`hivemind.api`): futures resolved by
+    the session's collector, `Session.map` for the batch. Beside `hivemind` (the raw
+    client), what the futures layer costs."""
+
+    name = "hivemind-futures"
+
+    def start(self) -> None:
+        from hivemind.api import Session
+
+        super().start()
+        self.session = Session(self.client, self.stack.settings().max_task_data_size)
+
+    def one(self) -> None:
+        from hivemind import examples
+
+        self.session.submit(examples.noop).result(SAMPLE_TIMEOUT)
+
+    def batch(self, count: int, timeout: float) -> BatchOutcome:
+        from hivemind import examples
+
+        started = time.perf_counter()
+        deadline = started + timeout
+        futures = self.session.submit_specs(
+            [self.session.spec(examples.noop) for _ in range(count)]
+        )
+        submitted_at = time.perf_counter()
+        succeeded = other = 0
+        for future in futures:
+            try:
+                future.result(max(0.0, deadline - time.perf_counter()))
+                succeeded += 1
+            except TimeoutError:
+                break
+            except Exception:  # a task's failure: counted, as the raw client's run counts it
+                other += 1
+        finished_at = time.perf_counter()
+        return _outcome(count, succeeded, started, submitted_at, finished_at, deadline, other)
+
+    def stop(self) -> None:
+        if self.started:
+            self.session.collector.close()
+        super().stop()

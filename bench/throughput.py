@@ -43,6 +43,7 @@ from bench.heartbeat import HeartbeatResult, run_heartbeat  # noqa: E402
 from bench.hivemind_runner import (  # noqa: E402
     HIVEMIND_DB,
     HiveMind,
+    HiveMindFutures,
     HiveMindMutualTLS,
     HiveMindTLS,
 )
@@ -53,7 +54,15 @@ from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
 from bench.task_phases import SystemResult, run_interleaved_latency, run_system  # noqa: E402
 
-SYSTEMS = ("hivemind", "hivemind-tls", "hivemind-mtls", "celery", "rq", "dramatiq")
+SYSTEMS = (
+    "hivemind",
+    "hivemind-futures",
+    "hivemind-tls",
+    "hivemind-mtls",
+    "celery",
+    "rq",
+    "dramatiq",
+)
 SECTIONS = (*SYSTEMS, "heartbeat")
 
 
@@ -208,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "hivemind-tls":
                 flush_db(redis_port, HIVEMIND_DB)
                 return HiveMindTLS(sysdir, redis_port, args.hivemind_concurrency)
+            if name == "hivemind-futures":
+                flush_db(redis_port, HIVEMIND_DB)
+                return HiveMindFutures(sysdir, redis_port, args.hivemind_concurrency)
             if name == "hivemind-mtls":
                 flush_db(redis_port, HIVEMIND_DB)
                 return HiveMindMutualTLS(sysdir, redis_port, args.hivemind_concurrency)

@@ -274,9 +274,14 @@ class Client:
     def cancel(self, task_id: str) -> pb.Task:
         return self.call(self.tasks.CancelTask, pb.TaskRequest(task_id=task_id))
 
-    def wait(self, task_ids: Sequence[str], timeout: float = 30.0) -> list[pb.Task]:
-        """The tasks once all are finished, or as they are when ``timeout`` passes."""
-        request = pb.WaitRequest(task_ids=list(task_ids), timeout=timeout)
+    def wait(
+        self, task_ids: Sequence[str], timeout: float = 30.0, first_completed: bool = False
+    ) -> list[pb.Task]:
+        """The tasks once all are finished, or as they are when ``timeout`` passes. With
+        ``first_completed``: only those that ended, once one has (or none at ``timeout``)."""
+        request = pb.WaitRequest(
+            task_ids=list(task_ids), timeout=timeout, first_completed=first_completed
+        )
         return list(self.call(self.tasks.WaitTasks, request, timeout=timeout + 30).tasks)
 
     def stream_log(self, task_id: str, follow: bool = False) -> Iterator[str]:

@@ -33,6 +33,11 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+def to_int(text: str) -> int:
+    """``int(text)``: a ValueError for text that is not a number (the Python API's example)."""
+    return int(text)
+
+
 def fail(message: str = "this task fails on purpose") -> None:
     raise RuntimeError(message)
 

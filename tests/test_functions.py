@@ -110,8 +110,12 @@ def test_results_come_back_as_json_from_reused_processes(pool: FunctionPool) -> 
 def test_exception_is_reported_with_its_location(pool: FunctionPool) -> None:
     outcome = run(pool, "fail", "bad input")
     assert (outcome.status, outcome.result_json) == ("failed", "")
-    assert outcome.error_message.startswith("ValueError: bad input (at pool_funcs.py:")
-    assert outcome.error_message.endswith(" in fail)")
+    summary, _, trace = outcome.error_message.partition("\n")
+    assert summary.startswith("ValueError: bad input (at pool_funcs.py:")
+    assert summary.endswith(" in fail)")
+    # The traceback follows, as Python prints it: the Python API re-raises with it.
+    assert trace.startswith("Traceback (most recent call last):")
+    assert trace.rstrip().endswith("ValueError: bad input") and "pool_funcs.py" in trace
 
 
 def test_unserialisable_result_fails(pool: FunctionPool) -> None:

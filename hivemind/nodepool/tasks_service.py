@@ -400,7 +400,13 @@ class TaskService(pb_grpc.TaskServiceServicer):
         ids = list(request.task_ids)
         seen = self.state.finished.generation
         records = self._ended_records(identity, ids, context)
-        self._await_finished(identity, ids, records, seen, request.timeout, context)
+        first = request.first_completed
+        self._await_finished(identity, ids, records, seen, request.timeout, context, first)
+        if first:
+            ended = [
+                i for i in ids if i in records and is_terminal(records[i][0].get("status", ""))
+            ]
+            return pb.TaskList(tasks=[task_message(*records[i]) for i in ended])
         return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
 
     def _ended_records(
@@ -440,9 +446,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
         seen: int,
         timeout: float,
         context: grpc.ServicerContext,
+        first_completed: bool = False,
     ) -> None:
-        """Fill ``records`` with every task of ``ids`` once all have finished, or as they are
-        when ``timeout`` passes.
+        """Fill ``records`` with every task of ``ids`` once all have finished (with
+        ``first_completed``, once one has), or as they are when ``timeout`` passes.
 
         ``records`` holds what was read at finished-generation ``seen``; a task missing from
         it, or not terminal there, is waited for.
@@ -481,7 +488,11 @@ class TaskService(pb_grpc.TaskServiceServicer):
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0 or not context.is_active():
                 break
+            if first_completed and len(pending) < len(ids):
+                return  # the rest are not replied
             finished.wait(seen, min(remaining, 1.0))
+        if first_completed:
+            return
         if pending:  # the time is up: these are replied as they are now
             check = list(pending)
             fresh = self._visible_many(identity, check, context, False)

@@ -426,12 +426,14 @@ class TaskList(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
 
 class WaitRequest(_message.Message):
-    __slots__ = ("task_ids", "timeout")
+    __slots__ = ("task_ids", "timeout", "first_completed")
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     timeout: float
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ...) -> None: ...
+    first_completed: bool
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., timeout: _Optional[float] = ..., first_completed: _Optional[bool] = ...) -> None: ...
 
 class LogRequest(_message.Message):
     __slots__ = ("task_id", "follow", "offset")

@@ -121,6 +121,10 @@ def resolve_function(name: str, allowed: Sequence[str]) -> Callable[..., Any]:
     return function
 
 
+#: Characters of a failed call's traceback kept in its error message (its last ones).
+TRACEBACK_MAX = 8000
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     frames = traceback.extract_tb(exc.__traceback__)
@@ -208,8 +212,10 @@ def _run_call(
     except SystemExit as exc:
         error = f"function called sys.exit({exc.code!r})"
     except BaseException as exc:
-        # Whatever the function raises is its failure, reported; the process lives on.
-        error = _describe(exc)
+        # Whatever the function raises is its failure, reported; the process lives on. The
+        # traceback follows the one-line summary (the Python API re-raises it with this).
+        trace = "".join(traceback.format_exception(exc))[-TRACEBACK_MAX:]
+        error = f"{_describe(exc)}\n{trace}"
     finally:
         task_api._clear_context()
     duration = time.perf_counter() - started

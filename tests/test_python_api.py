@@ -1,0 +1,188 @@
+"""The Python API against a real `hivemind up` stack: futures, the Executor, waiting, the
+decorator and the errors a user's code sees."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import hivemind
+from hivemind import examples
+from hivemind.api import (
+    AuthenticationExpired,
+    Executor,
+    NodePoolUnavailable,
+    NotShippable,
+    Session,
+    TaskFailed,
+    ValueTooLarge,
+    as_completed,
+    as_completed_async,
+    connect,
+    task,
+)
+from hivemind.config import Settings
+from tests.cluster import Cluster, started_cluster
+from tests.helpers import RedisServer, free_port
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("python-api")
+    with started_cluster(redis_server, root, workers=2) as started:
+        yield started
+
+
+def _settings(cluster: Cluster) -> Settings:
+    return Settings(
+        home=cluster.home,
+        grpc_host="127.0.0.1",
+        grpc_port=int(cluster.env["HIVEMIND_GRPC_PORT"]),
+        max_task_data_size=1024 * 1024,
+    )
+
+
+@pytest.fixture
+def session(cluster: Cluster) -> Iterator[Session]:
+    with cluster.client() as client:
+        token = client.token
+    with connect(cluster.address, token, settings=_settings(cluster)) as opened:
+        yield opened
+
+
+def test_executor_map_gives_what_the_builtin_map_gives(session: Session) -> None:
+    with Executor(session) as executor:
+        assert list(executor.map(examples.square, range(10_000))) == [x * x for x in range(10_000)]
+        # Two iterables, as the builtin map takes them; a string path works as well.
+        assert list(executor.map("hivemind.examples:add", [1, 2], [10, 20])) == [11, 22]
+
+
+def test_map_memory_does_not_grow_with_the_count(session: Session) -> None:
+    me = psutil.Process()
+    peaks: list[float] = []
+    for count, value in enumerate(session.map(examples.echo, range(200_000), chunksize=2000)):
+        assert value == count
+        if count % 20_000 == 0:
+            peaks.append(me.memory_info().rss / 2**20)
+    grown = peaks[-1] - peaks[1]
+    print(f"client RSS MB at each 20,000 results: {[round(p) for p in peaks]}")
+    assert grown < 25, f"the client grew {grown:.0f} MB from 20,000 to 180,000 items: {peaks}"
+
+
+def test_asyncio_code_awaits_futures_and_uses_the_executor(session: Session) -> None:
+    async def main() -> tuple[float, float, list[int]]:
+        loop = asyncio.get_running_loop()
+        via_executor = await loop.run_in_executor(Executor(session), examples.square, 7)
+        awaited = await session.submit(examples.add, 1, 2)
+        futures = [session.submit(examples.square, x) for x in range(5)]
+        seen = [await f async for f in as_completed_async(futures)]
+        return via_executor, awaited, sorted(seen)
+
+    assert asyncio.run(main()) == (49, 3, [0, 1, 4, 9, 16])
+
+
+def test_as_completed_yields_each_future_once_in_completion_order(session: Session) -> None:
+    calls_before = session.collector.calls
+    futures = [session.submit(examples.sleep, (i % 7) * 0.01) for i in range(500)]
+    order = list(as_completed(futures, timeout=120))
+    assert len(order) == 500 and {f.task_id for f in order} == {f.task_id for f in futures}
+    calls = session.collector.calls - calls_before
+    print(f"WaitTasks calls for 500 futures: {calls}")
+    assert calls < 250, f"{calls} wait calls for 500 futures: not one call for many"
+    ended = session.client.wait([f.task_id for f in order], 5)
+    finished = {t.id: t.finished_at for t in ended}
+    times = [finished[f.task_id] for f in order]
+    late = [b - a for a, b in itertools.pairwise(times) if b < a - 0.5]
+    assert late == [], "futures came out of completion order"
+
+
+def test_cancel_stops_a_running_task_on_its_worker(session: Session) -> None:
+    future = session.submit(examples.sleep, 60)
+    deadline = time.monotonic() + 20
+    while session.client.get(future.task_id).status != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert future.cancel() and future.cancelled()
+    stopped_by = time.monotonic() + 2
+    while session.client.get(future.task_id).status != "CANCELLED":
+        assert time.monotonic() < stopped_by, "the worker did not stop the task within 2 s"
+        time.sleep(0.05)
+    with pytest.raises(hivemind.api.futures.cf.CancelledError):
+        future.result(0)
+
+
+def test_a_remote_value_error_is_a_value_error_with_the_remote_traceback(
+    session: Session,
+) -> None:
+    future = session.submit(examples.to_int, "twelve")
+    with pytest.raises(ValueError, match="invalid literal for int") as raised:
+        future.result(30)
+    error = raised.value
+    assert isinstance(error, TaskFailed) and error.remote_type == "ValueError"
+    assert error.remote_traceback.startswith("Traceback (most recent call last):")
+    assert "return int(text)" in error.remote_traceback
+    assert isinstance(future.exception(), ValueError)
+
+
+def test_the_decorator_keeps_defaults_and_calls_locally_as_ever(session: Session) -> None:
+    remote_square = task(retries=1, labels=[])(examples.square)
+    assert remote_square(3) == 9  # a plain call runs here
+    assert remote_square.submit(4, session=session).result(30) == 16
+    assert list(remote_square.map([1, 2, 3], session=session)) == [1, 4, 9]
+
+
+def test_what_cannot_be_sent_is_refused_before_anything_is_sent(session: Session) -> None:
+    submitted_before = len(session.client.list(limit=1000))
+    with pytest.raises(NotShippable, match="module level"):
+        session.submit(lambda x: x, 1)
+
+    def local(x: int) -> int:
+        return x
+
+    with pytest.raises(NotShippable, match="closures"):
+        session.submit(local, 1)
+    with pytest.raises(ValueTooLarge, match="MAX_TASK_DATA_SIZE"):
+        session.submit(examples.echo, "x" * (2 * 1024 * 1024))
+    with pytest.raises(TypeError, match="JSON"):
+        session.submit(examples.echo, object())
+    with pytest.raises(TypeError, match="positionally"):
+        Executor(session).submit(examples.echo, value=1)
+    assert len(session.client.list(limit=1000)) == submitted_before
+
+
+def test_a_node_pool_that_is_down_and_a_refused_token_are_distinct_errors(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    dead = Settings(home=tmp_path, grpc_host="127.0.0.1", grpc_port=free_port())
+    down = connect(f"localhost:{dead.grpc_port}", "some-token", settings=dead)
+    with down, pytest.raises(NodePoolUnavailable, match="cannot reach the node pool"):
+        down.submit(examples.noop)
+    forged = connect(cluster.address, "forged.token", settings=_settings(cluster))
+    with forged, pytest.raises(AuthenticationExpired, match="log in again"):
+        forged.submit(examples.noop)
+
+
+def test_a_session_is_shared_by_threads(session: Session) -> None:
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def work(start: int) -> None:
+        values = [session.submit(examples.add, start, i).result(60) for i in range(20)]
+        with lock:
+            results.extend(values)
+
+    threads = [threading.Thread(target=work, args=(n * 100,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results) == sorted(n * 100 + i for n in range(4) for i in range(20))
