@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from hivemind import pickled
 from hivemind.api.errors import (
     AuthenticationExpired,
     NodePoolUnavailable,
@@ -108,7 +109,10 @@ class HiveMindFuture(cf.Future[Any]):
             return
         self.resolved_order = next(_RESOLVED)
         if task.status == "SUCCEEDED":
-            self.set_result(json.loads(task.result_json) if task.result_json else None)
+            value = json.loads(task.result_json) if task.result_json else None
+            if task.spec.function == pickled.FUNCTION:
+                value = pickled.decode_result(value)
+            self.set_result(value)
         elif task.status == "CANCELLED":
             self._mark_cancelled()
         elif task.status == "TIMEOUT":

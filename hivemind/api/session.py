@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from hivemind import pickled
+from hivemind.api.errors import NotShippable
 from hivemind.api.futures import Collector, HiveMindFuture, api_error
 from hivemind.api.values import encode_args, function_path
 from hivemind.client import Client
@@ -25,9 +27,13 @@ MAP_BATCHES_AHEAD = 2
 
 
 class Session:
-    def __init__(self, client: Client, max_data_size: int) -> None:
+    """``pickle``: send functions without an import path (lambdas, closures) and their
+    arguments by value with cloudpickle, to workers that ``--allow hivemind.pickled``."""
+
+    def __init__(self, client: Client, max_data_size: int, pickle: bool = False) -> None:
         self.client = client
         self.max_data_size = max_data_size
+        self.pickle = pickle
         self.collector = Collector(client)
 
     def __enter__(self) -> Session:
@@ -56,7 +62,13 @@ class Session:
     ) -> pb.TaskSpec:
         """The task for ``function(*args)``; refused here (NotShippable, ValueTooLarge,
         TypeError) when a worker could not take it."""
-        path = function_path(function)
+        try:
+            path = function_path(function)
+        except NotShippable:
+            if not self.pickle or isinstance(function, str):
+                raise
+            path, args = pickled.FUNCTION, [pickled.encode_call(function, args)]
+            name = name or getattr(function, "__qualname__", "pickled call")
         return pb.TaskSpec(
             name=name or path,
             kind=pb.FUNCTION,
@@ -126,10 +138,13 @@ class Session:
                 future.cancel()
 
 
-def connect(address: str = "", token: str = "", settings: Settings | None = None) -> Session:
+def connect(
+    address: str = "", token: str = "", settings: Settings | None = None, pickle: bool = False
+) -> Session:
     """A session with the node pool at ``address`` (default: this host's settings, as the
     CLI uses), authenticated by ``token`` (default: the CLI's stored login); TLS as the
-    settings say (TLS_CA_FILE and, for mutual TLS, TLS_CERT_FILE)."""
+    settings say (TLS_CA_FILE and, for mutual TLS, TLS_CERT_FILE). ``pickle``: see
+    :class:`Session` (a trust decision: off by default)."""
     from hivemind.credentials import load_token
     from hivemind.tls import client_security
 
@@ -137,4 +152,4 @@ def connect(address: str = "", token: str = "", settings: Settings | None = None
     address = address or settings.client_address
     token = token or load_token(address)
     client = Client(address, token, security=client_security(settings))
-    return Session(client, settings.max_task_data_size)
+    return Session(client, settings.max_task_data_size, pickle)
