@@ -277,7 +277,10 @@ def tls_status(settings: Settings) -> TLSStatus:
         raise TLSError(f"no CA in {files.root}: start the node pool with TLS first") from None
     cas = []
     for index, pem in enumerate(split_pems(bundle)):
-        cert = x509.load_pem_x509_certificate(pem)
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            raise TLSError(f"{files.ca_cert} holds a certificate that does not parse") from None
         cas.append(
             CAStatus(
                 fingerprint(pem),

@@ -20,6 +20,8 @@ from hivemind import examples
 from hivemind.api import (
     AuthenticationExpired,
     Executor,
+    HiveMindAPIError,
+    HiveMindFuture,
     NodePoolUnavailable,
     NotShippable,
     Session,
@@ -283,3 +285,17 @@ def test_a_worker_killed_mid_task_means_a_retry_and_one_result(
     task = session.client.get(future.task_id)
     assert task.status == "SUCCEEDED" and task.attempt == 2
     assert cluster.terminal_events(future.task_id) == ["succeeded"]
+
+
+def test_a_task_gone_from_the_cluster_fails_its_future_alone(cluster: Cluster) -> None:
+    with _pickling_session(cluster) as other:
+        kept = other.submit(examples.sleep, 0.5)
+        missing = HiveMindFuture("no-such-task", other.client, other.collector)
+        other.collector.watch([missing])
+        with pytest.raises(NodePoolError, match="no task"):
+            missing.result(30)
+        assert kept.result(30) == 0.5  # the other future was not failed with it
+        late = other.submit(examples.sleep, 30)
+    # Closing the session fails what is still pending, with a reason, instead of hanging.
+    with pytest.raises(HiveMindAPIError, match="session was closed"):
+        late.result(5)

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from hivemind import pickled
 from hivemind.api.errors import (
     AuthenticationExpired,
+    HiveMindAPIError,
     NodePoolUnavailable,
     TaskLost,
     TaskTimedOut,
     task_failed,
 )
 from hivemind.errors import NodePoolError
+from hivemind.states import is_terminal
 
 if TYPE_CHECKING:
     from hivemind.client import Client
@@ -175,11 +177,18 @@ class Collector:
             self._pending.pop(task_id, None)
 
     def close(self) -> None:
+        """Stop collecting; futures still pending fail (their tasks run on)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(COLLECT_WAIT + 35)
+        self._fail_all(
+            HiveMindAPIError(
+                "the session was closed before this task ended; the task itself runs on "
+                "(`hivemind task show ID`)"
+            )
+        )
 
     def _run(self) -> None:
         unreachable_since = 0.0
@@ -202,7 +211,10 @@ class Collector:
                         log.warning("node pool unreachable, waiting: %s", exc)
                         time.sleep(1.0)
                         continue
-                self._fail_all(error)
+                if isinstance(error, AuthenticationExpired | NodePoolUnavailable):
+                    self._fail_all(error)
+                else:  # one task the node pool refuses (gone, not ours): find which
+                    self._check_each(ids)
                 continue
             ended.sort(key=lambda task: task.finished_at)
             for task in ended:
@@ -212,6 +224,23 @@ class Collector:
                     future._resolve(task)
             if ended and len(self._pending) > 1:
                 time.sleep(COLLECT_LINGER)
+
+    def _check_each(self, ids: list[str]) -> None:
+        """Ask for each task alone: resolve those that ended, fail those refused."""
+        for task_id in ids:
+            try:
+                task = self.client.get(task_id)
+            except NodePoolError as exc:
+                with self._cond:
+                    future = self._pending.pop(task_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(api_error(exc))
+                continue
+            if is_terminal(task.status):
+                with self._cond:
+                    future = self._pending.pop(task_id, None)
+                if future is not None:
+                    future._resolve(task)
 
     def _fail_all(self, error: Exception) -> None:
         with self._cond:
