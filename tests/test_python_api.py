@@ -299,3 +299,19 @@ def test_a_task_gone_from_the_cluster_fails_its_future_alone(cluster: Cluster) -
     # Closing the session fails what is still pending, with a reason, instead of hanging.
     with pytest.raises(HiveMindAPIError, match="session was closed"):
         late.result(5)
+
+
+def test_first_completed_waits_answer_with_only_the_tasks_that_ended(session: Session) -> None:
+    quick = session.submit(examples.add, 1, 1)
+    slow = session.submit(examples.sleep, 30)
+    assert quick.result(30) == 2
+    client = session.client
+    started = time.monotonic()
+    # One has ended already: the answer is at once, and holds that one alone (ids repeated).
+    ended = client.wait([slow.task_id, quick.task_id, quick.task_id], 10, first_completed=True)
+    assert [t.id for t in ended] == [quick.task_id] and time.monotonic() - started < 2
+    # None ends within the timeout: an empty answer when it passes, not a busy loop.
+    started = time.monotonic()
+    assert client.wait([slow.task_id, slow.task_id], 0.5, first_completed=True) == []
+    assert time.monotonic() - started >= 0.4
+    slow.cancel()

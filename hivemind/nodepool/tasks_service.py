@@ -404,7 +404,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self._await_finished(identity, ids, records, seen, request.timeout, context, first)
         if first:
             ended = [
-                i for i in ids if i in records and is_terminal(records[i][0].get("status", ""))
+                i
+                for i in dict.fromkeys(ids)
+                if i in records and is_terminal(records[i][0].get("status", ""))
             ]
             return pb.TaskList(tasks=[task_message(*records[i]) for i in ended])
         return pb.TaskList(tasks=[task_message(*records[i]) for i in ids])
@@ -459,6 +461,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         pending = {
             i for i in ids if i not in records or not is_terminal(records[i][0].get("status", ""))
         }
+        distinct = len(set(ids))  # ids may repeat: one has ended once fewer are pending
         last_full_read = time.monotonic()
         while pending:
             seen, changed = finished.since(seen)
@@ -488,7 +491,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0 or not context.is_active():
                 break
-            if first_completed and len(pending) < len(ids):
+            if first_completed and len(pending) < distinct:
                 return  # the rest are not replied
             finished.wait(seen, min(remaining, 1.0))
         if first_completed:
