@@ -54,15 +54,11 @@ from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
 from bench.task_phases import SystemResult, run_interleaved_latency, run_system  # noqa: E402
 
-SYSTEMS = (
-    "hivemind",
-    "hivemind-futures",
-    "hivemind-tls",
-    "hivemind-mtls",
-    "celery",
-    "rq",
-    "dramatiq",
-)
+#: The HiveMind stacks the benchmark can run, each on the same Redis database in turn.
+HIVEMIND_VARIANTS: dict[str, type[HiveMind]] = {
+    cls.name: cls for cls in (HiveMind, HiveMindFutures, HiveMindTLS, HiveMindMutualTLS)
+}
+SYSTEMS = (*HIVEMIND_VARIANTS, "celery", "rq", "dramatiq")
 SECTIONS = (*SYSTEMS, "heartbeat")
 
 
@@ -211,18 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         def make(name: str, where: str) -> System:
             sysdir = workdir / where
             sysdir.mkdir()
-            if name == "hivemind":
+            variant = HIVEMIND_VARIANTS.get(name)
+            if variant is not None:
                 flush_db(redis_port, HIVEMIND_DB)
-                return HiveMind(sysdir, redis_port, args.hivemind_concurrency)
-            if name == "hivemind-tls":
-                flush_db(redis_port, HIVEMIND_DB)
-                return HiveMindTLS(sysdir, redis_port, args.hivemind_concurrency)
-            if name == "hivemind-futures":
-                flush_db(redis_port, HIVEMIND_DB)
-                return HiveMindFutures(sysdir, redis_port, args.hivemind_concurrency)
-            if name == "hivemind-mtls":
-                flush_db(redis_port, HIVEMIND_DB)
-                return HiveMindMutualTLS(sysdir, redis_port, args.hivemind_concurrency)
+                return variant(sysdir, redis_port, args.hivemind_concurrency)
             if name == "celery":
                 flush_db(redis_port, 2)
                 return CeleryPeer(sysdir, peer_env)

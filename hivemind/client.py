@@ -340,12 +340,14 @@ def function_spec(
     memory_mb: int = 0,
     gpu: int = 0,
     labels: Sequence[str] = (),
+    args_json: str = "",
 ) -> pb.TaskSpec:
+    """``args_json``: the arguments encoded already (instead of ``args``)."""
     return pb.TaskSpec(
         name=name or function,
         kind=pb.FUNCTION,
         function=function,
-        args_json=json.dumps(list(args)),
+        args_json=args_json or json.dumps(list(args)),
         timeout=timeout,
         retries=retries,
         priority=priority,

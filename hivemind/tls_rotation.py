@@ -70,9 +70,29 @@ class Rotation:
         return bool(self.previous_fingerprint) and (now or time.time()) < self.grace_until
 
 
+_read: dict[Path, tuple[tuple[int, int, int], Rotation]] = {}
+
+
 def read_rotation(files: TLSFiles) -> Rotation:
+    """What ``rotation.json`` says; parsed again only when the file changed (heartbeats and
+    handshakes look at it)."""
+    path = files.root / ROTATION_FILE
     try:
-        data = json.loads((files.root / ROTATION_FILE).read_text())
+        stat = path.stat()
+    except OSError:
+        return Rotation()
+    key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # each write is a new file (os.replace)
+    cached = _read.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rotation = _parse_rotation(path)
+    _read[path] = (key, rotation)
+    return rotation
+
+
+def _parse_rotation(path: Path) -> Rotation:
+    try:
+        data = json.loads(path.read_text())
         return Rotation(
             int(data["generation"]),
             float(data["rotated_at"]),

@@ -15,7 +15,7 @@ from hivemind import pickled
 from hivemind.api.errors import NotShippable
 from hivemind.api.futures import Collector, HiveMindFuture, api_error
 from hivemind.api.values import encode_args, function_path
-from hivemind.client import Client
+from hivemind.client import Client, function_spec
 from hivemind.config import Settings, load_settings
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
@@ -69,17 +69,17 @@ class Session:
                 raise
             path, args = pickled.FUNCTION, [pickled.encode_call(function, args)]
             name = name or getattr(function, "__qualname__", "pickled call")
-        return pb.TaskSpec(
-            name=name or path,
-            kind=pb.FUNCTION,
-            function=path,
+        return function_spec(
+            path,
             args_json=encode_args(args, self.max_data_size),
+            name=name,
             timeout=timeout,
             retries=retries,
             priority=priority,
-            requirements=pb.Requirements(
-                cpu=cpu, memory_mb=memory_mb, gpu=gpu, labels=list(labels)
-            ),
+            cpu=cpu,
+            memory_mb=memory_mb,
+            gpu=gpu,
+            labels=labels,
         )
 
     def submit_specs(self, specs: Sequence[pb.TaskSpec]) -> list[HiveMindFuture]:
