@@ -136,10 +136,11 @@ class HiveMind:
             raise RuntimeError(f"task {task.id} ended {task.status}: {task.error_message}")
 
     def batch(self, count: int, timeout: float) -> BatchOutcome:
-        specs = [self._spec() for _ in range(count)]
+        # Building the tasks is timed, as it is for the futures variant and the peers (each
+        # builds its messages inside `batch`'s timed part, or in its submit call).
         started = time.perf_counter()
         deadline = started + timeout
-        ids = self.client.submit(specs)
+        ids = self.client.submit([self._spec() for _ in range(count)])
         submitted_at = time.perf_counter()
         succeeded = other = 0
         for start in range(0, len(ids), 1000):

@@ -8,6 +8,7 @@ benchmark sets it), each in its own database:
 - Celery: broker and result backend in db 2 (``celery -A bench.peer_tasks:celery_app``).
 - RQ: db 3; workers import :func:`rq_noop` as ``bench.peer_tasks.rq_noop``.
 - Dramatiq: broker and ``Results`` backend in db 4 (``dramatiq bench.peer_tasks``).
+- Dask: no Redis; its own scheduler process, workers import :func:`dask_noop`.
 
 A framework that is not installed leaves its names as ``None``.
 """
@@ -35,6 +36,11 @@ def redis_url(db: int) -> str:
 
 def rq_noop() -> None:
     """RQ's task: any importable function will do."""
+    return None
+
+
+def dask_noop(_item: object = None) -> None:
+    """Dask's task (``Client.map`` passes each item); its workers import it from here."""
     return None
 
 

@@ -1,4 +1,4 @@
-"""The peers HiveMind is measured against: Celery, RQ and Dramatiq."""
+"""The peers HiveMind is measured against: Celery, RQ, Dramatiq and Dask."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "celery": (("celery",), "pip install celery"),
     "rq": (("rq",), "pip install rq"),
     "dramatiq": (("dramatiq", "redis"), "pip install 'dramatiq[redis]'"),
+    "dask": (("distributed",), "pip install distributed"),
 }
 
 
@@ -246,4 +247,73 @@ class DramatiqPeer:
         return _outcome(count, succeeded, started, submitted_at, finished_at, deadline)
 
     def stop(self) -> None:
+        self.workers.stop()
+
+
+class DaskPeer:
+    """Dask's ``distributed``: a scheduler process and worker processes, driven through its
+    futures (``Client.submit``/``map``, ``gather``): the peer of HiveMind's Python API."""
+
+    name = "dask"
+    setup = "dask scheduler + 2 worker processes x 2 threads, Client.map + gather"
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workers = PeerWorkers(workdir, env)
+        self.client: Any = None
+
+    def start(self) -> None:
+        from distributed import Client
+
+        from bench.processes import free_ports
+
+        [port] = free_ports(1)
+        address = f"tcp://127.0.0.1:{port}"
+        scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+        self.workers.spawn(
+            "dask-scheduler",
+            [*scheduler, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        )
+        self.workers.spawn(
+            "dask-workers",
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "2",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+            ],
+        )
+        self.client = Client(address, timeout=60)
+        self.client.wait_for_workers(2, timeout=60)
+
+    def one(self) -> None:
+        from bench.peer_tasks import dask_noop
+
+        self.client.submit(dask_noop, pure=False).result(timeout=SAMPLE_TIMEOUT)
+
+    def batch(self, count: int, timeout: float) -> BatchOutcome:
+        from distributed import wait
+
+        from bench.peer_tasks import dask_noop
+
+        started = time.perf_counter()
+        deadline = started + timeout
+        futures = self.client.map(dask_noop, range(count), pure=False)
+        submitted_at = time.perf_counter()
+        done, _pending = wait(futures, timeout=timeout)
+        finished_at = time.perf_counter()
+        succeeded = sum(f.status == "finished" for f in done)
+        other = len(done) - succeeded
+        self.client.cancel(futures)
+        return _outcome(count, succeeded, started, submitted_at, finished_at, deadline, other)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
         self.workers.stop()

@@ -240,7 +240,8 @@ def machine_header(args: argparse.Namespace) -> dict[str, str]:
         f"{platform.release()}",
         "python": platform.python_version(),
         "versions": ", ".join(
-            f"{d} {version_of(d)}" for d in ("grpcio", "redis", "celery", "rq", "dramatiq")
+            f"{d} {version_of(d)}"
+            for d in ("grpcio", "redis", "celery", "rq", "dramatiq", "distributed")
         ),
         "hivemind": hivemind_revision(),
         "options": f"--tasks {args.tasks} --latency-samples {args.latency_samples} "

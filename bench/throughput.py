@@ -6,8 +6,9 @@ Run from the repository root (``pip install -e '.[bench]'`` first)::
     python -m bench.throughput --only hivemind,rq --tasks 2000
     python -m bench.throughput --skip-missing       # leave out peers that are not installed
 
-For each system (HiveMind with 2 workers, Celery prefork with 2 processes, RQ with 2 workers,
-Dramatiq with 2 processes x 8 threads) it measures, on an otherwise idle machine:
+For each system (HiveMind with 2 workers, raw and through its futures API, Celery prefork with
+2 processes, RQ with 2 workers, Dramatiq with 2 processes x 8 threads, Dask's distributed with
+2 worker processes x 2 threads) it measures, on an otherwise idle machine:
 
 - **latency**: submit one no-op task, block until its result is seen, repeat
   (``--latency-samples``, after ``--warmup`` unrecorded rounds); p50 and p99. With
@@ -48,7 +49,7 @@ from bench.hivemind_runner import (  # noqa: E402
     HiveMindTLS,
 )
 from bench.machine import NoiseLimits, phase  # noqa: E402
-from bench.peers import CeleryPeer, DramatiqPeer, RqPeer, missing_peers  # noqa: E402
+from bench.peers import CeleryPeer, DaskPeer, DramatiqPeer, RqPeer, missing_peers  # noqa: E402
 from bench.processes import base_environment, flush_db, free_ports, start_redis  # noqa: E402
 from bench.report import machine_header, render, write_json  # noqa: E402
 from bench.system import System  # noqa: E402
@@ -58,7 +59,7 @@ from bench.task_phases import SystemResult, run_interleaved_latency, run_system 
 HIVEMIND_VARIANTS: dict[str, type[HiveMind]] = {
     cls.name: cls for cls in (HiveMind, HiveMindFutures, HiveMindTLS, HiveMindMutualTLS)
 }
-SYSTEMS = (*HIVEMIND_VARIANTS, "celery", "rq", "dramatiq")
+SYSTEMS = (*HIVEMIND_VARIANTS, "celery", "rq", "dramatiq", "dask")
 SECTIONS = (*SYSTEMS, "heartbeat")
 
 
@@ -217,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "rq":
                 flush_db(redis_port, 3)
                 return RqPeer(sysdir, peer_env, args.rq_worker_class)
+            if name == "dask":
+                return DaskPeer(sysdir, peer_env)
             flush_db(redis_port, 4)
             return DramatiqPeer(sysdir, peer_env)
 

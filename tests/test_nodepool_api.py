@@ -101,6 +101,14 @@ def test_users_see_and_cancel_only_their_own_tasks(pool: Pool) -> None:
     assert info.value.code == "NOT_FOUND"
     assert [(t.status, t.result_json) for t in alice.wait([done], 1)] == [("SUCCEEDED", "4")]
     assert admin.wait([done], 1)[0].owner == "alice"
+    # One still queued is read from Redis: refused to others in both kinds of wait.
+    [queued] = alice.submit([function_spec("hivemind.examples:add", [3, 3])])
+    for first_completed in (False, True):
+        with pytest.raises(NodePoolError) as info:
+            bob.wait([queued], 0.2, first_completed=first_completed)
+        assert info.value.code == "NOT_FOUND" and queued in str(info.value)
+    assert [t.status for t in admin.wait([queued, done], 0.2)] == ["QUEUED", "SUCCEEDED"]
+    assert [t.id for t in admin.wait([queued, done], 0.2, first_completed=True)] == [done]
 
 
 def test_worker_token_acts_only_as_its_worker(pool: Pool) -> None:

@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 #: Seconds one collector call waits on the node pool before asking again (so that futures
 #: added meanwhile join the next call within this long).
 COLLECT_WAIT = 0.25
-#: Seconds the collector lets more tasks end before its next call while many are pending:
-#: one call then brings several outcomes (a lone future is answered without it).
-COLLECT_LINGER = 0.02
+#: Seconds the collector lets more tasks end before its next call, per pending future, up to
+#: COLLECT_LINGER_MAX: a call costs the node pool a status read per id sent, so with many
+#: pending one call should bring many outcomes (a lone future is answered without it).
+COLLECT_LINGER_PER_PENDING = 0.0001
+COLLECT_LINGER_MAX = 0.1
 #: Most task ids in one collector call; the oldest pending go first.
 COLLECT_IDS_MAX = 1000
 #: Seconds the node pool may stay unreachable before pending futures fail with
@@ -53,17 +55,75 @@ TRACEBACK_START = "Traceback (most recent call last):"
 
 
 _RESOLVED = itertools.count(1)
+#: Held while a future makes its Condition or is resolved without one (HiveMindFuture._finish).
+_CONDITION_MADE = threading.Lock()
+_DONE_STATES = frozenset({cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED})
 
 
 class HiveMindFuture(cf.Future[Any]):
     """The outcome of one task: ``task_id``; ``progress`` and ``logs()`` ask the node pool."""
 
     def __init__(self, task_id: str, client: Client, collector: Collector) -> None:
-        super().__init__()
+        # What concurrent.futures.Future.__init__ sets, but the Condition (see _condition).
+        self._state = cf._base.PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+        self._made_condition: threading.Condition | None = None
         self.task_id = task_id
         self.resolved_order = 0  # when the collector resolved it, for as_completed
         self._client = client
         self._collector = collector
+
+    # A future of a batch is resolved by the collector and read once by its owner, usually
+    # with nobody waiting on it at that moment. concurrent.futures.Future takes a Condition
+    # for every step, and a Condition is ten objects for the garbage collector: for 10,000
+    # tasks that cost the client more than its calls to the node pool. So the Condition is
+    # made only when a thread waits on the future or adds a callback, and until then the
+    # collector sets the outcome without one (see _finish).
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        condition = self._made_condition
+        if condition is None:
+            with _CONDITION_MADE:
+                condition = self._made_condition
+                if condition is None:
+                    condition = self._made_condition = threading.Condition()
+        return condition
+
+    def _finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Set the outcome once: without a Condition while none was made (then no thread
+        waits on this future and it has no callbacks), else the base class's way."""
+        with _CONDITION_MADE:
+            if self._made_condition is None:
+                if self._state == cf._base.PENDING:
+                    self._result, self._exception = value, error
+                    self._state = cf._base.FINISHED  # last: readers check it first
+                return
+        try:
+            if error is None:
+                self.set_result(value)
+            else:
+                self.set_exception(error)
+        except cf.InvalidStateError:
+            pass  # cancelled meanwhile: that outcome stands
+
+    def done(self) -> bool:
+        return self._state in _DONE_STATES  # one attribute read: no lock needed
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == cf._base.FINISHED:  # final once set
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == cf._base.FINISHED:
+            return self._exception
+        return super().exception(timeout)
 
     def __repr__(self) -> str:
         return f"<HiveMindFuture {self.task_id} {self._state.lower()}>"  # type: ignore[attr-defined]
@@ -114,15 +174,15 @@ class HiveMindFuture(cf.Future[Any]):
             value = json.loads(task.result_json) if task.result_json else None
             if task.spec.function == pickled.FUNCTION:
                 value = pickled.decode_result(value)
-            self.set_result(value)
+            self._finish(value)
         elif task.status == "CANCELLED":
             self._mark_cancelled()
         elif task.status == "TIMEOUT":
-            self.set_exception(TaskTimedOut(f"task {task.id}: {task.error_message}"))
+            self._finish(error=TaskTimedOut(f"task {task.id}: {task.error_message}"))
         elif "was lost" in task.error_message and "no retries are left" in task.error_message:
-            self.set_exception(TaskLost(f"task {task.id}: {task.error_message}"))
+            self._finish(error=TaskLost(f"task {task.id}: {task.error_message}"))
         else:
-            self.set_exception(remote_error(task.error_message))
+            self._finish(error=remote_error(task.error_message))
 
 
 def remote_error(message: str) -> Exception:
@@ -223,7 +283,7 @@ class Collector:
                 if future is not None:
                     future._resolve(task)
             if ended and len(self._pending) > 1:
-                time.sleep(COLLECT_LINGER)
+                time.sleep(min(COLLECT_LINGER_MAX, len(self._pending) * COLLECT_LINGER_PER_PENDING))
 
     def _check_each(self, ids: list[str]) -> None:
         """Ask for each task alone: resolve those that ended, fail those refused."""

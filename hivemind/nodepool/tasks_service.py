@@ -277,12 +277,6 @@ class TaskService(pb_grpc.TaskServiceServicer):
                 found.append(archived)
         return found
 
-    def _statuses(self, task_ids: list[str]) -> list[str | None]:
-        pipe = self.state.redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hget(keys.task_key(task_id), "status")
-        return pipe.execute()  # type: ignore[no-any-return]
-
     def _visible_many(
         self,
         identity: Identity,
@@ -421,20 +415,14 @@ class TaskService(pb_grpc.TaskServiceServicer):
         Histories are left out: a waiter wants outcomes; `GetTask` has the whole story.
         """
         known = self.state.finished.records(task_ids)
-        unknown = [i for i in task_ids if i not in known]
-        pipe = self.state.redis.pipeline(transaction=False)
-        for task_id in unknown:
-            pipe.hmget(keys.task_key(task_id), ["owner", "status"])
-        owners = {task_id: record.get("owner") for task_id, record in known.items()}
-        ended = []
-        for task_id, (owner, status) in zip(unknown, pipe.execute(), strict=True):
-            if _ended(status):  # read in full below; one gone from Redis, from the archive
-                ended.append(task_id)
-            else:
-                owners[task_id] = owner
-        for task_id, owner in owners.items():
-            if not _may_see(identity, {"owner": owner or ""}):
+        for task_id, record in known.items():
+            if not _may_see(identity, record):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no task {task_id!r}")
+        unknown = [i for i in task_ids if i not in known]
+        owner = None if identity.is_admin else identity.subject
+        ended, foreign = self.state.tasks.ended_among(unknown, owner)
+        if foreign:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no task {foreign[0]!r}")
         records: dict[str, Found] = {i: (r, []) for i, r in known.items()}
         found = self._visible_many(identity, ended, context, False)
         records.update(zip(ended, found, strict=True))
@@ -469,9 +457,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             # second, for changes made by other processes (a restored backup, the doctor's fixes).
             if changed is None or time.monotonic() - last_full_read >= 1.0:
                 # Statuses first: a batch's waiter has a thousand tasks, most still running.
-                everything = list(pending)
-                statuses = self._statuses(everything)
-                check = [i for i, st in zip(everything, statuses, strict=True) if _ended(st)]
+                check, _foreign = self.state.tasks.ended_among(list(pending), None)
                 last_full_read = time.monotonic()
             else:
                 check = []
@@ -584,8 +570,3 @@ def function_refusal(function: str, allow_lists: dict[str, tuple[str, ...] | Non
 
 def _may_see(identity: Identity, record: dict[str, str]) -> bool:
     return record.get("owner") == identity.subject or identity.is_admin
-
-
-def _ended(status: str | None) -> bool:
-    """Over, or gone from Redis (then its record is in the archive)."""
-    return status is None or is_terminal(status)

@@ -174,6 +174,7 @@ class TaskStore:
         self._requeue_restored = script(scripts.REQUEUE_RESTORED)
         self._archive_batch = script(scripts.ARCHIVE_BATCH)
         self._archived = script(scripts.ARCHIVED)
+        self._ended_among = script(scripts.ENDED_AMONG)
 
     def close(self) -> None:
         self._connections.close()
@@ -185,6 +186,17 @@ class TaskStore:
         for chunk in chunks:
             self._submit(args=[now, now_ms, chunk])
         return ids
+
+    def ended_among(
+        self, task_ids: Sequence[str], owner: str | None
+    ) -> tuple[list[str], list[str]]:
+        """Of ``task_ids``: those that have ended (or are gone from Redis, so archived), and
+        of the rest those not owned by ``owner`` (None: an admin's view, nothing is foreign).
+        One script call, however many ids."""
+        if not task_ids:
+            return [], []
+        ended, foreign = self._ended_among(args=[owner or "", *task_ids])
+        return [_text(i) for i in ended], [_text(i) for i in foreign]
 
     def submit_and_lease(
         self, tasks: Sequence[NewTask], ask: LeaseAsk

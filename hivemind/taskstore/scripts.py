@@ -4,6 +4,7 @@ atomically inside Redis. Only ``TaskStore`` loads them."""
 from __future__ import annotations
 
 from hivemind import keys, tuning
+from hivemind.states import TERMINAL_STATES
 from hivemind.worker_records import LUA_HELPERS
 
 # Shared Lua helpers, prepended to every script. ``fmt`` keeps large integer scores exact:
@@ -555,6 +556,24 @@ end
 return #ARGV - 1
 """
 
+ENDED_AMONG = """
+-- ARGV: owner ('' for an admin, who may see every task), ids... Read only: which of the
+-- tasks have ended (or are gone from Redis: their records are in the archive), and which of
+-- the others belong to someone else. One call instead of a status read per id: a waiter
+-- asks for a thousand tasks at a time, most still running.
+local terminal = {%(terminal)s}
+local ended, foreign = {}, {}
+for i = 2, #ARGV do
+  local f = redis.call('HMGET', tkey(ARGV[i]), 'owner', 'status')
+  if not f[2] or terminal[f[2]] then
+    ended[#ended + 1] = ARGV[i]
+  elseif ARGV[1] ~= '' and f[1] ~= ARGV[1] then
+    foreign[#foreign + 1] = ARGV[i]
+  end
+end
+return {ended, foreign}
+"""
+
 _NAMES = {
     "seq": keys.QUEUE_SEQ,
     "all": keys.TASKS_ALL,
@@ -569,6 +588,7 @@ _NAMES = {
     "deadlines": keys.DEADLINES,
     "task_queue": keys.TASK_QUEUE,
     "archive_pending": keys.TASKS_ARCHIVE_PENDING,
+    "terminal": ", ".join(f"{state.value} = true" for state in sorted(TERMINAL_STATES)),
 }
 
 
