@@ -102,6 +102,12 @@ class Settings:
     #: With mutual TLS, the port where hosts without a certificate yet may only enrol
     #: (``hivemind join``); 0 means GRPC_PORT + 1.
     enroll_port: int = 0
+    #: Prometheus metrics ports: ``hivemind doctor serve``, the node pool, and the first
+    #: worker on a host (each further worker takes the next free port up; 0 turns the
+    #: node pool's or workers' metrics off).
+    doctor_metrics_port: int = 9480
+    nodepool_metrics_port: int = 9481
+    worker_metrics_port: int = 9482
     #: Seconds a stopping worker waits for running tasks before handing them back.
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -291,6 +297,18 @@ def _validate(settings: Settings) -> Settings:
         (settings.task_sandbox in ("auto", "off"), "TASK_SANDBOX must be auto or off"),
         (settings.tls in ("auto", "on", "off"), "TLS must be auto, on or off"),
         (0 <= settings.enroll_port <= 65535, "ENROLL_PORT must be a port number (1-65535)"),
+        (
+            1 <= settings.doctor_metrics_port <= 65535,
+            "DOCTOR_METRICS_PORT must be a port number (1-65535)",
+        ),
+        (
+            0 <= settings.nodepool_metrics_port <= 65535,
+            "NODEPOOL_METRICS_PORT must be a port number (1-65535), or 0 for none",
+        ),
+        (
+            0 <= settings.worker_metrics_port <= 65535,
+            "WORKER_METRICS_PORT must be a port number (1-65535), or 0 for none",
+        ),
         (
             not (settings.require_client_cert and settings.tls == "off"),
             'REQUIRE_CLIENT_CERT needs TLS: remove TLS = "off"',

@@ -259,6 +259,53 @@ def list_checks(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     console.print(table)
 
 
+@doctor_app.command("serve")
+@command
+def serve_metrics(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int | None = typer.Option(
+        None, "--port", help="Port to bind (default: DOCTOR_METRICS_PORT)."
+    ),
+    interval: float = typer.Option(30.0, "--interval", help="Seconds between rounds of checks."),
+    only: list[str] = typer.Option(None, "--only", metavar="ID", help="A check id or category."),
+    skip: list[str] = typer.Option(None, "--skip", metavar="ID", help="A check id or category."),
+    timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
+) -> None:
+    """Export every check as a Prometheus gauge (hivemind_check_status) on /metrics."""
+    import signal
+    import threading
+
+    from doctor import all_checks
+    from doctor.exporter import serve
+    from doctor.registry import select
+
+    timeout = _check_timeout(timeout)
+    if timeout <= 0 or interval <= 0:
+        fail("--timeout and --interval must be positive", 2)
+    current = settings()
+    specs = select(all_checks(), _names(only), _names(skip))
+    bind_port = current.doctor_metrics_port if port is None else port
+    try:
+        exporter = serve(current, specs, host, bind_port, interval=interval, timeout=timeout)
+    except OSError as exc:
+        fail(f"cannot serve on {host}:{bind_port}: {exc.strerror or exc}")
+    bound_host, bound_port = exporter.address
+    console.print(
+        f"serving {len(specs)} checks on http://{bound_host}:{bound_port}/metrics "
+        f"(a round every {interval:g}s and on each scrape); Ctrl-C stops",
+        highlight=False,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        exporter.close()
+
+
 @doctor_app.command("explain")
 @command
 def explain_task(
