@@ -30,6 +30,7 @@ from hivemind.cli.common import (
 
 if TYPE_CHECKING:
     from doctor.fixes import Action
+    from doctor.history import Healthy
     from doctor.model import Report
 
 doctor_app = typer.Typer(
@@ -107,6 +108,11 @@ def doctor(
     timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
     fix: bool = typer.Option(False, "--fix", help="Apply the safe auto-fixes, then re-check."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before each fix."),
+    since_healthy: bool = typer.Option(
+        False,
+        "--since-healthy",
+        help="Show only the checks that are worse than in the last run where nothing failed.",
+    ),
     host: list[str] = HOST_OPTION,
     inventory: str = INVENTORY_OPTION,
     ssh_key: Path = SSH_KEY_OPTION,
@@ -124,8 +130,8 @@ def doctor(
         fail("--timeout must be positive", 2)
     fmt = OutputFormat.json if as_json else output
     if host or inventory:
-        if fix:
-            fail("--fix runs on this host only; run it on the host itself", 2)
+        if fix or since_healthy:
+            fail("--fix and --since-healthy run on this host only; run them on the host", 2)
         _remote(
             host,
             inventory,
@@ -140,8 +146,14 @@ def doctor(
             remote_hivemind,
         )
         return
-    report = run_doctor(settings(), _names(only), _names(skip), timeout=timeout)
-    if fmt is OutputFormat.json:
+    from doctor.history import load_healthy, record_if_healthy
+
+    current = settings()
+    healthy = load_healthy(current.home) if since_healthy else None
+    report = run_doctor(current, _names(only), _names(skip), timeout=timeout)
+    if since_healthy:
+        _render_since_healthy(report, healthy, fmt)
+    elif fmt is OutputFormat.json:
         print_json(report.to_dict())
     elif fmt is OutputFormat.markdown:
         from doctor.report import to_markdown
@@ -151,7 +163,53 @@ def doctor(
         render_report(report)
     if fix:
         report = _fix(report, timeout, yes)
+    record_if_healthy(report, current.home)
     raise typer.Exit(1 if report.failed(strict=strict) else 0)
+
+
+def _render_since_healthy(report: Report, healthy: Healthy | None, fmt: OutputFormat) -> None:
+    from doctor.history import changes_since
+    from doctor.report import summary_line
+
+    changes = changes_since(healthy, report) if healthy is not None else []
+    if fmt is OutputFormat.json:
+        document = report.to_dict()
+        document["since_healthy"] = {
+            "recorded": healthy is not None,
+            "changes": [change.to_dict() for change in changes],
+        }
+        print_json(document)
+        return
+    if healthy is None:
+        console.print(
+            "no healthy run is recorded yet: a doctor run with no fail and no error records "
+            "one (this run's findings follow)",
+            highlight=False,
+        )
+        render_report(report)
+        return
+    if not changes:
+        console.print("no check is worse than in its last healthy run", highlight=False)
+    else:
+        table = Table(title=f"worse since the last healthy run: {len(changes)} check(s)")
+        table.add_column("check", no_wrap=True)
+        table.add_column("then → now", no_wrap=True)
+        table.add_column("finding and changed evidence", overflow="fold")
+        for change in changes:
+            lines = [escape(change.summary)]
+            lines += [
+                f"[dim]{escape(key)}: {escape(json.dumps(then))} → {escape(json.dumps(now))}[/]"
+                for key, (then, now) in change.evidence.items()
+            ]
+            style = STATUS_STYLE[change.after.value]
+            table.add_row(
+                change.id,
+                f"{change.before.value} → [{style}]{change.after.value}[/]"
+                f"\n[dim]healthy at {escape(change.healthy_at)}[/]",
+                "\n".join(lines),
+            )
+        console.print(table)
+    console.print(summary_line(report), highlight=False)
 
 
 def _remote(
