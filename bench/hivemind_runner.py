@@ -29,6 +29,7 @@ class HiveMindStack:
         concurrency: int,
         tls: bool = False,
         mutual: bool = False,
+        metrics: bool = True,
     ) -> None:
         self.home = workdir / "home"
         self.xdg = workdir / "xdg"
@@ -50,6 +51,14 @@ class HiveMindStack:
         )
         if mutual:
             self.env.update(HIVEMIND_REQUIRE_CLIENT_CERT="1", HIVEMIND_ENROLL_PORT=str(enroll_port))
+        if metrics:
+            nodepool_metrics, worker_metrics = free_ports(2)
+        else:
+            nodepool_metrics = worker_metrics = 0
+        self.env.update(
+            HIVEMIND_NODEPOOL_METRICS_PORT=str(nodepool_metrics),
+            HIVEMIND_WORKER_METRICS_PORT=str(worker_metrics),
+        )
 
     def _cli(self, *args: str, timeout: float) -> None:
         with self.log.open("ab") as out:
@@ -100,16 +109,19 @@ class HiveMind:
     name = "hivemind"
     tls = False
     mutual = False
+    metrics = True
 
     def __init__(self, workdir: Path, redis_port: int, concurrency: int) -> None:
         self.stack = HiveMindStack(
-            workdir, redis_port, HIVEMIND_DB, 2, concurrency, self.tls, self.mutual
+            workdir, redis_port, HIVEMIND_DB, 2, concurrency, self.tls, self.mutual, self.metrics
         )
         self.setup = f"2 workers x {concurrency} slots (MAX_CONCURRENT_TASKS={concurrency})"
         if self.tls:
             self.setup += ", TLS=on (every client, worker and the master verify the CA)"
         if self.mutual:
             self.setup += ", REQUIRE_CLIENT_CERT (each presents its own certificate)"
+        if not self.metrics:
+            self.setup += ", metrics off (NODEPOOL_METRICS_PORT=0, WORKER_METRICS_PORT=0)"
         self.client: Any = None
         self.started = False
 
@@ -181,6 +193,13 @@ class HiveMindMutualTLS(HiveMind):
     name = "hivemind-mtls"
     tls = True
     mutual = True
+
+
+class HiveMindNoMetrics(HiveMind):
+    """The same stack with its Prometheus metrics off: what counting every call costs."""
+
+    name = "hivemind-nometrics"
+    metrics = False
 
 
 class HiveMindFutures(HiveMind):

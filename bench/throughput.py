@@ -46,6 +46,7 @@ from bench.hivemind_runner import (  # noqa: E402
     HiveMind,
     HiveMindFutures,
     HiveMindMutualTLS,
+    HiveMindNoMetrics,
     HiveMindTLS,
 )
 from bench.machine import NoiseLimits, phase  # noqa: E402
@@ -57,7 +58,8 @@ from bench.task_phases import SystemResult, run_interleaved_latency, run_system 
 
 #: The HiveMind stacks the benchmark can run, each on the same Redis database in turn.
 HIVEMIND_VARIANTS: dict[str, type[HiveMind]] = {
-    cls.name: cls for cls in (HiveMind, HiveMindFutures, HiveMindTLS, HiveMindMutualTLS)
+    cls.name: cls
+    for cls in (HiveMind, HiveMindFutures, HiveMindTLS, HiveMindMutualTLS, HiveMindNoMetrics)
 }
 SYSTEMS = (*HIVEMIND_VARIANTS, "celery", "rq", "dramatiq", "dask")
 SECTIONS = (*SYSTEMS, "heartbeat")

@@ -29,6 +29,8 @@ class WorkerRow:
     caps: WorkerCaps
     #: Tasks the worker's own set says it holds.
     tasks: frozenset[str] = field(default_factory=frozenset)
+    #: Where it serves Prometheus metrics (0: it does not say).
+    metrics_port: int = 0
 
     def heartbeat_age(self, now: float) -> float:
         return max(0.0, now - self.last_heartbeat) if self.last_heartbeat else float("inf")
@@ -75,6 +77,7 @@ def workers(ctx: Context) -> list[WorkerRow]:
                     hostname=record.get("hostname") or "",
                     caps=caps_from_record(record),
                     tasks=frozenset(tasks),
+                    metrics_port=int(field_float(record.get("metrics_port"))),
                 )
             )
         return rows

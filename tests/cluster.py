@@ -115,6 +115,9 @@ def make_cluster(root: Path, redis_url: str, **settings: str) -> Cluster:
         HIVEMIND_GRPC_PORT=str(port),
         HIVEMIND_GRPC_HOST="127.0.0.1",
         HIVEMIND_MASTER_PORT=str(free_port()),
+        HIVEMIND_NODEPOOL_METRICS_PORT=str(free_port()),
+        HIVEMIND_WORKER_METRICS_PORT=str(free_port()),
+        HIVEMIND_DOCTOR_METRICS_PORT=str(free_port()),
         HIVEMIND_HEARTBEAT_INTERVAL="0.5",
         HIVEMIND_MAX_CONCURRENT_TASKS="2",
         HIVEMIND_SHUTDOWN_GRACE="5",
@@ -156,6 +159,7 @@ class Host:
             XDG_CONFIG_HOME=str(root / "xdg"),
             PYTHONPATH=str(REPO_ROOT),
             HIVEMIND_HEARTBEAT_INTERVAL="0.5",
+            HIVEMIND_WORKER_METRICS_PORT=str(free_port()),
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

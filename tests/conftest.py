@@ -111,6 +111,9 @@ def settings(
         redis_url=redis_url,
         grpc_port=free_port_factory(),
         master_port=free_port_factory(),
+        nodepool_metrics_port=free_port_factory(),
+        worker_metrics_port=free_port_factory(),
+        doctor_metrics_port=free_port_factory(),
         heartbeat_interval=0.5,
     )
 

@@ -47,12 +47,20 @@ class Housekeeper:
         self.archive_finished()
 
     def reap_leases(self) -> None:
+        metrics = self.state.metrics
         reaped = self.state.tasks.reap_expired()
         for task_id, action, worker in reaped:
             log.warning("task %s %s: lease expired on worker %s", task_id, action, worker)
+            metrics.lease_expiries.labels(action).inc()
+            if action == "requeued":
+                metrics.requeues.labels("lease_expired").inc()
+            else:  # no retries left, or cancelled meanwhile: it ended here
+                metrics.tasks_finished.labels(action.upper()).inc()
         for task_id, worker in self.state.tasks.reap_timeouts():
             log.warning("task %s TIMEOUT: worker %s kept it past its timeout", task_id, worker)
             reaped.append((task_id, "timeout", worker))
+            metrics.lease_expiries.labels("timeout").inc()
+            metrics.tasks_finished.labels("TIMEOUT").inc()
         if reaped:
             self.state.queued.notify()
             self.state.finished.notify([task_id for task_id, _, _ in reaped])

@@ -19,6 +19,7 @@ from hivemind import keys, tuning
 from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
 from hivemind.client_certs import PeerNodes
 from hivemind.config import Settings, effective_redis_url
+from hivemind.metrics import NodePoolMetrics
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
 from hivemind.taskstore import Lease, LeaseAsk, TaskStore
@@ -260,9 +261,11 @@ def serve_exchanges(
     requests: Iterator[Request],
     context: grpc.ServicerContext,
     handle: Callable[[Request, grpc.ServicerContext], Reply],
+    observe: Callable[[float], None] | None = None,
 ) -> Iterator[Reply]:
     """A stream that answers each request as its unary call would (``handle``), if one of
-    ``slots`` is free; see :mod:`hivemind.streams` for the client's side."""
+    ``slots`` is free; see :mod:`hivemind.streams` for the client's side. ``observe`` gets
+    the seconds each exchange took."""
     if not slots.take():
         context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -270,7 +273,11 @@ def serve_exchanges(
         )
     try:
         for request in requests:
-            yield handle(request, context)
+            began = time.perf_counter()
+            reply = handle(request, context)
+            if observe is not None:
+                observe(time.perf_counter() - began)
+            yield reply
             if stopping.is_set():
                 return  # the next request would only get an empty reply at once
     finally:
@@ -297,6 +304,7 @@ class NodePoolState:
     _leaving: set[str] = field(default_factory=set)
     peer_nodes: PeerNodes = field(default_factory=PeerNodes)
     ca: SigningCA | None = None  # with TLS: the CA that signs workers' certificates
+    metrics: NodePoolMetrics = field(default_factory=NodePoolMetrics)
 
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
@@ -309,10 +317,12 @@ class NodePoolState:
             health_check_interval=30,
             max_connections=512,
         )
+        metrics = NodePoolMetrics()
         return cls(
             settings=settings,
             redis=client,
-            tasks=TaskStore(client),
+            tasks=TaskStore(client, metrics.observe_script),
+            metrics=metrics,
             users=UserStore(home.users_db),
             blobs=BlobStore(home.data, settings.max_task_data_size),
             signer=signer_for(settings),

@@ -13,12 +13,16 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hivemind import keys
 from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.logs import configure_logging
+from hivemind.metrics import MetricsServer
+from hivemind.metrics import serve as serve_metrics
 from hivemind.nodepool.background import Housekeeper
 from hivemind.nodepool.core import NodePoolState
+from hivemind.nodepool.instrumentation import CallMetrics
 from hivemind.nodepool.tasks_service import TaskService
 from hivemind.nodepool.users_service import UserService
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
@@ -47,8 +51,11 @@ class NodePoolServer:
         self.state = NodePoolState.open(settings)
         self.housekeeper = Housekeeper(self.state)
         self.health = health.HealthServicer()
+        # Metrics off (port 0): calls are not even counted, so that costs nothing either.
+        counted = [CallMetrics(self.state.metrics)] if settings.nodepool_metrics_port else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=128, thread_name_prefix="rpc"),
+            interceptors=counted,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -71,6 +78,7 @@ class NodePoolServer:
         self.address = f"{settings.grpc_host}:{settings.grpc_port}"
         self.enroll_address = f"{settings.grpc_host}:{settings.effective_enroll_port}"
         self.enroll_server: grpc.Server | None = None
+        self.metrics_server: MetricsServer | None = None
         self._stopped = threading.Event()
 
     def _enrollment_server(self) -> grpc.Server:
@@ -112,6 +120,13 @@ class NodePoolServer:
         if self.enroll_server is not None:
             self.enroll_server.start()
         self.housekeeper.start()
+        self.state.metrics.watch_queue(self._queue_counts)
+        metrics_port = self.settings.nodepool_metrics_port
+        self.metrics_server = serve_metrics(
+            self.state.metrics.registry, self.settings.grpc_host, metrics_port
+        )
+        if self.metrics_server is not None:
+            log.info("metrics on %s:%d/metrics", self.settings.grpc_host, self.metrics_server.port)
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if secured:
@@ -141,6 +156,8 @@ class NodePoolServer:
         if self.enroll_server is not None:
             self.enroll_server.stop(grace)
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.housekeeper.join(5)
         self.state.users.close()
         self.state.tasks.close()
@@ -148,6 +165,13 @@ class NodePoolServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+    def _queue_counts(self) -> dict[str, int]:
+        pipe = self.state.redis.pipeline(transaction=False)
+        pipe.llen(keys.TASK_QUEUE)
+        pipe.zcard(keys.LEASES)
+        queued, running = pipe.execute()
+        return {"queued": int(queued), "running": int(running)}
 
 
 def serve(settings: Settings) -> int:

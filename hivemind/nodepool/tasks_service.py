@@ -386,6 +386,8 @@ class TaskService(pb_grpc.TaskServiceServicer):
         ok, detail = self.state.tasks.cancel(task_id)
         if not ok:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, detail)
+        if detail == "CANCELLED":  # was queued; a running one ends when its worker reports
+            self.state.metrics.tasks_finished.labels("CANCELLED").inc()
         self.state.finished.notify([task_id])
         return task_message(*self._visible(identity, task_id, context))
 

@@ -65,6 +65,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             hostname=res.hostname,
             address=res.address or (context.peer() or ""),
             version=res.version,
+            metrics_port=str(res.metrics_port or ""),
             registered_at=f"{time.time():.3f}",
             # Left out when the worker does not say (an older one): then it is unknown, not none.
             **({"allowed_modules": ",".join(res.allowed_modules)} if res.allowed_modules else {}),
@@ -79,6 +80,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             request.running_task_ids,
             self.state.lease_seconds,
         )
+        self.state.metrics.heartbeats.inc()
         settings = self.state.settings
         return pb.RegisterReply(
             heartbeat_interval=settings.heartbeat_interval,
@@ -101,6 +103,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         cancel = self.state.tasks.heartbeat(
             request.node_id, fields, summary, request.running_task_ids, self.state.lease_seconds
         )
+        self.state.metrics.heartbeats.inc()
         ca = self.state.ca
         return pb.HeartbeatReply(
             cancel_task_ids=cancel, ca_fingerprint=ca.fingerprint() if ca else ""
@@ -248,8 +251,9 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self, requests: Iterator[pb.LeaseRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.LeaseReply]:
         state = self.state
+        exchange = state.metrics.rpc_seconds.labels("LeaseStream.exchange").observe
         yield from serve_exchanges(
-            state.lease_streams, state.stopping, requests, context, self.LeaseTasks
+            state.lease_streams, state.stopping, requests, context, self.LeaseTasks, exchange
         )
 
     def ReportProgress(
@@ -322,6 +326,8 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         }
         self.state.finished.notify([o.task_id for o in outcomes], finished)
         self.state.logs.notify()
+        for record in finished.values():
+            self.state.metrics.finished(record.get("status", ""), record)
         return [pb.FenceReply(accepted=not c.refused, reason=c.refused) for c in completions]
 
     def UploadData(
@@ -389,6 +395,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         )
         self.state.queued.notify()
         self.state.finished.notify([ref.task_id for ref in request.refs])
+        self.state.metrics.requeues.labels("released").inc(sum(not why for why in replies))
         return pb.CompleteReply(
             replies=[pb.FenceReply(accepted=not why, reason=why) for why in replies]
         )

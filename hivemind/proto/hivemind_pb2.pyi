@@ -152,7 +152,7 @@ class GrantRequest(_message.Message):
     def __init__(self, username: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class WorkerResources(_message.Message):
-    __slots__ = ("cpu", "memory_mb", "gpu", "labels", "capacity", "hostname", "address", "version", "allowed_modules")
+    __slots__ = ("cpu", "memory_mb", "gpu", "labels", "capacity", "hostname", "address", "version", "allowed_modules", "metrics_port")
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class WorkerResources(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_MODULES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     cpu: int
     memory_mb: int
     gpu: int
@@ -171,7 +172,8 @@ class WorkerResources(_message.Message):
     address: str
     version: str
     allowed_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cpu: _Optional[int] = ..., memory_mb: _Optional[int] = ..., gpu: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., hostname: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., allowed_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, cpu: _Optional[int] = ..., memory_mb: _Optional[int] = ..., gpu: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., hostname: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., allowed_modules: _Optional[_Iterable[str]] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("node_id", "resources", "running_task_ids")

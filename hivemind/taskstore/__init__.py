@@ -12,10 +12,11 @@ themselves are in :mod:`hivemind.taskstore.scripts`.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,12 +150,19 @@ def _now() -> tuple[str, int]:
 class TaskStore:
     """The task state machine on one Redis; its scripts run on connections of their own."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, observe: Callable[[str, float], None] | None = None
+    ) -> None:
+        """``observe(script, seconds)``: called after each script call (for metrics)."""
         self.redis = client
         self._connections = connections = ScriptConnections(client)
 
+        # Each script by its name in the scripts module, lower case (SUBMIT -> submit).
+        names = {id(v): k.lower() for k, v in vars(scripts).items() if k.isupper()}
+
         def script(body: str) -> LuaScript:
-            return LuaScript(connections, scripts.load(body))
+            timed = None if observe is None else functools.partial(observe, names[id(body)])
+            return LuaScript(connections, scripts.load(body), timed)
 
         self._submit = script(scripts.SUBMIT)
         self._lease = script(scripts.LEASE)

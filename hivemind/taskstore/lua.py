@@ -19,8 +19,9 @@ on connections made from the client pool's own class and options.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -52,13 +53,22 @@ class ScriptConnections:
 
 
 class LuaScript:
-    def __init__(self, connections: ScriptConnections, body: str) -> None:
+    """``observe``: given the seconds each call took (the node pool's metrics)."""
+
+    def __init__(
+        self,
+        connections: ScriptConnections,
+        body: str,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self.connections = connections
         self.body = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
+        self.observe = observe
 
     def __call__(self, args: Sequence[object] = ()) -> Any:
         connection = self.connections.take()
+        began = time.perf_counter()
         try:
             # As redis-py does: retry what its retry policy covers, on a fresh connection.
             return connection.retry.call_with_retry(
@@ -66,6 +76,8 @@ class LuaScript:
             )
         finally:
             self.connections.give_back(connection)
+            if self.observe is not None:
+                self.observe(time.perf_counter() - began)
 
     def _run(self, connection: AbstractConnection, args: Sequence[object]) -> Any:
         connection.send_command("EVALSHA", self.sha, 0, *args)

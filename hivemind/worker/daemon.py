@@ -31,6 +31,8 @@ from hivemind import __version__, tuning
 from hivemind.config import Settings
 from hivemind.errors import NodePoolError
 from hivemind.logs import configure_logging, rotating_handler
+from hivemind.metrics import WORKER_PORT_TRIES, MetricsServer, WorkerMetrics
+from hivemind.metrics import serve as serve_metrics
 from hivemind.paths import layout
 from hivemind.proto import hivemind_pb2 as pb
 from hivemind.sandbox import detect as detect_sandbox
@@ -126,6 +128,8 @@ class Worker:
             on_progress=self.reports.progress,
         )
         self._threads: list[threading.Thread] = []
+        self.metrics = WorkerMetrics(options.node_id, lambda: len(self.running), _task_processes)
+        self.metrics_server: MetricsServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def resources(self) -> pb.WorkerResources:
@@ -138,6 +142,7 @@ class Worker:
             hostname=socket.gethostname(),
             version=__version__,
             allowed_modules=list(self.options.allowed_modules),
+            metrics_port=self.metrics_server.port if self.metrics_server else 0,
         )
 
     def connect(self) -> None:
@@ -161,6 +166,13 @@ class Worker:
 
     def start(self) -> None:
         self.heartbeat_interval = self.settings.heartbeat_interval
+        # Several workers on one host: each takes the next free port (its record says which).
+        self.metrics_server = serve_metrics(
+            self.metrics.registry,
+            self.settings.grpc_host,
+            self.settings.worker_metrics_port,
+            WORKER_PORT_TRIES,
+        )
         self.connect()
         for target, name in (
             (self._lease_loop, "lease"),
@@ -210,6 +222,8 @@ class Worker:
         self.pool.shutdown(wait=False)
         self.sandbox.close()
         self.conn.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
 
     def _hand_back(self, tasks: list[RunningTask]) -> None:
         try:
@@ -337,6 +351,7 @@ class Worker:
                 return
             try:
                 reply = self.conn.heartbeat(self._metrics(), self.running_ids())
+                self.metrics.heartbeats.inc()
                 backoff.reset()
             except NodePoolError as exc:
                 if exc.code == "FAILED_PRECONDITION":  # the node pool forgot us: register
@@ -503,6 +518,7 @@ class Worker:
         task_log.info(
             "task %s attempt %d %s: %s %s", task.task_id, task.attempt, status, task.name, error
         )
+        self.metrics.ran(status, time.monotonic() - task.leased_at)
         result = pb.TaskResult(
             ref=self.conn.ref(task.task_id, task.attempt),
             outcome=OUTCOME_CODES[status],
@@ -511,6 +527,15 @@ class Worker:
             has_result_archive=has_archive,
         )
         self.reports.outcome(task, result)
+
+
+def _task_processes() -> list[psutil.Process]:
+    """This worker's task processes: every process under it (the function pool's, and each
+    bundle's process group)."""
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 BACKOFF_START, BACKOFF_MAX = 0.2, 10.0
@@ -18,6 +19,7 @@ class RunningTask:
     executing: bool = False  # holds one of the MAX_CONCURRENT_TASKS slots
     handed_back: bool = False  # stopped by a shutdown: released, not reported
     reported: bool = False  # its outcome is on its way to the node pool
+    leased_at: float = field(default_factory=time.monotonic)
 
 
 class Backoff:
