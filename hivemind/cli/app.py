@@ -17,6 +17,7 @@ from hivemind.cli import deploy as deploy_commands
 from hivemind.cli import join as join_commands
 from hivemind.cli import playbook as playbook_commands
 from hivemind.cli import tasks as task_commands
+from hivemind.cli import top as top_commands
 from hivemind.cli.common import (
     OPTIONS,
     client,
@@ -62,6 +63,7 @@ playbook_commands.register(app)
 backup_commands.register(app)
 join_commands.register(app)
 deploy_commands.register(app)
+top_commands.register(app)
 
 
 @app.callback()
