@@ -187,7 +187,7 @@ def test_help_has_no_type_placeholders_or_fake_defaults() -> None:
 
 
 def test_every_ssh_capable_command_takes_the_same_ssh_options() -> None:
-    for path in (("doctor",), ("recover",), ("playbook", "run"), ("backup",)):
+    for path in (("doctor",), ("recover",), ("playbook", "run"), ("backup",), ("top",)):
         flags = set(re.findall(r"^\s+(--[a-z-]+)", _help(*path), re.MULTILINE))
         assert flags >= SSH_OPTIONS, f"hivemind {' '.join(path)} lacks {SSH_OPTIONS - flags}"
 

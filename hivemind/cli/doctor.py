@@ -320,11 +320,15 @@ def list_checks(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @doctor_app.command("serve")
 @command
 def serve_metrics(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int | None = typer.Option(
-        None, "--port", help="Port to bind (default: DOCTOR_METRICS_PORT)."
+    bind: str = typer.Option(
+        "127.0.0.1", "--bind", metavar="ADDRESS", help="Address to listen on (0.0.0.0: all)."
     ),
-    interval: float = typer.Option(30.0, "--interval", help="Seconds between rounds of checks."),
+    port: int | None = typer.Option(
+        None, "--port", metavar="PORT", help="Port to listen on (default: DOCTOR_METRICS_PORT)."
+    ),
+    interval: float = typer.Option(
+        30.0, "--interval", metavar="SECONDS", help="Seconds between rounds of checks."
+    ),
     only: list[str] = typer.Option(None, "--only", metavar="ID", help="A check id or category."),
     skip: list[str] = typer.Option(None, "--skip", metavar="ID", help="A check id or category."),
     timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS", help=TIMEOUT_HELP),
@@ -344,9 +348,9 @@ def serve_metrics(
     specs = select(all_checks(), _names(only), _names(skip))
     bind_port = current.doctor_metrics_port if port is None else port
     try:
-        exporter = serve(current, specs, host, bind_port, interval=interval, timeout=timeout)
+        exporter = serve(current, specs, bind, bind_port, interval=interval, timeout=timeout)
     except OSError as exc:
-        fail(f"cannot serve on {host}:{bind_port}: {exc.strerror or exc}")
+        fail(f"cannot serve on {bind}:{bind_port}: {exc.strerror or exc}")
     bound_host, bound_port = exporter.address
     console.print(
         f"serving {len(specs)} checks on http://{bound_host}:{bound_port}/metrics "

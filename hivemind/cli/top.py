@@ -19,6 +19,7 @@ from rich.text import Text
 from hivemind.cli.common import (
     HOST_OPTION,
     INSECURE_HOST_KEY_OPTION,
+    INVENTORY_OPTION,
     KNOWN_HOSTS_OPTION,
     REMOTE_HIVEMIND_OPTION,
     SSH_KEY_OPTION,
@@ -136,8 +137,11 @@ def _keys(quit_requested: threading.Event) -> Iterator[None]:
 def top(
     once: bool = typer.Option(False, "--once", help="Print one frame and exit (for scripts)."),
     as_json: bool = typer.Option(False, "--json", help="With --once: the snapshot as JSON."),
-    interval: float = typer.Option(1.0, "--interval", help="Seconds between refreshes."),
+    interval: float = typer.Option(
+        1.0, "--interval", metavar="SECONDS", help="Seconds between refreshes."
+    ),
     host: list[str] = HOST_OPTION,
+    inventory: str = INVENTORY_OPTION,
     ssh_key: Path = SSH_KEY_OPTION,
     known_hosts: Path = KNOWN_HOSTS_OPTION,
     insecure_host_key: bool = INSECURE_HOST_KEY_OPTION,
@@ -150,9 +154,9 @@ def top(
         fail("--json needs --once", 2)
     if interval <= 0:
         fail("--interval must be positive", 2)
-    targets = ssh_targets(host, None)
+    targets = ssh_targets(host, inventory)
     if len(targets) > 1:
-        fail("top watches one host; give --host once", 2)
+        fail("top watches one host: give one --host (or an inventory of one)", 2)
     current = settings()
     if targets:
         options = ssh_options(ssh_key, known_hosts, insecure_host_key, remote_hivemind)
