@@ -374,10 +374,13 @@ def _remove_stale(base: Path) -> None:
         pid = stale.name.rpartition("-")[2]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        for child in stale.iterdir():
-            if child.is_dir():
-                with contextlib.suppress(OSError):
-                    child.rmdir()
+        try:
+            children = [child for child in stale.iterdir() if child.is_dir()]
+        except OSError:  # another worker starting at the same time removed it first
+            continue
+        for child in children:
+            with contextlib.suppress(OSError):
+                child.rmdir()
         with contextlib.suppress(OSError):
             stale.rmdir()
 

@@ -249,3 +249,25 @@ def test_bwrap_arguments_hide_secrets_and_keep_the_interpreter(tmp_path: Path) -
     assert json.loads(argv[5]) == {"rlimit_as": MIB}
     # The hidden folders come before what is shown again inside them.
     assert joined.index("--tmpfs /tmp") < joined.index(f"--bind {tmp_path}")
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def test_stale_cgroups_another_worker_removed_meanwhile_are_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers starting at once both clear the cgroups of dead workers: one may find a
+    # folder its glob listed already gone.
+    stale = tmp_path / f"hivemind-worker-{_dead_pid()}"
+    (stale / "task-1").mkdir(parents=True)
+    live = tmp_path / f"hivemind-worker-{os.getpid()}"
+    live.mkdir()
+    vanished = tmp_path / f"hivemind-worker-{_dead_pid()}"
+    listed = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*listed(self, pattern), vanished])
+    sandboxes._remove_stale(tmp_path)
+    assert not stale.exists() and live.exists()

@@ -87,6 +87,15 @@ def worker_heartbeat(ctx: Context) -> Finding:
         "check those hosts (network, load, the worker's log; a stopped process shows state T "
         "in ps); their tasks go back to the queue when their leases expire"
     )
+    # A heartbeat stamped ahead of this host's clock: the node pool's host and this one
+    # disagree on the time, and every age here is off by as much.
+    ahead = {
+        row.node_id: round(row.last_heartbeat - now, 1)
+        for row in watched
+        if row.last_heartbeat - now > interval
+    }
+    if ahead:
+        evidence["ahead_s"] = ahead
     if dead:
         names = ", ".join(f"{row.node_id} ({ages[row.node_id]}s, {_tasks(row)})" for row in dead)
         return Finding.fail(
@@ -108,6 +117,14 @@ def worker_heartbeat(ctx: Context) -> Finding:
         return Finding.warn(
             f"heartbeat older than 2 × {interval:g}s: {names}",
             "check those hosts (network, load, the worker's log)",
+            **evidence,
+        )
+    if ahead:
+        names = ", ".join(f"{node} ({skew}s ahead)" for node, skew in ahead.items())
+        return Finding.warn(
+            f"heartbeats stamped in the future, a clock skew between this host and the node "
+            f"pool's: {names}",
+            "sync the clocks (timedatectl status; chrony or systemd-timesyncd on every host)",
             **evidence,
         )
     oldest = max(ages.values())

@@ -14,6 +14,7 @@ from rich.table import Table
 from hivemind import __version__
 from hivemind.cli import backup as backup_commands
 from hivemind.cli import deploy as deploy_commands
+from hivemind.cli import drill as _drill  # noqa: F401 (registers `doctor drill`)
 from hivemind.cli import join as join_commands
 from hivemind.cli import playbook as playbook_commands
 from hivemind.cli import tasks as task_commands
