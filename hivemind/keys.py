@@ -42,6 +42,8 @@ HiveMind's own keys:
                                        may submit tasks that run it
 ``join:<sha256>``              string  an unused join token's grant (JSON: labels, node id),
                                        keyed by the SHA-256 of its secret; expires with it
+``housekeeping:lock``          string  the node pool that runs housekeeping now (its
+                                       instance id); expires unless it renews it
 =============================  ======  =====================================================
 """
 
@@ -58,6 +60,7 @@ TASKS_CONSTRAINED = "tasks:constrained"
 TASKS_ARCHIVE_PENDING = "tasks:archive_pending"
 DEADLINES = "deadlines"
 STATS_FINISHED = "stats:finished"
+HOUSEKEEPING_LOCK = "housekeeping:lock"
 
 # Prefixes, for the Lua scripts that build keys from ids.
 WORKER_PREFIX = "worker:"
@@ -128,7 +131,8 @@ def login_address_failures_key(address: str) -> str:
 
 
 #: What a backup holds: every key of the cluster's state, as KEYS patterns (exact names match
-#: themselves). ``login_failures:*`` is left out on purpose: a rate-limit window, not state.
+#: themselves). Left out on purpose: ``login_failures:*``, a rate-limit window, and
+#: ``housekeeping:lock``, which names a running process: neither is the cluster's state.
 BACKUP_KEY_PATTERNS: tuple[str, ...] = (
     WORKER_NODES,
     TASK_QUEUE,

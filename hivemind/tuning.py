@@ -60,6 +60,10 @@ SUBMIT_QUICK_WAIT = 2.0
 TIMEOUT_GRACE = 30.0
 #: Seconds between housekeeping passes (expired leases, lost workers, schedulability, archive).
 REAPER_INTERVAL = 1.0
+#: Milliseconds the housekeeping lock lives unless its node pool renews it (every pass): with
+#: several node pools on one Redis, one housekeeps, and another takes over this long after
+#: it stops without letting go (a stopping node pool lets go at once).
+HOUSEKEEPING_LOCK_MS = 3000
 #: Finished tasks the node pool archives to SQLite per slice, and the pause between slices.
 #: The archive is CPU work in the node pool's own process: calls in flight wait for the GIL
 #: while a slice runs, and a task's own scripts wait in Redis while a slice's script runs.

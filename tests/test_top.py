@@ -78,7 +78,18 @@ def test_one_frame_shows_every_worker_the_queue_and_the_slowest_task(
             client.cancel(task_id)
 
 
-def test_with_redis_down_it_still_renders_and_says_so(stack: Cluster) -> None:
+def test_with_the_node_pool_and_then_redis_down_it_still_renders_and_says_so(
+    stack: Cluster,
+) -> None:
+    r = stack.redis()
+    assert wait_until(lambda: len(r.hkeys(keys.WORKER_NODES)) == 2, 30)
+    nodepool = stack.pid("nodepool")
+    os.kill(nodepool, signal.SIGKILL)
+    assert wait_until(lambda: not _alive(nodepool), 10)
+    without_nodepool = Snapshot.from_dict(json.loads(stack.cli("top", "--once", "--json").stdout))
+    states = {s.name: s.state for s in without_nodepool.services}
+    assert states["node pool"] == "stopped" and states["redis"] == "healthy"
+    assert len(without_nodepool.workers) == 2  # Redis still has the cluster's state
     pid = stack.pid("redis")
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not _alive(pid), 10)

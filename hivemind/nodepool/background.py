@@ -3,9 +3,13 @@ the archive of finished tasks."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 
 import redis
 
@@ -20,9 +24,33 @@ from hivemind.worker_records import (
 log = logging.getLogger("hivemind.nodepool")
 
 
+# KEYS: the lock. ARGV: this node pool's id, ttl (ms). Takes the lock, or renews it when it
+# is ours: 1 when this node pool holds it now.
+_HOLD = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: the lock. ARGV: this node pool's id. Lets go of it only if it is ours.
+_LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class Housekeeper:
+    """The housekeeping passes. With several node pools on one Redis, only the one holding
+    ``housekeeping:lock`` runs them, so a pass never runs twice at once."""
+
     def __init__(self, state: NodePoolState) -> None:
         self.state = state
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holding = False
+        self._hold = state.redis.register_script(_HOLD)
+        self._let_go = state.redis.register_script(_LET_GO)
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
 
     def start(self) -> None:
@@ -30,11 +58,28 @@ class Housekeeper:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+        if self.holding:
+            with contextlib.suppress(redis.RedisError):
+                self._let_go(keys=[keys.HOUSEKEEPING_LOCK], args=[self.instance])
+            self.holding = False
+
+    def hold_lock(self) -> bool:
+        """Take or renew the housekeeping lock; True while this node pool holds it."""
+        held = bool(
+            self._hold(
+                keys=[keys.HOUSEKEEPING_LOCK], args=[self.instance, tuning.HOUSEKEEPING_LOCK_MS]
+            )
+        )
+        if held != self.holding:
+            log.info("housekeeping %s", "taken over here" if held else "done by another node pool")
+            self.holding = held
+        return held
 
     def _run(self) -> None:
         while not self.state.stopping.wait(tuning.REAPER_INTERVAL):
             try:
-                self.run_once()
+                if self.hold_lock():
+                    self.run_once()
             except redis.RedisError as exc:
                 log.warning("housekeeping skipped: redis: %s", exc)
             except Exception:

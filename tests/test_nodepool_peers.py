@@ -1,0 +1,64 @@
+"""Several node pools on one Redis: housekeeping runs in one of them at a time, so a lost
+worker's lease expires once and its task is requeued once; when that node pool stops, the
+other takes over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hivemind import keys
+from hivemind.client import function_spec
+from hivemind.config import Settings
+from tests.helpers import free_port, wait_until
+from tests.nodepool_support import Pool, node_pool_serving
+
+pytestmark = pytest.mark.slow
+
+
+def _events(pool: Pool, task_id: str) -> list[tuple[str, int]]:
+    history = pool.server.state.redis.lrange(keys.task_history_key(task_id), 0, -1)
+    return [(e["event"], e["attempt"]) for e in map(json.loads, history)]
+
+
+def _expiries(*pools: Pool) -> list[float]:
+    return [
+        sum(
+            s.value
+            for metric in p.server.state.metrics.lease_expiries.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+        for p in pools
+    ]
+
+
+def test_two_node_pools_requeue_a_lost_workers_task_once(settings: Settings) -> None:
+    first = settings.replace(grpc_host="127.0.0.1", heartbeat_interval=0.5)
+    second = first.replace(grpc_port=free_port(), nodepool_metrics_port=free_port())
+    with node_pool_serving(first) as a, node_pool_serving(second) as b:
+        pa, pb = Pool(a, first.client_address, first), Pool(b, second.client_address, second)
+        assert wait_until(lambda: a.housekeeper.holding or b.housekeeper.holding, 10)
+        assert not (a.housekeeper.holding and b.housekeeper.holding)
+        holder, other = (pa, pb) if a.housekeeper.holding else (pb, pa)
+
+        alice = pa.user("alice")
+        [task_id] = alice.submit([function_spec("hivemind.examples:add", [1, 2])])
+        lost = other.worker("w-lost")  # leases through the node pool that does not housekeep
+        [leased] = lost.lease(1, wait=2).tasks
+        assert leased.attempt == 1
+        # It goes silent: no heartbeat renews the lease, which expires after 1.5 s.
+        assert wait_until(lambda: ("requeued", 1) in _events(pa, task_id), 15)
+        assert _expiries(holder) == [1] and _expiries(other) == [0]
+
+        # The housekeeping node pool stops: the other takes over, and reaps the next one.
+        holder.server.stop(grace=1)
+        assert wait_until(lambda: other.server.housekeeper.holding, 10)
+        again = other.worker("w-lost-2")
+        [second_lease] = again.lease(1, wait=2).tasks
+        assert second_lease.attempt == 2
+        assert wait_until(lambda: ("requeued", 2) in _events(other, task_id), 15)
+        assert _expiries(other) == [1]
+        requeues = [event for event in _events(other, task_id) if event[0] == "requeued"]
+        assert requeues == [("requeued", 1), ("requeued", 2)]  # each lease expired once
