@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,52 +28,52 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 def prometheus_text(stats: dict[str, Any], workers: list[dict[str, Any]]) -> str:
-    lines: list[str] = []
+    """The cluster's figures in Prometheus's text format, written by prometheus_client."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import CollectorRegistry
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+    def families() -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "hivemind_queue_length", "Tasks waiting in the queue.", stats["queued"]
+        )
+        yield GaugeMetricFamily(
+            "hivemind_tasks_running", "Tasks holding a lease.", stats["running"]
+        )
+        finished = CounterMetricFamily(
+            "hivemind_tasks_finished", "Tasks that ended, by final status.", labels=["status"]
+        )
+        for state in TaskState:
+            if state.terminal:
+                finished.add_metric([state.value], stats[state.value.lower()])
+        yield finished
+        yield GaugeMetricFamily(
+            "hivemind_tasks_per_second",
+            "Tasks finished per second over the last five full minutes.",
+            stats["tasks_per_second"],
+        )
+        yield GaugeMetricFamily(
+            "hivemind_workers_live",
+            "Workers whose heartbeats arrive (status online).",
+            stats["workers_online"],
+        )
+        ages = GaugeMetricFamily(
+            "hivemind_worker_heartbeat_age_seconds",
+            "Seconds since each worker's last heartbeat.",
+            labels=["node", "status"],
+        )
+        for w in workers:
+            if w["heartbeat_age"] is not None:
+                ages.add_metric([w["node_id"], w["status"]], w["heartbeat_age"])
+        yield ages
 
-    metric("hivemind_queue_length", "gauge", "Tasks waiting in the queue.", [("", stats["queued"])])
-    metric("hivemind_tasks_running", "gauge", "Tasks holding a lease.", [("", stats["running"])])
-    metric(
-        "hivemind_tasks_finished_total",
-        "counter",
-        "Tasks that ended, by final status.",
-        [(f'{{status="{s.value}"}}', stats[s.value.lower()]) for s in TaskState if s.terminal],
-    )
-    metric(
-        "hivemind_tasks_per_second",
-        "gauge",
-        "Tasks finished per second over the last five full minutes.",
-        [("", stats["tasks_per_second"])],
-    )
-    metric(
-        "hivemind_workers_live",
-        "gauge",
-        "Workers whose heartbeats arrive (status online).",
-        [("", stats["workers_online"])],
-    )
-    # Node ids are plain words (the node pool checks them); quotes are escaped all the same.
-    metric(
-        "hivemind_worker_heartbeat_age_seconds",
-        "gauge",
-        "Seconds since each worker's last heartbeat.",
-        [
-            (_labels(node=w["node_id"], status=w["status"]), w["heartbeat_age"])
-            for w in workers
-            if w["heartbeat_age"] is not None
-        ],
-    )
-    return "\n".join(lines) + "\n"
+    class _Figures:
+        def collect(self) -> Iterator[Any]:
+            return families()
 
-
-def _labels(**values: str) -> str:
-    def escape(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in values.items()) + "}"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Figures())  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
