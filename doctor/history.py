@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,15 @@ def load_healthy(home: Path) -> Healthy | None:
 
 def record_if_healthy(report: Report, home: Path) -> bool:
     """Keep the report's findings as the last healthy ones when nothing failed. Atomic: a
-    reader sees the old file or the new one."""
+    reader sees the old file or the new one. A home that cannot be written (read-only, full)
+    keeps nothing: False, never an error, since the run itself has succeeded."""
+    try:
+        return _record(report, home)
+    except OSError:
+        return False
+
+
+def _record(report: Report, home: Path) -> bool:
     if not is_healthy(report) or not report.results:
         return False
     kept = load_healthy(home)
@@ -90,9 +99,14 @@ def record_if_healthy(report: Report, home: Path) -> bool:
         rows[result.id] = {**result.to_dict(), "started_at": report.started_at}
     path = healthy_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"schema": 1, "checks": list(rows.values())}, indent=1))
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".last-healthy-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps({"schema": 1, "checks": list(rows.values())}, indent=1))
+        os.replace(temporary, path)
+    except OSError:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return True
 
 

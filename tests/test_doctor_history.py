@@ -108,3 +108,9 @@ def test_after_one_fault_it_lists_exactly_that_check(stack: Cluster) -> None:
     table = stack.cli("doctor", "--since-healthy", *STEADY, check=False).stdout
     assert "redis.eviction_policy" in table and "ok → fail" in table
     assert "redis.persistence" not in table
+
+
+def test_a_home_that_cannot_be_written_keeps_nothing_and_raises_nothing(tmp_path: Path) -> None:
+    (tmp_path / "doctor").write_text("a file where the folder should be")
+    assert not record_if_healthy(report("t1", result("a.one", Status.OK)), tmp_path)
+    assert load_healthy(tmp_path) is None

@@ -102,7 +102,6 @@ def test_counters_match_the_task_store_after_100_tasks(
             ports.add(port)
             worker = scrape(port)
             assert set(worker) >= WORKER_NAMES
-            assert value(worker, "hivemind_worker_heartbeats_total", node=node_id) >= 0
             ran += value(worker, "hivemind_worker_tasks_total", node=node_id, outcome="succeeded")
             assert value(worker, "hivemind_worker_task_memory_bytes", node=node_id) > 0
         assert len(ports) == 2  # two workers on one host: one port each
@@ -148,14 +147,13 @@ def test_a_lost_worker_counts_one_lease_expiry_and_one_requeue(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     with started_cluster(redis_server, tmp_path, workers=2) as cluster, cluster.client() as client:
-        if True:
-            [task_id] = client.submit([function_spec("hivemind.examples:sleep", [30])])
-            assert wait_until(lambda: client.get(task_id).status == "RUNNING", 30)
-            os.kill(cluster.pid(f"worker-{client.get(task_id).worker}"), signal.SIGKILL)
-            assert wait_until(lambda: client.get(task_id).attempt == 2, 30)
-            port = int(cluster.env["HIVEMIND_NODEPOOL_METRICS_PORT"])
-            metrics = scrape(port)
-            expiries = "hivemind_nodepool_lease_expiries_total"
-            assert value(metrics, expiries, action="requeued") == 1
-            assert value(metrics, "hivemind_nodepool_requeues_total", reason="lease_expired") == 1
-            client.cancel(task_id)
+        [task_id] = client.submit([function_spec("hivemind.examples:sleep", [30])])
+        assert wait_until(lambda: client.get(task_id).status == "RUNNING", 30)
+        os.kill(cluster.pid(f"worker-{client.get(task_id).worker}"), signal.SIGKILL)
+        assert wait_until(lambda: client.get(task_id).attempt == 2, 30)
+        port = int(cluster.env["HIVEMIND_NODEPOOL_METRICS_PORT"])
+        metrics = scrape(port)
+        expiries = "hivemind_nodepool_lease_expiries_total"
+        assert value(metrics, expiries, action="requeued") == 1
+        assert value(metrics, "hivemind_nodepool_requeues_total", reason="lease_expired") == 1
+        client.cancel(task_id)

@@ -92,7 +92,7 @@ def drill(
     try:
         report = run_drill(chosen, progress=(lambda _r: None) if as_json else _progress, keep=keep)
     except KeyboardInterrupt:
-        fail("interrupted; the scratch stack was stopped and removed", 130)
+        fail("interrupted; the scratch stack was stopped", 130)
     if as_json:
         print_json(report.to_dict())
     else:

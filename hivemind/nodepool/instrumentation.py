@@ -37,7 +37,12 @@ class CallMetrics(grpc.ServerInterceptor):
 
     def observe(self, method: str, context: grpc.ServicerContext, began: float, ok: bool) -> None:
         code = context.code()  # type: ignore[attr-defined]
-        name = ("OK" if ok else "UNKNOWN") if code is None else code.name
+        if code is not None:
+            name = code.name
+        elif ok:
+            name = "OK"
+        else:  # the client went away mid-call (a stream it cancelled): not a server error
+            name = "UNKNOWN" if context.is_active() else "CANCELLED"
         self.metrics.rpc_total.labels(method, name).inc()
         self.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - began)
 
