@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from hivemind.config import Settings, effective_redis_url, redact_url
+from hivemind import redis_client
+from hivemind.config import Settings, redact_url
 from hivemind.errors import RemoteError
 from hivemind.paths import HomeLayout, layout
 from hivemind.remote import LocalRunner, Runner
@@ -99,8 +100,8 @@ class Context:
         """A client for REDIS_URL that has answered PING, or :class:`Unavailable`."""
 
         def connect() -> redis.Redis:
-            client = redis.Redis.from_url(
-                effective_redis_url(self.settings),
+            client = redis_client.connect(
+                self.settings,
                 socket_timeout=self.probe_timeout,
                 socket_connect_timeout=self.probe_timeout,
                 decode_responses=True,

@@ -47,6 +47,7 @@ CATEGORY_ORDER = (
     "firewall",
     "network",
     "redis",
+    "nodepool",
     "sqlite",
     "resources",
     "workers",

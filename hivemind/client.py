@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from hivemind import auth, tuning
+from hivemind.addresses import parse_addresses
 from hivemind.bundle import extract_archive
 from hivemind.errors import NodePoolError
 from hivemind.proto import hivemind_pb2 as pb
@@ -72,12 +74,67 @@ def rpc_error(exc: grpc.RpcError, address: str, secured: bool = False) -> NodePo
     return NodePoolError(details or code.name, code.name)
 
 
+def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target (and its options) for ``address``: one node pool as it is, or a
+    list ``a:50051,b:50051`` of interchangeable ones.
+
+    A list becomes an ``ipv4:`` (or ``ipv6:``) target of the addresses resolved now, in
+    order: gRPC's default policy (pick_first) uses the first that connects and moves down
+    the list when its connection drops. The authority, the name TLS checks, stays the
+    first address's host, so every node pool's certificate must carry it (TLS_HOSTS), or
+    TLS_SERVER_NAME names one they all carry.
+    """
+    if "," not in address:
+        return address, []
+    try:
+        pools = parse_addresses(address, 50051, "NODEPOOL_ADDRESS")
+    except ValueError as exc:
+        raise NodePoolError(str(exc), "CONFIG") from None
+    resolved: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    unresolved = []
+    for host, port in pools:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            unresolved.append(host)
+            continue
+        family, *_, sockaddr = min(infos, key=lambda info: info[0] != socket.AF_INET)
+        ip = sockaddr[0] if family == socket.AF_INET else f"[{sockaddr[0]}]"
+        resolved[family].append(f"{ip}:{port}")
+    # One target cannot mix the two schemes; IPv4 wins when both are there.
+    scheme, endpoints = next(
+        (
+            (name, resolved[family])
+            for name, family in (("ipv4", socket.AF_INET), ("ipv6", socket.AF_INET6))
+            if resolved[family]
+        ),
+        ("", []),
+    )
+    if not endpoints:
+        raise NodePoolError(
+            f"none of the node pools in NODEPOOL_ADDRESS={address!r} resolves "
+            f"({', '.join(unresolved)})",
+            "UNAVAILABLE",
+        )
+    first_host, first_port = pools[0]
+    authority = (
+        f"[{first_host}]:{first_port}" if ":" in first_host else f"{first_host}:{first_port}"
+    )
+    return f"{scheme}:{','.join(endpoints)}", [("grpc.default_authority", authority)]
+
+
 def open_channel(address: str, security: ChannelSecurity | None = None) -> grpc.Channel:
-    """A channel to the node pool: TLS trusting ``security``'s CA, or plaintext for None."""
+    """A channel to the node pool (or to the first answering of a list, see
+    :func:`channel_target`): TLS trusting ``security``'s CA, or plaintext for None."""
+    target, options = channel_target(address)
     if security is None:
-        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=[*CHANNEL_OPTIONS, *options])
+    if options and not security.server_name:
+        # The certificate is checked for the first address's host, whichever answers.
+        host = options[0][1].rpartition(":")[0].strip("[]")
+        options.append(("grpc.ssl_target_name_override", host))
     return grpc.secure_channel(
-        address, security.credentials(), options=[*CHANNEL_OPTIONS, *security.options()]
+        target, security.credentials(), options=[*CHANNEL_OPTIONS, *options, *security.options()]
     )
 
 

@@ -24,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from hivemind.addresses import parse_addresses, parse_sentinel_url
 from hivemind.errors import ConfigError
 
 CONFIG_FILE_NAME = "hivemind.toml"
@@ -45,11 +46,26 @@ class Settings:
     grpc_port: int = 50051
     #: Where clients and workers reach the node pool; empty means ``localhost:GRPC_PORT``.
     nodepool_address: str = ""
+    #: This node pool's name among several on one host (its log is
+    #: ``nodepool-<NAME>.log``); empty for the only one.
+    nodepool_name: str = ""
     master_host: str = "0.0.0.0"
     master_port: int = 5000
     #: Seconds a web console session lasts (never longer than its node pool token).
     master_session_ttl: float = 8 * 3600.0
+    #: One Redis (``redis://``, ``rediss://``, ``unix://``) or, through Sentinel,
+    #: ``redis+sentinel://[:PASSWORD@]HOST:26379,HOST:26379/MASTER_NAME[/DB]``.
     redis_url: str = "redis://localhost:6379/0"
+    #: Sentinels (``host:26379,host:26379``) to ask for the primary instead of REDIS_URL's
+    #: host; REDIS_URL still gives the db and password.
+    redis_sentinels: str = ""
+    #: The master the Sentinels watch (with REDIS_SENTINELS).
+    redis_master_name: str = "hivemind"
+    #: The data nodes `hivemind up --ha` starts (the first is the primary at first).
+    ha_redis_ports: str = "127.0.0.1:6379,127.0.0.1:6380,127.0.0.1:6381"
+    #: Through Sentinel, how long (ms) a submit or a completion waits for one replica to
+    #: hold it before it is acknowledged; 0 does not wait.
+    redis_wait_ms: int = 1000
     #: Seconds a task may run unless it says otherwise.
     task_timeout: float = 300.0
     #: Seconds between worker heartbeats.
@@ -205,6 +221,16 @@ def is_local_redis_url(url: str) -> bool:
         return False
 
 
+def _sends_local_password(url: str) -> bool:
+    """A Redis (or, for ``redis+sentinel://``, every Sentinel) on this machine: it may be
+    sent the password `hivemind up` generated here."""
+    if not url.startswith("redis+sentinel://"):
+        return is_local_redis_url(url)
+    hosts = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    names = [item.rpartition(":")[0] if ":" in item else item for item in hosts.split(",")]
+    return bool(names) and all(name in LOCAL_REDIS_HOSTS for name in names)
+
+
 def redis_password_file(settings: Settings) -> Path:
     """Where `hivemind up` keeps the password of the Redis it starts (mode 0600)."""
     from hivemind.paths import layout  # paths is a leaf module; imported late all the same
@@ -228,7 +254,7 @@ def redis_password_source(settings: Settings) -> str:
         return "REDIS_URL"
     if settings.redis_password:
         return "REDIS_PASSWORD"
-    if is_local_redis_url(settings.redis_url):
+    if _sends_local_password(settings.redis_url):
         path = redis_password_file(settings)
         if read_redis_password_file(path) is not None:
             return str(path)
@@ -249,7 +275,7 @@ def effective_redis_url(settings: Settings) -> str:
         return url
     if settings.redis_password:
         return redis_url_with_password(url, settings.redis_password)
-    if not is_local_redis_url(url):
+    if not _sends_local_password(url):
         return url
     password = read_redis_password_file(redis_password_file(settings))
     return redis_url_with_password(url, password) if password else url
@@ -314,13 +340,28 @@ def _validate(settings: Settings) -> Settings:
             'REQUIRE_CLIENT_CERT needs TLS: remove TLS = "off"',
         ),
         (
-            urlsplit(settings.redis_url).scheme in ("redis", "rediss", "unix"),
-            f"REDIS_URL must be a redis:// URL, got {redact_url(settings.redis_url)!r}",
+            urlsplit(settings.redis_url).scheme in ("redis", "rediss", "unix", "redis+sentinel"),
+            "REDIS_URL must be a redis:// or redis+sentinel:// URL, got "
+            f"{redact_url(settings.redis_url)!r}",
+        ),
+        (settings.redis_wait_ms >= 0, "REDIS_WAIT_MS must not be negative"),
+        (
+            bool(settings.redis_master_name) or not settings.redis_sentinels,
+            "REDIS_SENTINELS needs REDIS_MASTER_NAME",
         ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        if settings.redis_url.startswith("redis+sentinel://"):
+            parse_sentinel_url(settings.redis_url)
+        if settings.redis_sentinels:
+            parse_addresses(settings.redis_sentinels, 26379, "REDIS_SENTINELS")
+        if "," in settings.nodepool_address:
+            parse_addresses(settings.nodepool_address, settings.grpc_port, "NODEPOOL_ADDRESS")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return settings
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivemind import redis_client
 from hivemind.auth import b64_unpadded, b64_unpadded_decode
 from hivemind.config import CONFIG_FILE_NAME, Settings
 from hivemind.errors import HivemindError
@@ -377,7 +378,6 @@ def issue_join_token(
 
     from hivemind import keys
     from hivemind.auth import load_secret
-    from hivemind.config import effective_redis_url
     from hivemind.tls import fingerprint, server_uses_tls, tls_files
 
     if not server_uses_tls(settings):
@@ -396,7 +396,7 @@ def issue_join_token(
         else ""
     )
     token = new_token(dial, fingerprint(ca.read_bytes()), ttl, labels, node_id, enroll)
-    client = redis.Redis.from_url(effective_redis_url(settings))
+    client = redis_client.connect(settings)
     try:
         client.set(
             keys.join_key(token.secret_digest), Grant(labels, node_id).to_json(), px=int(ttl * 1000)

@@ -44,6 +44,9 @@ HiveMind's own keys:
                                        keyed by the SHA-256 of its secret; expires with it
 ``housekeeping:lock``          string  the node pool that runs housekeeping now (its
                                        instance id); expires unless it renews it
+``nodepool:events``           pubsub  channel: what one node pool tells the others (work
+                                       queued, tasks ended, logs written), to wake their
+                                       long polls (:mod:`hivemind.nodepool.relay`)
 =============================  ======  =====================================================
 """
 
@@ -61,6 +64,7 @@ TASKS_ARCHIVE_PENDING = "tasks:archive_pending"
 DEADLINES = "deadlines"
 STATS_FINISHED = "stats:finished"
 HOUSEKEEPING_LOCK = "housekeeping:lock"
+NODEPOOL_EVENTS = "nodepool:events"
 
 # Prefixes, for the Lua scripts that build keys from ids.
 WORKER_PREFIX = "worker:"
@@ -132,7 +136,8 @@ def login_address_failures_key(address: str) -> str:
 
 #: What a backup holds: every key of the cluster's state, as KEYS patterns (exact names match
 #: themselves). Left out on purpose: ``login_failures:*``, a rate-limit window, and
-#: ``housekeeping:lock``, which names a running process: neither is the cluster's state.
+#: ``housekeeping:lock``, which names a running process, and the ``nodepool:events``
+#: channel, which holds nothing: none is the cluster's state.
 BACKUP_KEY_PATTERNS: tuple[str, ...] = (
     WORKER_NODES,
     TASK_QUEUE,

@@ -48,6 +48,10 @@ class HomeLayout:
     def nodepool_log(self) -> Path:
         return self.node_pool / "logs" / "nodepool.log"
 
+    def named_nodepool_log(self, name: str) -> Path:
+        """The log of node pool NODEPOOL_NAME ``name`` (one of several on a host)."""
+        return self.nodepool_log.with_name(f"nodepool-{name}.log") if name else self.nodepool_log
+
     @property
     def master_log(self) -> Path:
         return self.root / "master" / "logs" / "master.log"

@@ -27,6 +27,12 @@ import redis
 
 from hivemind.config import LOCAL_REDIS_HOSTS, redact_url
 from hivemind.errors import StackError
+from hivemind.redis_client import (
+    SENTINEL_SCHEME,
+    RedisUnreachable,
+    parse_sentinel_url,
+    primary_client,
+)
 from hivemind.supervisor import EventSink, ServiceSpec, read_pidfile, running_pid, start_service
 
 REDIS_BINARY = "redis-server"
@@ -55,8 +61,8 @@ class Answer(enum.Enum):
 def redis_reply(url: str, timeout: float = 1.0) -> tuple[Answer, str]:
     """How a Redis at ``url`` answers a PING, and the error it gave ("" for PONG)."""
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    except ValueError as exc:
+        client = _client_for(url, timeout)
+    except (ValueError, RedisUnreachable) as exc:
         return Answer.SILENT, str(exc)
     try:
         client.ping()
@@ -71,6 +77,14 @@ def redis_reply(url: str, timeout: float = 1.0) -> tuple[Answer, str]:
     finally:
         client.close()
     return Answer.PONG, ""
+
+
+def _client_for(url: str, timeout: float) -> redis.Redis:
+    """A client of ``url``'s Redis; for ``redis+sentinel://``, of the primary the first
+    answering Sentinel names (no retries: a probe must be quick)."""
+    if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return primary_client(parse_sentinel_url(url), timeout)
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:

@@ -8,7 +8,9 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hivemind import redis_client
 from hivemind.client import open_channel
+from hivemind.config import Settings
 from hivemind.keys import worker_key
 from hivemind.tls import ChannelSecurity
 
@@ -27,11 +29,10 @@ def grpc_serving(
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def worker_online(redis_url: str, node_id: str, timeout: float = 1.0) -> bool:
-    """True when the worker's Redis hash says ``status`` = online (``redis_url`` with its
-    password: :func:`hivemind.config.effective_redis_url`)."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+def worker_online(settings: Settings, node_id: str, timeout: float = 1.0) -> bool:
+    """True when the worker's Redis hash says ``status`` = online."""
+    client = redis_client.connect(
+        settings, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
     )
     try:
         return bool(client.hget(worker_key(node_id), "status") == "online")

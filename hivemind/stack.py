@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hivemind import ha_stack
 from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import (
     ENV_PREFIX,
@@ -35,6 +36,7 @@ from hivemind.config import (
 )
 from hivemind.errors import StackError
 from hivemind.paths import HomeLayout, layout
+from hivemind.redis_client import describe_redis, sentinel_target
 from hivemind.redis_server import (
     Answer,
     ensure_password_file,
@@ -192,6 +194,8 @@ def _ensure_redis(settings: Settings, home: HomeLayout, timeout: float, emit: Ev
         return
     if answer is Answer.REFUSED:
         raise StackError(_refused(settings, home, error))
+    if sentinel_target(settings) is not None:
+        raise StackError(f"no Redis primary through {describe_redis(settings)}: {error}")
     plain = settings.redis_url
     if url_password(plain) is None and not settings.redis_password and is_local_redis_url(plain):
         # Our own Redis gets a password: generated once (0600), reused by every later start.
@@ -239,21 +243,24 @@ def up(
     *,
     config: str | os.PathLike[str] | None = None,
     launcher: Sequence[str] = DEFAULT_LAUNCHER,
+    ha: bool = False,
 ) -> StackStatus:
     """Start Redis (unless one answers), the node pool, the master and ``workers`` workers.
 
     Services already running are left alone. Each gets ``timeout`` seconds to become
     healthy. ``config`` is passed on to the node pool as ``--config``; ``launcher`` is the
-    command that runs ``hivemind`` subcommands.
+    command that runs ``hivemind`` subcommands. ``ha``: three Redis, three Sentinels and
+    two node pools instead (:mod:`hivemind.ha_stack`); ``settings`` must then be the ones
+    :func:`hivemind.ha_stack.ha_settings` gives.
     """
     if workers < 0:
         raise StackError(f"the number of workers must not be negative, got {workers}")
     emit = on_event or _ignore
     home = layout(settings.home).ensure()
     with _stack_lock(home):
-        _record_shape(home, workers, config)
+        _record_shape(home, workers, config, ha)
         for service in STACK_SERVICES:
-            _start_one(settings, home, service, workers, timeout, emit, config, launcher)
+            _start_one(settings, home, service, workers, timeout, emit, config, launcher, ha)
     return status(settings)
 
 
@@ -265,10 +272,16 @@ def _shape_file(home: HomeLayout) -> Path:
     return home.run / "stack.json"
 
 
-def _record_shape(home: HomeLayout, workers: int, config: str | os.PathLike[str] | None) -> None:
+def _record_shape(
+    home: HomeLayout, workers: int, config: str | os.PathLike[str] | None, ha: bool
+) -> None:
     """What `up` was asked for, so a recovery can start the same stack after a crash that
     also lost pid files."""
-    shape = {"workers": workers, "config": str(Path(config).absolute()) if config else None}
+    shape = {
+        "workers": workers,
+        "config": str(Path(config).absolute()) if config else None,
+        "ha": ha,
+    }
     _shape_file(home).write_text(json.dumps(shape) + "\n", encoding="utf-8")
 
 
@@ -282,6 +295,7 @@ def recorded_shape(settings: Settings) -> dict[str, Any]:
     return {
         "workers": workers if isinstance(workers, int) and workers >= 0 else 1,
         "config": shape.get("config") if isinstance(shape.get("config"), str) else None,
+        "ha": shape.get("ha") is True,
     }
 
 
@@ -294,9 +308,15 @@ def _start_one(
     emit: EventSink,
     config: str | os.PathLike[str] | None,
     launcher: Sequence[str],
+    ha: bool = False,
 ) -> None:
     if service == "redis":
-        _ensure_redis(settings, home, timeout, emit)
+        if ha:
+            ha_stack.start_redis_set(
+                settings, home, ha_stack.ha_settings(settings)[1], timeout, emit
+            )
+        else:
+            _ensure_redis(settings, home, timeout, emit)
         return
     env = child_environment(settings)
     if service == "nodepool":
@@ -306,6 +326,14 @@ def _start_one(
             if made:
                 emit(f"TLS: {made}")
         extra = ["--config", str(Path(config).absolute())] if config else []
+        if ha:
+            planned = ha_stack.ha_settings(settings)[1]
+            argv = [*launcher, "nodepool", *extra]
+            specs = ha_stack.nodepool_specs(
+                settings, home, planned, child_environment, argv, _console
+            )
+            start_services(specs, timeout, emit)
+            return
         nodepool = ServiceSpec(
             name="node pool",
             argv=[*launcher, "nodepool", *extra],
@@ -359,6 +387,7 @@ def start_named(
             on_event or _ignore,
             shape["config"],
             launcher,
+            shape["ha"],
         )
 
 
@@ -388,7 +417,6 @@ def _worker_specs(
     launcher: Sequence[str],
 ) -> list[ServiceSpec]:
     specs = []
-    redis_url = effective_redis_url(settings)
     for number in range(1, count + 1):
         node_id = f"local-{number}"
         pidfile = _pidfile(home, f"worker-{node_id}")
@@ -408,7 +436,7 @@ def _worker_specs(
                 argv=[*launcher, "worker", "--node-id", node_id],
                 log=_worker_console(home, node_id),
                 pidfile=pidfile,
-                health=lambda node_id=node_id: worker_online(redis_url, node_id),
+                health=lambda node_id=node_id: worker_online(settings, node_id),
                 env=worker_env,
             )
         )
@@ -433,6 +461,9 @@ def down(settings: Settings, on_event: EventSink | None = None) -> StackStatus:
                 pidfile = _pidfile(home, service)
                 if pidfile.exists():
                     results += stop_services([pidfile], 10.0, emit)
+                if service == "nodepool":  # the rest of an `up --ha`, in its own order
+                    for pidfile in ha_stack.recorded_pidfiles(home):
+                        results += stop_services([pidfile], 10.0, emit)
     if not results:
         emit("nothing to stop: `hivemind up` started nothing that is still recorded")
     after = status(settings)
@@ -475,13 +506,16 @@ def status(settings: Settings) -> StackStatus:
     if not redis_state.running:
         redis_state.detail += f"; no Redis answers at {shown}"
 
+    own_address = settings.client_address.split(",")[0]  # of a list, the first is this one
+
     def nodepool_health() -> bool:
-        return grpc_serving(settings.client_address, security=client_security(settings))
+        return grpc_serving(own_address, security=client_security(settings))
 
     nodepool = service_state(
         "node pool", _pidfile(home, "nodepool"), nodepool_health, _console(home.nodepool_log)
     )
-    services = [redis_state, _with_outsider(nodepool, nodepool_health, settings.client_address)]
+    services = [redis_state, _with_outsider(nodepool, nodepool_health, own_address)]
+    services += ha_stack.service_states(settings, home)
 
     if master_installed():
 
@@ -503,7 +537,7 @@ def status(settings: Settings) -> StackStatus:
             service_state(
                 f"worker {node_id}",
                 pidfile,
-                lambda node_id=node_id: worker_online(url, node_id),
+                lambda node_id=node_id: worker_online(settings, node_id),
                 _worker_console(home, node_id),
             )
         )

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from hivemind import keys
-from hivemind.config import Settings, effective_redis_url
+from hivemind import keys, redis_client
+from hivemind.config import Settings
 from hivemind.states import TERMINAL_STATES
 
 #: Most queued tasks whose labels a snapshot reads; a deeper queue is counted, not grouped.
@@ -113,8 +113,8 @@ def take_snapshot(settings: Settings, timeout: float = 1.0) -> Snapshot:
             shown = "healthy" if state.healthy else "running" if state.running else "stopped"
         services.append(Service(state.name, shown, state.detail))
     snapshot = Snapshot(socket.gethostname(), time.time(), services)
-    client = redis.Redis.from_url(
-        effective_redis_url(settings),
+    client = redis_client.connect(
+        settings,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

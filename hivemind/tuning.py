@@ -64,6 +64,19 @@ REAPER_INTERVAL = 1.0
 #: several node pools on one Redis, one housekeeps, and another takes over this long after
 #: it stops without letting go (a stopping node pool lets go at once).
 HOUSEKEEPING_LOCK_MS = 3000
+#: Seconds a Redis command keeps being retried through Sentinel, to outlast a failover
+#: (Sentinel's down-after time plus its election; a few seconds with `hivemind up --ha`).
+REDIS_FAILOVER_SECONDS = 15.0
+#: Milliseconds without an answer before a Sentinel calls the primary down: `up --ha` (one
+#: machine, loopback) and the installed units (real hosts, real networks). Not less: on a
+#: loaded 2-core machine a new primary once missed 1 s of PINGs and was failed over again.
+SENTINEL_DOWN_AFTER_MS_LOCAL = 2000
+SENTINEL_DOWN_AFTER_MS = 5000
+#: Sentinel's failover timeout (ms): how long before a stalled failover is tried again.
+SENTINEL_FAILOVER_TIMEOUT_MS = 10000
+#: Seconds a replica may lag before the primary stops counting it for
+#: ``min-replicas-to-write`` (and so refuses writes when none is left).
+MIN_REPLICAS_MAX_LAG = 10
 #: Finished tasks the node pool archives to SQLite per slice, and the pause between slices.
 #: The archive is CPU work in the node pool's own process: calls in flight wait for the GIL
 #: while a slice runs, and a task's own scripts wait in Redis while a slice's script runs.

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import redis
 
-from hivemind import __version__
-from hivemind.config import Settings, effective_redis_url
+from hivemind import __version__, redis_client
+from hivemind.config import Settings
 from hivemind.errors import HivemindError, UsageError
 from hivemind.paths import HomeLayout, layout
 from hivemind.userdb import SCHEMA_VERSION, schema_version
@@ -183,9 +183,7 @@ def create_backup(
             f"{home.users_db} has schema {db_version}, newer than this HiveMind "
             f"({SCHEMA_VERSION}); back it up with the HiveMind that wrote it"
         )
-    client = redis.Redis.from_url(
-        effective_redis_url(settings), socket_timeout=30, socket_connect_timeout=5
-    )
+    client = redis_client.connect(settings, socket_timeout=30, socket_connect_timeout=5)
     try:
         _report(progress, "redis", 0, 1)
         entries = redis_dump.snapshot(client)

@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import redis
-
-from hivemind import stack
-from hivemind.config import Settings, effective_redis_url
+from hivemind import redis_client, stack
+from hivemind.config import Settings
 from hivemind.errors import HivemindError
 from hivemind.paths import layout
 from hivemind.taskstore import TaskStore
@@ -211,9 +209,7 @@ def _swap_in(
     aside: Path,
     entries: list[redis_dump.KeyEntry],
 ) -> list[str]:
-    client = redis.Redis.from_url(
-        effective_redis_url(settings), socket_timeout=60, socket_connect_timeout=5
-    )
+    client = redis_client.connect(settings, socket_timeout=60, socket_connect_timeout=5)
     try:
         previous = redis_dump.snapshot(client)
         (aside / "redis.json").write_bytes(redis_dump.dumps(previous))

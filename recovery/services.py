@@ -25,6 +25,8 @@ UNITS = {"redis": "redis-server", "nodepool": "hivemind-nodepool", "master": "hi
 WORKER_UNIT = "hivemind-worker@"
 #: The stack's own names (stack.status) for our service names.
 _STATUS_NAMES = {"redis": "redis", "nodepool": "node pool", "master": "master"}
+#: The names of an `up --ha` stack's parts of each service, before their port.
+_HA_PARTS = {"redis": ("redis", "sentinel"), "nodepool": ("node pool",)}
 
 
 def systemd_running() -> bool:
@@ -72,12 +74,21 @@ class ServiceControl:
             if healthy >= wanted:
                 return "healthy"
             return "running" if any(s.running for s in workers) else "stopped"
-        for svc in status.services:
-            if svc.name == _STATUS_NAMES[service]:
-                if not svc.enabled:
-                    return "not-installed"
-                return "healthy" if svc.healthy else "running" if svc.running else "stopped"
-        return "stopped"
+        # With `up --ha` a service is several: "redis 6380", "sentinel 26379", "node pool
+        # 127.0.0.1:50053" …; it is healthy only when all of them are.
+        parts = [
+            svc
+            for svc in status.services
+            if svc.name == _STATUS_NAMES[service]
+            or svc.name.startswith(tuple(f"{prefix} " for prefix in _HA_PARTS.get(service, ())))
+        ]
+        if not parts:
+            return "stopped"
+        if not all(svc.enabled for svc in parts):
+            return "not-installed"
+        if all(svc.healthy for svc in parts):
+            return "healthy"
+        return "running" if any(svc.running for svc in parts) else "stopped"
 
     def states(self, services: list[str]) -> dict[str, str]:
         return {service: self.state(service) for service in services}

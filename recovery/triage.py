@@ -16,6 +16,7 @@ from typing import Any
 
 from doctor import Report, Status, run_doctor
 from hivemind.config import Settings
+from hivemind.stack import recorded_shape
 from recovery.engine import RunOptions, run_playbook
 from recovery.loader import load_playbook
 from recovery.model import HostRun
@@ -33,9 +34,18 @@ RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("tasks.stuck", ("warn", "fail"), "requeue-stuck"),
     ("tasks.orphaned", ("warn", "fail"), "sync-data"),
     ("data.consistency", ("fail",), "sync-data"),
+    # The HA layout: a data node, a Sentinel or one node pool of several is down.
+    ("redis.replication", ("warn", "fail"), "recover"),
+    ("redis.sentinel", ("warn", "fail"), "recover"),
+    ("nodepool.peers", ("warn", "fail"), "recover"),
 )
 #: The order playbooks run in: the database, the services, then the cluster's state.
-ORDER = ("rebuild-db", "recover", "reset-stale-workers", "requeue-stuck", "sync-data")
+ORDER = (
+    "rebuild-db", "recover", "ha-recover", "reset-stale-workers", "requeue-stuck", "sync-data"
+)  # fmt: skip
+#: On a stack `up --ha` started, "recover" restarts only what is down and leaves the data
+#: to Redis and Sentinel: stopping everything would end the failover it exists for.
+HA_PLAYBOOKS = {"recover": "ha-recover"}
 MAX_ROUNDS = 3
 
 
@@ -45,10 +55,12 @@ class Choice:
     because: list[str]
 
 
-def choose(report: Report, skip: Sequence[str] = ()) -> list[Choice]:
-    """The playbooks ``report`` calls for, in :data:`ORDER`, leaving out ``skip``."""
+def choose(report: Report, skip: Sequence[str] = (), ha: bool = False) -> list[Choice]:
+    """The playbooks ``report`` calls for, in :data:`ORDER`, leaving out ``skip``; ``ha``:
+    for a stack `up --ha` started (:data:`HA_PLAYBOOKS`)."""
     reasons: dict[str, list[str]] = {}
-    for check_id, statuses, playbook in RULES:
+    for check_id, statuses, rule_playbook in RULES:
+        playbook = HA_PLAYBOOKS.get(rule_playbook, rule_playbook) if ha else rule_playbook
         try:
             result = report.result(check_id)
         except KeyError:
@@ -143,7 +155,8 @@ def recover(
     began = time.monotonic()
     report = run_doctor(settings)
     result = RecoverReport(socket.gethostname(), dry_run, _counts(report), _failing(report))
-    chosen = [Choice(name, ["asked for"]) for name in playbooks] or choose(report)
+    ha = recorded_shape(settings)["ha"]
+    chosen = [Choice(name, ["asked for"]) for name in playbooks] or choose(report, ha=ha)
     # Every playbook is read and checked before the first one runs.
     loaded = {c.playbook: load_playbook(c.playbook) for c in chosen}
     if not chosen:
@@ -165,7 +178,7 @@ def recover(
         if dry_run:
             break
         report = run_doctor(settings)
-        chosen = [] if playbooks else choose(report, skip=sorted(done))
+        chosen = [] if playbooks else choose(report, skip=sorted(done), ha=ha)
         if not chosen:
             break
     if not dry_run:

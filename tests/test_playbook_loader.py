@@ -25,7 +25,7 @@ from tests.helpers import REPO_ROOT
 
 SHIPPED = {
     "recover", "restart", "requeue-stuck", "reset-stale-workers", "sync-data", "rebuild-db",
-    "redis-harden", "open-firewall", "swap",
+    "redis-harden", "open-firewall", "swap", "ha-recover",
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from hivemind.taskstore.lua import LuaScript, ScriptConnections
+from hivemind.taskstore.lua import LuaScript, NotReplicated, ScriptConnections
 
 ECHO = "return ARGV[1]"
 # Busy for ARGV[1] microseconds, then replies "late".
@@ -73,3 +73,20 @@ def test_a_timed_out_call_leaves_no_late_reply_for_the_next_call(redis_url: str)
     time.sleep(0.7)  # the slow script has now finished and its reply has been sent
     assert echo(["fresh"]) == "fresh"
     connections.close()
+
+
+def test_a_durable_write_no_replica_confirms_is_not_acknowledged(redis_url: str) -> None:
+    """Through Sentinel, a submit or completion waits for a replica (WAIT). This Redis has
+    none: the write is refused with NotReplicated (and would be retried across a failover)
+    instead of being acknowledged as safe."""
+    client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
+    missing: list[int] = []
+    durable = LuaScript(
+        ScriptConnections(client), ECHO, durable=(1, 50), unreplicated=missing.append
+    )
+    began = time.monotonic()
+    with pytest.raises(NotReplicated, match="no replica confirmed the write within 50 ms"):
+        durable(["x"])
+    assert missing == [0]
+    assert time.monotonic() - began >= 0.05  # it did wait for WAIT's timeout
+    assert LuaScript(ScriptConnections(client), ECHO)(["x"]) == b"x"  # not durable: no WAIT

@@ -13,13 +13,13 @@ import redis
 from doctor.cluster import live_workers
 from doctor.context import Context, Unavailable
 from doctor.fixes import Action, fixer
-from doctor.model import Finding
+from doctor.model import Finding, Status
 from doctor.probes.grpc_peer import parse_grpc_peer
 from doctor.probes.sockets import ListeningSocket, listeners_on, parse_proc_net_tcp
 from doctor.registry import check
 from doctor.services import start_command, systemd_unit
-from hivemind import stack
-from hivemind.config import effective_redis_url, redact_url, redis_password_source
+from hivemind import redis_client, stack
+from hivemind.config import redact_url, redis_password_source
 from hivemind.service_health import grpc_serving
 from hivemind.stack import STACK_SERVICES
 from hivemind.tls import client_security
@@ -28,7 +28,8 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
+    """``host:port``; of a NODEPOOL_ADDRESS list, the first."""
+    host, _, port = address.split(",")[0].strip().rpartition(":")
     return host.strip("[]") or "localhost", int(port)
 
 
@@ -47,7 +48,16 @@ def connect_ms(host: str, port: int, timeout: float) -> float:
     fixable=True,
 )
 def nodepool_port(ctx: Context) -> Finding:
-    address = ctx.settings.client_address
+    # Of a list of node pools, the first that serves will do (nodepool.peers checks all).
+    finding = Finding.fail("NODEPOOL_ADDRESS names no node pool", "set NODEPOOL_ADDRESS")
+    for address in ctx.settings.client_address.split(","):
+        finding = _nodepool_serving(ctx, address.strip())
+        if finding.status is Status.OK:
+            break
+    return finding
+
+
+def _nodepool_serving(ctx: Context, address: str) -> Finding:
     host, port = split_address(address)
     fix = f"start the node pool: {start_command('nodepool')}"
     try:
@@ -104,8 +114,8 @@ def master_port(ctx: Context) -> Finding:
 def redis_port(ctx: Context) -> Finding:
     url = redact_url(ctx.settings.redis_url)
     source = redis_password_source(ctx.settings)
-    client = redis.Redis.from_url(
-        effective_redis_url(ctx.settings),
+    client = redis_client.connect(
+        ctx.settings,
         socket_timeout=ctx.probe_timeout,
         socket_connect_timeout=ctx.probe_timeout,
     )

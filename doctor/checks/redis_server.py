@@ -18,6 +18,7 @@ from doctor.model import Finding, Status
 from doctor.probes import redis_info as probe
 from doctor.registry import check
 from hivemind.config import effective_redis_url, redis_password_source, url_password
+from hivemind.redis_client import RedisUnreachable, locate_primary, sentinel_target
 
 #: PINGs in the latency burst (p99 of 100 ignores one hiccup), cut short after PING_BUDGET_S so
 #: a far-away Redis does not eat the check's timeout.
@@ -38,21 +39,39 @@ FRAGMENTATION_MIN_USED = 100 * 1024**2
 def redis_cli(ctx: Context) -> str:
     """The ``redis-cli`` prefix that reaches the configured Redis (password never inlined:
     ``--askpass``, or REDISCLI_AUTH read from the password file `hivemind up` wrote)."""
-    url = urlsplit(ctx.settings.redis_url)
     source = redis_password_source(ctx.settings)
     parts = ["redis-cli"]
     if source not in ("", "REDIS_URL", "REDIS_PASSWORD"):
         parts.insert(0, f'REDISCLI_AUTH="$(cat {shlex.quote(source)})"')
-    if url.scheme == "unix":
-        parts += ["-s", url.path]
+    host, port, socket_path = _redis_endpoint(ctx)
+    if socket_path:
+        parts += ["-s", socket_path]
     else:
-        if url.hostname and url.hostname not in ("localhost", "127.0.0.1"):
-            parts += ["-h", url.hostname]
-        if url.port and url.port != 6379:
-            parts += ["-p", str(url.port)]
+        if host and host not in ("localhost", "127.0.0.1"):
+            parts += ["-h", host]
+        if port and port != 6379:
+            parts += ["-p", str(port)]
     if source in ("REDIS_URL", "REDIS_PASSWORD"):
         parts.append("--askpass")
     return " ".join(parts)
+
+
+def _redis_endpoint(ctx: Context) -> tuple[str | None, int | None, str]:
+    """(host, port, unix socket path) of the Redis the checks talk to: through Sentinel,
+    the primary it names now (or, when none answers, the first Sentinel)."""
+    target = sentinel_target(ctx.settings)
+    if target is not None:
+        try:
+            return (*locate_primary(target, ctx.probe_timeout), "")
+        except RedisUnreachable:
+            return (*target.sentinels[0], "")
+    url = urlsplit(ctx.settings.redis_url)
+    if url.scheme == "unix":
+        return None, None, url.path
+    try:
+        return url.hostname, url.port, ""
+    except ValueError:  # a bad port: the config check reports it
+        return url.hostname, None, ""
 
 
 @check(

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import redis
 
-from hivemind import stack
+from hivemind import redis_client, stack
 from hivemind.auth import signer_for
 from hivemind.bootstrap import ADMIN_USERNAME
 from hivemind.client import Client
-from hivemind.config import Settings, effective_redis_url, load_settings
+from hivemind.config import Settings, load_settings
 from hivemind.paths import HomeLayout, layout
 
 #: Size of the tmpfs the home sits on, when one can be mounted: big enough that its free
@@ -60,9 +60,7 @@ class Scratch:
         return layout(self.settings.home)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            effective_redis_url(self.settings), decode_responses=True, socket_timeout=5
-        )
+        return redis_client.connect(self.settings, decode_responses=True, socket_timeout=5)
 
     def pid(self, service: str) -> int:
         """The pid a pid file of ``run/`` names (``nodepool``, ``worker-w1``, ``redis``…)."""

@@ -88,16 +88,29 @@ def version() -> None:
 def up(
     workers: int = typer.Option(1, metavar="N", help="Workers to start."),
     foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops everything."),
+    ha: bool = typer.Option(
+        False,
+        "--ha",
+        help="High availability on this machine: 3 Redis, 3 Sentinels and 2 node pools.",
+    ),
 ) -> None:
     """Start Redis (if none answers), the node pool and workers; return when all are healthy."""
     from hivemind import stack
     from hivemind.bootstrap import ensure_admin
 
     s = settings()
+    if ha:
+        if foreground:
+            fail("--ha runs in the background; leave out --foreground")
+        from hivemind import ha_stack
+
+        s, note = ha_stack.prepare(s)
+        if note:
+            _line(escape(note))
     boot = ensure_admin(s)
     if foreground:
         raise typer.Exit(stack.run_foreground(s, workers))
-    status = stack.up(s, workers=workers, on_event=lambda line: _line(escape(line)))
+    status = stack.up(s, workers=workers, on_event=lambda line: _line(escape(line)), ha=ha)
     _render_stack(status)
     if boot.admin_created:
         _line(f"created user [bold]admin[/]; its password is in {escape(str(boot.password_file))}")

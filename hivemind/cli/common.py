@@ -17,6 +17,7 @@ import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 
 from hivemind.client import Client
 from hivemind.config import Settings, load_settings
@@ -105,7 +106,8 @@ def client(settings_: Settings | None = None) -> Client:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # The message is plain text: an error may quote "[/DB]" or a path in brackets.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 

@@ -15,10 +15,10 @@ from typing import TypeVar
 import grpc
 import redis
 
-from hivemind import keys, tuning
+from hivemind import keys, redis_client, tuning
 from hivemind.auth import AuthError, Identity, TokenSigner, signer_for
 from hivemind.client_certs import PeerNodes
-from hivemind.config import Settings, effective_redis_url
+from hivemind.config import Settings
 from hivemind.metrics import NodePoolMetrics
 from hivemind.nodepool.blobs import BlobStore
 from hivemind.paths import layout
@@ -40,15 +40,19 @@ class Notifier:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        #: Tells the other node pools (:class:`~hivemind.nodepool.relay.PeerRelay`).
+        self.relay: Callable[[], None] | None = None
 
     @property
     def generation(self) -> int:
         return self._generation
 
-    def notify(self) -> None:
+    def notify(self, *, from_peer: bool = False) -> None:
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
+        if self.relay is not None and not from_peer:
+            self.relay()
 
     def wait(self, seen: int, timeout: float) -> int:
         """Block until the generation moves past ``seen`` or ``timeout`` passes."""
@@ -79,12 +83,16 @@ class QueueSignal:
         self._generation = 0
         self._waiters: deque[LeaseWaiter] = deque()  # longest waiting first
         self._empty_at: tuple[int, float] | None = None  # (generation, monotonic time)
+        #: Tells the other node pools (:class:`~hivemind.nodepool.relay.PeerRelay`).
+        self.relay: Callable[[int | None], None] | None = None
 
     @property
     def generation(self) -> int:
         return self._generation
 
-    def notify(self, count: int | None = None, left_empty: int | None = None) -> None:
+    def notify(
+        self, count: int | None = None, left_empty: int | None = None, *, from_peer: bool = False
+    ) -> None:
         """Wake ``count`` waiters (longest waiting first), or all of them when None.
 
         Work that any worker can take needs one lease call per task, not every idle worker's
@@ -101,6 +109,8 @@ class QueueSignal:
             woken = len(self._waiters) if count is None else min(count, len(self._waiters))
             for _ in range(woken):
                 self._waiters.popleft().woken.set()
+        if self.relay is not None and not from_peer and (count is None or count > 0):
+            self.relay(count)
 
     def wait(self, seen: int, timeout: float, ask: LeaseAsk) -> list[Lease]:
         """Block until the generation moves past ``seen`` or ``timeout`` passes. Returns the
@@ -172,14 +182,21 @@ class FinishedLog(Notifier):
         self._held = 0
         self._latest: dict[str, Record] = {}  # each held task's newest hash
         self._keep_records = keep_records
+        self.relay_ended: Callable[[list[str] | None], None] | None = None
 
     def notify(
-        self, task_ids: Iterable[str] | None = None, records: dict[str, Record] | None = None
+        self,
+        task_ids: Iterable[str] | None = None,
+        records: dict[str, Record] | None = None,
+        *,
+        from_peer: bool = False,
     ) -> None:
         """``task_ids`` that may have ended, with the hashes of those that did (``records``);
         None when unknown (waiters re-read everything)."""
         known = records or {}
         entry = None if task_ids is None else {i: known.get(i) for i in task_ids}
+        if self.relay_ended is not None and not from_peer:
+            self.relay_ended(None if entry is None else list(entry))
         with self._cond:
             self._generation += 1
             self._entries.append((self._generation, entry))
@@ -309,8 +326,8 @@ class NodePoolState:
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
         home = layout(settings.home).ensure()
-        client = redis.Redis.from_url(
-            effective_redis_url(settings),
+        client = redis_client.connect(
+            settings,
             decode_responses=True,
             socket_timeout=30,
             socket_connect_timeout=5,
@@ -321,7 +338,7 @@ class NodePoolState:
         return cls(
             settings=settings,
             redis=client,
-            tasks=TaskStore(client, metrics.observe_script),
+            tasks=TaskStore(client, metrics.observe_script, redis_client.replica_wait(settings)),
             metrics=metrics,
             users=UserStore(home.users_db),
             blobs=BlobStore(home.data, settings.max_task_data_size),

@@ -9,11 +9,10 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
-import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hivemind import keys
+from hivemind import keys, redis_client
 from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
@@ -23,6 +22,7 @@ from hivemind.metrics import serve as serve_metrics
 from hivemind.nodepool.background import Housekeeper
 from hivemind.nodepool.core import NodePoolState
 from hivemind.nodepool.instrumentation import CallMetrics
+from hivemind.nodepool.relay import PeerRelay
 from hivemind.nodepool.tasks_service import TaskService
 from hivemind.nodepool.users_service import UserService
 from hivemind.nodepool.workers_service import WorkerService, WorkerTaskService
@@ -50,6 +50,7 @@ class NodePoolServer:
         self.settings = settings
         self.state = NodePoolState.open(settings)
         self.housekeeper = Housekeeper(self.state)
+        self.relay = PeerRelay(self.state)
         self.health = health.HealthServicer()
         # Metrics off (port 0): calls are not even counted, so that costs nothing either.
         counted = [CallMetrics(self.state.metrics)] if settings.nodepool_metrics_port else []
@@ -90,12 +91,9 @@ class NodePoolServer:
         return server
 
     def start(self) -> None:
-        try:
-            self.state.redis.ping()
-        except redis.RedisError as exc:
-            raise HivemindError(
-                f"cannot reach Redis at {self.settings.redacted()['REDIS_URL']}: {exc}"
-            ) from None
+        # Once, without the failover retries: a wrong master name or a dead Redis says so
+        # at once instead of after REDIS_FAILOVER_SECONDS.
+        redis_client.check_reachable(self.settings)
         secured = server_uses_tls(self.settings)
         try:
             if secured:
@@ -120,6 +118,7 @@ class NodePoolServer:
         if self.enroll_server is not None:
             self.enroll_server.start()
         self.housekeeper.start()
+        self.relay.start()
         self.state.metrics.watch_queue(self._queue_counts)
         metrics_port = self.settings.nodepool_metrics_port
         self.metrics_server = serve_metrics(
@@ -159,6 +158,7 @@ class NodePoolServer:
         if self.metrics_server is not None:
             self.metrics_server.close()
         self.housekeeper.join(5)
+        self.relay.join(5)
         self.state.users.close()
         self.state.tasks.close()
         log.info("node pool stopped")
@@ -176,7 +176,9 @@ class NodePoolServer:
 
 def serve(settings: Settings) -> int:
     """Run the node pool in the foreground until SIGTERM or SIGINT."""
-    configure_logging(layout(settings.home).nodepool_log, settings.log_level)
+    configure_logging(
+        layout(settings.home).named_nodepool_log(settings.nodepool_name), settings.log_level
+    )
     server = NodePoolServer(settings)
     server.start()
     stop_requested = threading.Event()

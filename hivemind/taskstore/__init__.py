@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,8 @@ from hivemind.states import TaskState
 from hivemind.taskstore import scripts
 from hivemind.taskstore.lua import LuaScript, ScriptConnections
 from hivemind.worker_records import WorkerCaps  # its owner; still importable from here
+
+log = logging.getLogger(__name__)
 
 #: The task hash fields a lease hands to the worker.
 LEASE_FIELDS = (
@@ -151,27 +154,36 @@ class TaskStore:
     """The task state machine on one Redis; its scripts run on connections of their own."""
 
     def __init__(
-        self, client: redis.Redis, observe: Callable[[str, float], None] | None = None
+        self,
+        client: redis.Redis,
+        observe: Callable[[str, float], None] | None = None,
+        durable: tuple[int, int] | None = None,
     ) -> None:
-        """``observe(script, seconds)``: called after each script call (for metrics)."""
+        """``observe(script, seconds)``: called after each script call (for metrics).
+        ``durable``: ``(replicas, ms)`` that submits and completions wait for
+        (:func:`hivemind.redis_client.replica_wait`)."""
         self.redis = client
         self._connections = connections = ScriptConnections(client)
+        #: Durable writes whose WAIT timed out (each then retried or refused).
+        self.unreplicated_writes = 0
 
         # Each script by its name in the scripts module, lower case (SUBMIT -> submit).
         names = {id(v): k.lower() for k, v in vars(scripts).items() if k.isupper()}
 
-        def script(body: str) -> LuaScript:
+        def script(body: str, must_survive: bool = False) -> LuaScript:
             timed = None if observe is None else functools.partial(observe, names[id(body)])
-            return LuaScript(connections, scripts.load(body), timed)
+            if not must_survive or durable is None:
+                return LuaScript(connections, scripts.load(body), timed)
+            return LuaScript(connections, scripts.load(body), timed, durable, self._unreplicated)
 
-        self._submit = script(scripts.SUBMIT)
+        self._submit = script(scripts.SUBMIT, must_survive=True)
         self._lease = script(scripts.LEASE)
-        self._submit_and_lease = script(scripts.SUBMIT_AND_LEASE)
+        self._submit_and_lease = script(scripts.SUBMIT_AND_LEASE, must_survive=True)
         self._heartbeat = script(scripts.HEARTBEAT)
         self._progress = script(scripts.PROGRESS)
         self._append_log = script(scripts.APPEND_LOG)
         self._mark_data = script(scripts.MARK_DATA)
-        self._complete = script(scripts.COMPLETE)
+        self._complete = script(scripts.COMPLETE, must_survive=True)
         self._release = script(scripts.RELEASE)
         self._reap = script(scripts.REAP)
         self._repair_queue_entry = script(scripts.REPAIR_QUEUE_ENTRY)
@@ -186,6 +198,16 @@ class TaskStore:
 
     def close(self) -> None:
         self._connections.close()
+
+    def _unreplicated(self, acked: int) -> None:
+        self.unreplicated_writes += 1
+        if self.unreplicated_writes == 1 or self.unreplicated_writes % 1000 == 0:
+            log.warning(
+                "no replica confirmed a write in time (%d acknowledged; %d so far): it is "
+                "retried, and refused if no replica takes it",
+                acked,
+                self.unreplicated_writes,
+            )
 
     # -- users' side -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[NewTask]) -> list[str]:

@@ -26,7 +26,13 @@ from typing import Any
 
 import redis
 from redis.connection import AbstractConnection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+
+class NotReplicated(redis.exceptions.ConnectionError):
+    """No replica confirmed a write that must outlive the primary (or the primary refused it,
+    having none). A connection error, so the client's retry policy runs the script again,
+    after a failover on the new primary: the durable scripts are safe to run twice."""
 
 
 class ScriptConnections:
@@ -53,18 +59,28 @@ class ScriptConnections:
 
 
 class LuaScript:
-    """``observe``: given the seconds each call took (the node pool's metrics)."""
+    """``observe``: given the seconds each call took (the node pool's metrics).
+
+    ``durable``: ``(replicas, ms)`` for a write that must outlive the primary: after the
+    script, ``WAIT replicas ms`` on the same connection (WAIT counts that connection's
+    writes). Fewer in time: ``unreplicated(acked)``, then :class:`NotReplicated`, so the
+    write is not acknowledged.
+    """
 
     def __init__(
         self,
         connections: ScriptConnections,
         body: str,
         observe: Callable[[float], None] | None = None,
+        durable: tuple[int, int] | None = None,
+        unreplicated: Callable[[int], None] | None = None,
     ) -> None:
         self.connections = connections
         self.body = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
         self.observe = observe
+        self.durable = durable
+        self.unreplicated = unreplicated
 
     def __call__(self, args: Sequence[object] = ()) -> Any:
         connection = self.connections.take()
@@ -80,6 +96,27 @@ class LuaScript:
                 self.observe(time.perf_counter() - began)
 
     def _run(self, connection: AbstractConnection, args: Sequence[object]) -> Any:
+        if not connection.is_connected:
+            # connect() itself, not send_command's own: a Sentinel-managed connection asks
+            # the Sentinels for the primary only in connect(), and would dial localhost.
+            connection.connect()
+        try:
+            reply = self._evalsha(connection, args)
+        except ResponseError as exc:
+            if self.durable is not None and str(exc).startswith("NOREPLICAS"):
+                raise NotReplicated(str(exc)) from None  # min-replicas-to-write: no replica
+            raise
+        if self.durable is not None:
+            replicas, wait_ms = self.durable
+            connection.send_command("WAIT", replicas, wait_ms)
+            acked = int(connection.read_response())
+            if acked < replicas:
+                if self.unreplicated is not None:
+                    self.unreplicated(acked)
+                raise NotReplicated(f"no replica confirmed the write within {wait_ms} ms")
+        return reply
+
+    def _evalsha(self, connection: AbstractConnection, args: Sequence[object]) -> Any:
         connection.send_command("EVALSHA", self.sha, 0, *args)
         try:
             return connection.read_response()

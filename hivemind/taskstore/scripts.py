@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from hivemind import keys, tuning
 from hivemind.states import TERMINAL_STATES
+
+# Re-exported: the task store finds every script in this module.
+from hivemind.taskstore.finished_scripts import ARCHIVE_BATCH, ARCHIVED, ENDED_AMONG  # noqa: F401
 from hivemind.worker_records import LUA_HELPERS
 
 # Shared Lua helpers, prepended to every script. ``fmt`` keeps large integer scores exact:
@@ -112,18 +115,21 @@ local tasks = cjson.decode(A[3])
 local seq = redis.call('INCRBY', '%(seq)s', #tasks) - #tasks
 for _, t in ipairs(tasks) do
   local tk = tkey(t.id)
-  seq = seq + 1
-  local fields = {'status', 'QUEUED', 'attempt', '0', 'lost', '0', 'seq', tostring(seq),
-                  'created_at', now, 'last_update', now, 'progress', '0', 'worker', ''}
-  for k, v in pairs(t) do
-    fields[#fields + 1] = k
-    fields[#fields + 1] = tostring(v)
+  -- A retried call (its reply lost in a failover) must not submit a task twice.
+  if redis.call('EXISTS', tk) == 0 then
+    seq = seq + 1
+    local fields = {'status', 'QUEUED', 'attempt', '0', 'lost', '0', 'seq', tostring(seq),
+                    'created_at', now, 'last_update', now, 'progress', '0', 'worker', ''}
+    for k, v in pairs(t) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = tostring(v)
+    end
+    redis.call('HSET', tk, unpack(fields))
+    redis.call('ZADD', '%(all)s', now_ms, t.id)
+    redis.call('ZADD', '%(owner_tasks)s' .. t.owner, now_ms, t.id)
+    history(t.id, 0, 'submitted', '', now, '')
+    queue_entry(t.id, t.owner, t.priority, seq, t.constrained == 1)
   end
-  redis.call('HSET', tk, unpack(fields))
-  redis.call('ZADD', '%(all)s', now_ms, t.id)
-  redis.call('ZADD', '%(owner_tasks)s' .. t.owner, now_ms, t.id)
-  history(t.id, 0, 'submitted', '', now, '')
-  queue_entry(t.id, t.owner, t.priority, seq, t.constrained == 1)
 end
 end
 """
@@ -529,49 +535,6 @@ for _, id in ipairs(redis.call('SMEMBERS', wtasks(node))) do
 end
 set_worker_status(wk, '%(worker_nodes)s', node, 'lost')
 return requeued
-"""
-
-ARCHIVE_BATCH = """
--- ARGV: limit. Up to ``limit`` finished tasks that wait for the archive, each as its id, hash,
--- history and log chunks: one round trip, where a pipeline made three commands per task.
-local out = {}
-for _, id in ipairs(redis.call('SRANDMEMBER', '%(archive_pending)s', ARGV[1])) do
-  local tk = tkey(id)
-  out[#out + 1] = {id, redis.call('HGETALL', tk), redis.call('LRANGE', thistory(id), 0, -1),
-                   redis.call('LRANGE', tlog(id), 0, -1)}
-end
-return out
-"""
-
-ARCHIVED = """
--- ARGV: retention (s), ids... The tasks are in the archive: Redis forgets them after the
--- retention period.
-for i = 2, #ARGV do
-  local tk = tkey(ARGV[i])
-  redis.call('EXPIRE', tk, ARGV[1])
-  redis.call('EXPIRE', thistory(ARGV[i]), ARGV[1])
-  redis.call('EXPIRE', tlog(ARGV[i]), ARGV[1])
-  redis.call('SREM', '%(archive_pending)s', ARGV[i])
-end
-return #ARGV - 1
-"""
-
-ENDED_AMONG = """
--- ARGV: owner ('' for an admin, who may see every task), ids... Read only: which of the
--- tasks have ended (or are gone from Redis: their records are in the archive), and which of
--- the others belong to someone else. One call instead of a status read per id: a waiter
--- asks for a thousand tasks at a time, most still running.
-local terminal = {%(terminal)s}
-local ended, foreign = {}, {}
-for i = 2, #ARGV do
-  local f = redis.call('HMGET', tkey(ARGV[i]), 'owner', 'status')
-  if not f[2] or terminal[f[2]] then
-    ended[#ended + 1] = ARGV[i]
-  elseif ARGV[1] ~= '' and f[1] ~= ARGV[1] then
-    foreign[#foreign + 1] = ARGV[i]
-  end
-end
-return {ended, foreign}
 """
 
 _NAMES = {

@@ -17,8 +17,7 @@ from doctor import DEFAULT_CHECK_TIMEOUT, Context
 from doctor.fixes import planners
 from doctor.model import CheckResult, Report, Status
 from doctor.registry import all_checks
-from hivemind import keys
-from hivemind.config import effective_redis_url
+from hivemind import keys, redis_client
 from hivemind.taskstore import TaskStore
 from recovery.actions import Outcome, Param, StepContext, action
 from recovery.model import ActionFailed
@@ -108,9 +107,7 @@ def stale_workers(client: redis.Redis, now: float, stale_after: float) -> dict[s
 )
 def reset_stale_workers(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     stale_after = float(params.get("stale_after") or ctx.settings.effective_lease_timeout)
-    client = redis.Redis.from_url(
-        effective_redis_url(ctx.settings), socket_timeout=ctx.timeout, decode_responses=True
-    )
+    client = redis_client.connect(ctx.settings, socket_timeout=ctx.timeout, decode_responses=True)
     try:
         now = time.time()
         stale = stale_workers(client, now, stale_after)

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from hivemind.config import effective_redis_url
+from hivemind import redis_client
 from recovery.actions import Outcome, Param, StepContext, action
 from recovery.model import ActionFailed
 
@@ -104,9 +104,7 @@ def redis_command(ctx: StepContext, params: dict[str, Any]) -> Outcome:
     check_allowed(params)  # again at run time: a variable may have filled a word in
     words = command_words(params)
     name = command_name(words)
-    client = redis.Redis.from_url(
-        effective_redis_url(ctx.settings), socket_timeout=ctx.timeout, decode_responses=True
-    )
+    client = redis_client.connect(ctx.settings, socket_timeout=ctx.timeout, decode_responses=True)
     try:
         if name == "CONFIG SET":
             return _config_set(ctx, client, words[2].lower(), words[3])
