@@ -20,6 +20,7 @@ itself; commands that fail meanwhile are retried for up to
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import redis
@@ -57,6 +58,15 @@ def sentinel_target(settings: Settings) -> SentinelTarget | None:
     return SentinelTarget(
         sentinels, settings.redis_master_name, int(data.get("db") or 0), data.get("password")
     )
+
+
+#: Every Redis connection of a node pool is named ``hivemind-nodepool:<hostname>:<port>``
+#: (CLIENT SETNAME), so that the doctor can tell, on the primary, which node pools use it.
+NODEPOOL_CLIENT_PREFIX = "hivemind-nodepool:"
+
+
+def nodepool_client_name(settings: Settings) -> str:
+    return f"{NODEPOOL_CLIENT_PREFIX}{socket.gethostname()}:{settings.grpc_port}"
 
 
 def describe_redis(settings: Settings) -> str:

@@ -14,6 +14,7 @@ from doctor.checks.ha import (
     NodeAnswer,
     SentinelAnswer,
     peers_finding,
+    pools_on_primary,
     replication_finding,
     sentinel_finding,
 )
@@ -29,6 +30,8 @@ from doctor.probes.replication import (
 )
 from hivemind.addresses import SentinelTarget
 from hivemind.config import Settings
+from hivemind.redis_server import start_redis
+from hivemind.supervisor import stop_pid
 from tests.ha_support import RedisSet, start_redis_set
 from tests.helpers import free_port, wait_until
 from tests.nodepool_support import node_pool_serving
@@ -207,6 +210,25 @@ def test_peer_verdicts() -> None:
     assert peers_finding({"a:1": "x", "b:1": "y"}).status is Status.FAIL
 
 
+def test_node_pools_are_found_on_the_primary_by_their_connection_names() -> None:
+    names = ["", "hivemind-nodepool:vm:50051", "other-app", "hivemind-nodepool:gpu-2:50051"]
+    # Distinct ports: the port alone says which node pool it is.
+    assert pools_on_primary([("10.0.0.1", 50051), ("10.0.0.2", 50053)], names, "vm") == {
+        "10.0.0.1:50051": True,
+        "10.0.0.2:50053": False,
+    }
+    # One port on every host: the host names tell them apart (loopback is this host).
+    same = [("127.0.0.1", 50051), ("gpu-2", 50051), ("gpu-3", 50051)]
+    assert pools_on_primary(same, names, "vm") == {
+        "127.0.0.1:50051": True,
+        "gpu-2:50051": True,
+        "gpu-3:50051": False,
+    }
+    elsewhere = peers_finding({"a:1": "", "b:2": ""}, {"a:1": True, "b:2": False}, "r:6379")
+    assert elsewhere.status is Status.WARN
+    assert elsewhere.summary.startswith("b:2 answer(s) but hold no connection to the Redis")
+
+
 # -- against real processes ---------------------------------------------------------------------
 
 
@@ -362,3 +384,29 @@ def test_a_dead_node_pool_address_is_a_warning_naming_it(settings: Settings) -> 
         assert finding.evidence["nodepools"][live] == "SERVING"
     none = first.replace(nodepool_address=f"{live},{dead}")
     assert doctor(none, "nodepool.peers")["nodepool.peers"].status is Status.FAIL
+
+
+@pytest.mark.slow
+def test_a_node_pool_that_uses_another_redis_is_named(settings: Settings, tmp_path: Path) -> None:
+    """Both node pools answer, but one writes to another Redis than the primary the doctor
+    reaches: what a node pool stuck on a demoted primary looks like."""
+    root = tmp_path / "other-redis"
+    other = start_redis(
+        f"redis://127.0.0.1:{free_port()}/0",
+        data_dir=root / "data",
+        pidfile=root / "redis.pid",
+        logfile=root / "redis.log",
+    )
+    try:
+        first = settings.replace(grpc_host="127.0.0.1")
+        stray = first.replace(
+            redis_url=other.url, grpc_port=free_port(), nodepool_metrics_port=free_port()
+        )
+        with node_pool_serving(first), node_pool_serving(stray):
+            both = first.replace(nodepool_address=f"{first.client_address},{stray.client_address}")
+            finding = doctor(both, "nodepool.peers")["nodepool.peers"].finding
+    finally:
+        stop_pid(other.pidfile)
+    assert finding.status is Status.WARN, finding
+    assert finding.summary.startswith(f"{stray.client_address} answer(s) but hold no connection")
+    assert first.client_address not in finding.summary

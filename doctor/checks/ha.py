@@ -14,6 +14,7 @@ they take redis-py's parsed replies (RESP2 flat lists or RESP3 maps) or ``redis-
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from doctor.checks.ports import connect_ms
-from doctor.context import Context
+from doctor.context import Context, Unavailable
 from doctor.model import Finding
 from doctor.probes.redis_info import as_int
 from doctor.probes.replication import (
@@ -509,26 +510,70 @@ def sentinel(ctx: Context) -> Finding:
 # -- nodepool.peers -----------------------------------------------------------------------------
 
 
-def peers_finding(probed: Mapping[str, str]) -> Finding:
-    """``probed``: node pool address -> "" when its gRPC health is SERVING, else why not."""
+def pools_on_primary(
+    pools: Sequence[Address], client_names: Iterable[str], this_host: str
+) -> dict[str, bool]:
+    """Which node pools have a connection to the Redis that gave ``client_names`` (its
+    CLIENT LIST names; node pools name theirs ``hivemind-nodepool:<hostname>:<port>``).
+
+    A node pool is matched by its port when no other address of the list has that port,
+    else by host name too (loopback counting as ``this_host``)."""
+    named: set[tuple[str, int]] = set()
+    for name in client_names:
+        if name.startswith(redis_client.NODEPOOL_CLIENT_PREFIX):
+            host, _, port = name.removeprefix(redis_client.NODEPOOL_CLIENT_PREFIX).rpartition(":")
+            if port.isdigit():
+                named.add((host, int(port)))
+    ports = Counter(port for _, port in pools)
+    found = {}
+    for host, port in pools:
+        if ports[port] == 1:
+            found[show((host, port))] = any(p == port for _, p in named)
+        else:
+            local = this_host if host in ("127.0.0.1", "localhost", "::1") else host
+            found[show((host, port))] = (local, port) in named
+    return found
+
+
+def peers_finding(
+    probed: Mapping[str, str], on_primary: Mapping[str, bool] | None = None, primary: str = ""
+) -> Finding:
+    """``probed``: node pool address -> "" when its gRPC health is SERVING, else why not;
+    ``on_primary``: whether each has a connection to the Redis primary (None: unknown)."""
     dead = {address: why for address, why in probed.items() if why}
-    evidence = {
+    elsewhere = [
+        address
+        for address, why in probed.items()
+        if not why and on_primary is not None and not on_primary.get(address, True)
+    ]
+    evidence: dict[str, Any] = {
         "nodepools": {address: why or "SERVING" for address, why in probed.items()},
-        "verified": "gRPC health per address; which Redis primary each one uses is not "
-        "verified (node pools do not report it)",
+        "verified": "gRPC health per address"
+        + (
+            f", and a connection to the primary {primary} (its CLIENT LIST)"
+            if on_primary is not None
+            else "; the Redis primary does not answer, so which one each uses is not verified"
+        ),
     }
     fix = "start the node pool at each named address, or drop it from NODEPOOL_ADDRESS"
     named = "; ".join(f"{a}: {why}" for a, why in dead.items())
     if len(dead) == len(probed):
         return Finding.fail(f"no node pool in NODEPOOL_ADDRESS answers: {named}", fix, **evidence)
+    if elsewhere:
+        return Finding.warn(
+            f"{', '.join(elsewhere)} answer(s) but hold no connection to the Redis primary "
+            f"{primary}: they use another Redis (a split brain) or lost theirs",
+            "look at that node pool's log; restart it (`hivemind recover`) once Sentinel "
+            "agrees on one primary (redis.sentinel)",
+            **evidence,
+        )
     if dead:
         share = f"{len(dead)} of {len(probed)}"
         summary = f"{share} node pools do not answer: {named} (clients and workers use the others)"
         return Finding.warn(summary, fix, **evidence)
+    seen = f", each connected to the primary {primary}" if on_primary is not None else ""
     return Finding.ok(
-        f"all {len(probed)} node pools are SERVING: {', '.join(probed)} (gRPC health only: "
-        "their view of the Redis primary is not reported)",
-        **evidence,
+        f"all {len(probed)} node pools are SERVING: {', '.join(probed)}{seen}", **evidence
     )
 
 
@@ -562,4 +607,17 @@ def nodepool_peers(ctx: Context) -> Finding:
         return ""
 
     unique = list(dict.fromkeys(pools))
-    return peers_finding(dict(zip(map(show, unique), _at_once(probe, unique), strict=True)))
+    probed = dict(zip(map(show, unique), _at_once(probe, unique), strict=True))
+    try:
+        client = ctx.redis()
+        names = [entry.get("name", "") for entry in client.client_list()]
+        pool = client.connection_pool
+        # Through Sentinel the pool knows the primary it found; else its own host and port.
+        address = getattr(pool, "master_address", None) or (
+            pool.connection_kwargs.get("host", "?"),
+            pool.connection_kwargs.get("port", "?"),
+        )
+        primary = f"{address[0]}:{address[1]}"
+    except (Unavailable, redis.RedisError, OSError):
+        return peers_finding(probed)
+    return peers_finding(probed, pools_on_primary(unique, names, socket.gethostname()), primary)

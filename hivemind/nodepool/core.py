@@ -328,6 +328,7 @@ class NodePoolState:
         home = layout(settings.home).ensure()
         client = redis_client.connect(
             settings,
+            client_name=redis_client.nodepool_client_name(settings),
             decode_responses=True,
             socket_timeout=30,
             socket_connect_timeout=5,
