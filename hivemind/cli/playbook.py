@@ -354,25 +354,81 @@ def service_install(
         "/", "--root", metavar="DIR", help="Install under this root (for images/tests)."
     ),
     user: str = typer.Option("hivemind", "--user", metavar="USER", help="The service user."),
+    ha: bool = typer.Option(
+        False, "--ha", help="Also this host's Redis data node and Sentinel (HA layout)."
+    ),
+    ha_primary: str | None = typer.Option(
+        None, "--ha-primary", metavar="HOST:PORT", help="The first primary's data node (--ha)."
+    ),
+    ha_role: str | None = typer.Option(
+        None,
+        "--ha-role",
+        metavar="ROLE",
+        help="primary: this host is HOST:PORT; replica (default): it replicates it.",
+    ),
+    redis_port: int | None = typer.Option(
+        None, "--redis-port", metavar="PORT", help="This data node's port (default 6379)."
+    ),
+    sentinel_port: int | None = typer.Option(
+        None, "--sentinel-port", metavar="PORT", help="This Sentinel's port (default 26379)."
+    ),
+    sentinel_bind: str | None = typer.Option(
+        None,
+        "--sentinel-bind",
+        metavar="ADDR",
+        help="Addresses the Sentinel listens on (default 0.0.0.0).",
+    ),
 ) -> None:
-    """Write the systemd units hivemind-nodepool, hivemind-master and hivemind-worker@ID."""
+    """Write the systemd units hivemind-nodepool, hivemind-master and hivemind-worker@ID
+    (with --ha also hivemind-redis and hivemind-sentinel, and their configs)."""
     from hivemind.paths import layout
-    from recovery.systemd import install_units
+    from recovery.systemd import ENV_FILE, HaHost, install_ha, install_units
 
-    home = layout(settings().home).root
-    units = install_units(Path(root), user, home, dry_run=dry_run)
+    given = {
+        "--ha-primary": ha_primary,
+        "--ha-role": ha_role,
+        "--redis-port": redis_port,
+        "--sentinel-port": sentinel_port,
+        "--sentinel-bind": sentinel_bind,
+    }
+    ha_host = None
+    if ha:
+        if ha_primary is None:
+            fail("--ha needs --ha-primary HOST:PORT (the first primary's data node)", 2)
+        ha_host = HaHost.parse(ha_primary, ha_role, redis_port, sentinel_port, sentinel_bind)
+    elif any(value is not None for value in given.values()):
+        flags = [flag for flag, value in given.items() if value is not None]
+        fail(f"{', '.join(flags)} {'needs' if len(flags) == 1 else 'need'} --ha", 2)
+    current = settings()
+    home = layout(current.home).root
+    units = install_units(Path(root), user, home, dry_run=dry_run, ha_host=ha_host)
     for unit in units:
         verb = ("would write" if dry_run else "wrote") if unit.changed else "unchanged"
-        console.print(f"{verb} {unit.path}")
+        console.print(f"{verb} {unit.path}", highlight=False)
         if dry_run and unit.changed:
             console.print(escape(unit.text), highlight=False)
+    done_ha = install_ha(current, ha_host, user, dry_run=dry_run) if ha_host else None
+    for conf in done_ha.confs if done_ha else []:
+        # Kept, not rewritten: Redis and Sentinel own these files once they run.
+        verb = ("would write" if dry_run else "wrote") if conf.written else "kept"
+        console.print(f"{verb} {conf.path}", highlight=False)
+        if dry_run and conf.written:
+            console.print(escape(conf.shown), highlight=False)
     if not dry_run and Path(root) == Path("/") and any(u.changed for u in units):
         from hivemind.remote import LocalRunner
 
         done = LocalRunner().run(["systemctl", "daemon-reload"], timeout=30, sudo=True)
         if not done.ok:
             fail(f"systemctl daemon-reload: {done.stderr.decode(errors='replace').strip()}")
-    if not dry_run:
+    if done_ha:
+        for note in done_ha.notes:
+            console.print(f"note: {escape(note)}", highlight=False)
+        console.print(f"put in {ENV_FILE} on every host (your hosts for h1…, a, b):")
+        for line in done_ha.env_lines:
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        enable = f"enable them: {escape(done_ha.enable_command)}"
+        console.print(enable, highlight=False, soft_wrap=True)
+    elif not dry_run:
         console.print(
             "enable them: sudo systemctl enable --now hivemind-nodepool hivemind-worker@$(hostname)"
         )
