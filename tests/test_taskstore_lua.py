@@ -90,3 +90,22 @@ def test_a_durable_write_no_replica_confirms_is_not_acknowledged(redis_url: str)
     assert missing == [0]
     assert time.monotonic() - began >= 0.05  # it did wait for WAIT's timeout
     assert LuaScript(ScriptConnections(client), ECHO)(["x"]) == b"x"  # not durable: no WAIT
+
+
+def test_a_durable_write_a_primary_without_replicas_refuses_is_not_replicated(
+    redis_url: str,
+) -> None:
+    """``min-replicas-to-write``: a primary with no replica refuses the script's first write
+    (NOREPLICAS, wrapped in the script error); that is NotReplicated, so it is retried."""
+    admin = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
+    write = "redis.call('SET', 'durable-probe', ARGV[1]) return 1"
+    admin.config_set("min-replicas-to-write", 1)
+    try:
+        with pytest.raises(NotReplicated, match="NOREPLICAS"):
+            LuaScript(ScriptConnections(client), write, durable=(1, 50))(["x"])
+        with pytest.raises(redis.ResponseError, match="NOREPLICAS"):  # not durable: as it is
+            LuaScript(ScriptConnections(client), write)(["x"])
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+    assert admin.get("durable-probe") is None

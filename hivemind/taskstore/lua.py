@@ -103,7 +103,8 @@ class LuaScript:
         try:
             reply = self._evalsha(connection, args)
         except ResponseError as exc:
-            if self.durable is not None and str(exc).startswith("NOREPLICAS"):
+            # Inside a script the error reads "Error running script …: -NOREPLICAS …".
+            if self.durable is not None and "NOREPLICAS" in str(exc):
                 raise NotReplicated(str(exc)) from None  # min-replicas-to-write: no replica
             raise
         if self.durable is not None:
