@@ -83,6 +83,8 @@ def test_a_submit_on_one_node_pool_wakes_a_worker_waiting_on_another(settings: S
         pa, pb_ = Pool(a, first.client_address, first), Pool(b, second.client_address, second)
         alice = pa.user("alice")
         worker = pb_.worker("w-on-b")
+        # Each finds out within a second that another node pool listens on its Redis.
+        assert wait_until(lambda: a.relay.peers and b.relay.peers, 5)
         waits = []
         for _ in range(5):
             with ThreadPoolExecutor(1) as pool:

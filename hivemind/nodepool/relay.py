@@ -57,6 +57,9 @@ class PeerRelay:
         self._noted = threading.Event()
         self._threads: list[threading.Thread] = []
         self.received = 0  # messages from peers applied (tests and metrics read it)
+        #: Other node pools listen on this Redis (``PUBSUB NUMSUB``, read every
+        #: :data:`LISTEN_POLL`): until one does, notes cost nothing.
+        self.peers = False
 
     # -- what this node pool's notifiers call -----------------------------------------------
     def queued(self, count: int | None) -> None:
@@ -69,6 +72,8 @@ class PeerRelay:
         self._note("l", True)
 
     def _note(self, kind: str, value: Any) -> None:
+        if not self.peers:  # alone on this Redis: nobody to tell (the sender looks again)
+            return
         self._notes.append((kind, value))
         self._noted.set()
 
@@ -91,6 +96,7 @@ class PeerRelay:
     def _send(self) -> None:
         stopping = self.state.stopping
         while not stopping.is_set():
+            self._count_peers()
             if not self._noted.wait(LISTEN_POLL):
                 continue
             stopping.wait(SEND_LINGER)
@@ -102,6 +108,13 @@ class PeerRelay:
                 self.state.redis.publish(keys.NODEPOOL_EVENTS, message)
             except redis.RedisError as exc:  # the peers' fallback polls cover it
                 log.debug("relay: publish failed: %s", exc)
+
+    def _count_peers(self) -> None:
+        try:
+            [(_channel, listening)] = self.state.redis.pubsub_numsub(keys.NODEPOOL_EVENTS)
+        except (redis.RedisError, OSError, ValueError):
+            return  # keep the last answer
+        self.peers = int(listening) > 1  # this node pool's own listener is one
 
     def _gather(self) -> str | None:
         """One message for every note taken so far, or None when there were none."""
