@@ -33,12 +33,14 @@ from doctor.probes.replication import (
     Address,
     LinkedReplica,
     Replication,
+    pools_on_primary,
     read_replication,
     record_address,
     record_flags,
     reply_fields,
     reply_records,
     reply_text,
+    show,
 )
 from doctor.registry import check
 from hivemind import redis_client
@@ -55,11 +57,6 @@ LAG_WARN_SECONDS = 10
 #: check asks in up to three rounds (Sentinels, their peers or the data nodes, late finds).
 NODE_TIMEOUT_MAX = 1.0
 GUIDE = "(ours: docs/high-availability.md, Doctor checks)"
-
-
-def show(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def node_timeout(ctx: Context) -> float:
@@ -508,31 +505,6 @@ def sentinel(ctx: Context) -> Finding:
 
 
 # -- nodepool.peers -----------------------------------------------------------------------------
-
-
-def pools_on_primary(
-    pools: Sequence[Address], client_names: Iterable[str], this_host: str
-) -> dict[str, bool]:
-    """Which node pools have a connection to the Redis that gave ``client_names`` (its
-    CLIENT LIST names; node pools name theirs ``hivemind-nodepool:<hostname>:<port>``).
-
-    A node pool is matched by its port when no other address of the list has that port,
-    else by host name too (loopback counting as ``this_host``)."""
-    named: set[tuple[str, int]] = set()
-    for name in client_names:
-        if name.startswith(redis_client.NODEPOOL_CLIENT_PREFIX):
-            host, _, port = name.removeprefix(redis_client.NODEPOOL_CLIENT_PREFIX).rpartition(":")
-            if port.isdigit():
-                named.add((host, int(port)))
-    ports = Counter(port for _, port in pools)
-    found = {}
-    for host, port in pools:
-        if ports[port] == 1:
-            found[show((host, port))] = any(p == port for _, p in named)
-        else:
-            local = this_host if host in ("127.0.0.1", "localhost", "::1") else host
-            found[show((host, port))] = (local, port) in named
-    return found
 
 
 def peers_finding(

@@ -6,11 +6,13 @@ Pure functions: they take redis-py's parsed replies (RESP2 flat lists or RESP3 m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from doctor.probes.redis_info import as_int, parse_info
+from hivemind.redis_client import NODEPOOL_CLIENT_PREFIX
 
 Address = tuple[str, int]
 
@@ -107,3 +109,33 @@ def read_replication(info: Mapping[str, Any] | str) -> Replication:
 
 
 # -- probes -------------------------------------------------------------------------------------
+
+
+def show(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def pools_on_primary(
+    pools: Sequence[Address], client_names: Iterable[str], this_host: str
+) -> dict[str, bool]:
+    """Which node pools have a connection to the Redis that gave ``client_names`` (its
+    CLIENT LIST names; node pools name theirs ``hivemind-nodepool:<hostname>:<port>``).
+
+    A node pool is matched by its port when no other address of the list has that port,
+    else by host name too (loopback counting as ``this_host``)."""
+    named: set[tuple[str, int]] = set()
+    for name in client_names:
+        if name.startswith(NODEPOOL_CLIENT_PREFIX):
+            host, _, port = name.removeprefix(NODEPOOL_CLIENT_PREFIX).rpartition(":")
+            if port.isdigit():
+                named.add((host, int(port)))
+    ports = Counter(port for _, port in pools)
+    found = {}
+    for host, port in pools:
+        if ports[port] == 1:
+            found[show((host, port))] = any(p == port for _, p in named)
+        else:
+            local = this_host if host in ("127.0.0.1", "localhost", "::1") else host
+            found[show((host, port))] = (local, port) in named
+    return found
