@@ -158,15 +158,18 @@ def redis_specs(home: HomeLayout, planned: ha.Layout, password: str) -> list[Ser
     return specs
 
 
-def nodepool_specs(
+def start_nodepools(
     settings: Settings,
     home: HomeLayout,
-    planned: ha.Layout,
     env_for: Callable[[Settings], dict[str, str]],
     argv: list[str],
     console: Callable[[Path], Path],
-) -> list[ServiceSpec]:
-    """One node pool per address of the list; the first keeps the usual pid and log names."""
+    timeout: float,
+    emit: EventSink,
+) -> None:
+    """One node pool per address of the list, started together and waited for; the first
+    keeps the usual pid and log names."""
+    planned = ha_settings(settings)[1]
     specs = []
     for index, (port, metrics_port) in enumerate(
         zip(planned.nodepool_ports, planned.nodepool_metrics_ports, strict=True)
@@ -188,17 +191,16 @@ def nodepool_specs(
                 env=env_for(own),
             )
         )
-    return specs
+    start_services(specs, timeout, emit)
 
 
 def nodepool_log(settings: Settings) -> Path:
     return layout(settings.home).named_nodepool_log(settings.nodepool_name)
 
 
-def start_redis_set(
-    settings: Settings, home: HomeLayout, planned: ha.Layout, timeout: float, emit: EventSink
-) -> None:
+def start_redis_set(settings: Settings, home: HomeLayout, timeout: float, emit: EventSink) -> None:
     """The data nodes and Sentinels, started together and waited for."""
+    planned = ha_settings(settings)[1]
     password = settings.redis_password or ensure_password_file(home.redis_password_file)
     _layout_file(home).write_text(
         json.dumps({"data_ports": planned.data_ports, "sentinel_ports": planned.sentinel_ports,

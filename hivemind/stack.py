@@ -312,9 +312,7 @@ def _start_one(
 ) -> None:
     if service == "redis":
         if ha:
-            ha_stack.start_redis_set(
-                settings, home, ha_stack.ha_settings(settings)[1], timeout, emit
-            )
+            ha_stack.start_redis_set(settings, home, timeout, emit)
         else:
             _ensure_redis(settings, home, timeout, emit)
         return
@@ -327,12 +325,10 @@ def _start_one(
                 emit(f"TLS: {made}")
         extra = ["--config", str(Path(config).absolute())] if config else []
         if ha:
-            planned = ha_stack.ha_settings(settings)[1]
             argv = [*launcher, "nodepool", *extra]
-            specs = ha_stack.nodepool_specs(
-                settings, home, planned, child_environment, argv, _console
+            ha_stack.start_nodepools(
+                settings, home, child_environment, argv, _console, timeout, emit
             )
-            start_services(specs, timeout, emit)
             return
         nodepool = ServiceSpec(
             name="node pool",

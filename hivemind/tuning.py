@@ -84,10 +84,12 @@ MIN_REPLICAS_MAX_LAG = 10
 #: round trips (12-34 ms); slices of 20 with 2 ms pauses took p99 from 12-16 to 9-10 ms.
 ARCHIVE_SLICE = 20
 ARCHIVE_PAUSE = 0.002
-#: Seconds one housekeeping pass spends archiving at most, so that the reaper runs on time;
-#: what is left waits for the next pass.
+#: Seconds one archive pass runs at most before the archiver looks again whether its node
+#: pool still holds the housekeeping lock; a backlog is archived pass after pass.
 ARCHIVE_PASS_SECONDS = 0.5
-#: A worker with no heartbeat for this many intervals is marked ``lost``.
+#: A worker with no heartbeat for this many intervals is marked ``lost``. The housekeeper
+#: looks once per interval (sooner when a worker joins or is forgotten), so it is marked
+#: within one interval more.
 WORKER_LOST_AFTER_INTERVALS = 3
 #: Seconds an ``offline`` or ``lost`` worker stays listed before it is forgotten.
 WORKER_FORGET_AFTER = 24 * 3600

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
@@ -397,36 +398,47 @@ class TokenGenerations:
     and trusted for ``USER_TOKEN_RECHECK`` / ``WORKER_TOKEN_RECHECK`` seconds: a change made by
     another process (`hivemind user passwd`, `hivemind worker-token --revoke`) shows within
     that time; one made through this process shows at once after :meth:`forget`.
+
+    Users are read one at a time. Workers are read as one table, once per recheck period:
+    thousands of workers, each beating about once per period, would otherwise make one query
+    per heartbeat.
     """
 
-    RECHECK: ClassVar[dict[str, float]] = {
-        "user": tuning.USER_TOKEN_RECHECK,
-        "worker": tuning.WORKER_TOKEN_RECHECK,
-    }
-    _QUERY: ClassVar[dict[str, str]] = {
-        "user": "SELECT token_generation FROM users WHERE username = ?",
-        "worker": "SELECT generation FROM worker_tokens WHERE node_id = ?",
-    }
+    _USER_QUERY = "SELECT token_generation FROM users WHERE username = ?"
+    _WORKERS_QUERY = "SELECT node_id, generation FROM worker_tokens"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (monotonic read, gen)
+        self._users: dict[str, tuple[float, int]] = {}  # username -> (monotonic read, gen)
+        self._workers: dict[str, int] = {}
+        self._workers_read = -math.inf  # monotonic time of the last read of the table
 
     def current(self, kind: str, subject: str) -> tuple[int, float]:
-        recheck = self.RECHECK.get(kind, tuning.USER_TOKEN_RECHECK)
+        """``subject``'s generation, and the wall-clock time until which it is trusted."""
         now = time.monotonic()
-        seen = self._seen.get((kind, subject))
-        if seen is None or now - seen[0] >= recheck:
-            seen = (now, self._read(kind, subject))
-            if len(self._seen) >= tuning.VERIFIED_TOKENS_MAX:
-                self._seen.clear()
-            self._seen[(kind, subject)] = seen
-        return seen[1], time.time() + recheck - (now - seen[0])
+        if kind == "worker":
+            recheck = tuning.WORKER_TOKEN_RECHECK
+            if now - self._workers_read >= recheck:
+                self._read_workers(now)
+            read_at, generation = self._workers_read, self._workers.get(subject, 0)
+        else:
+            recheck = tuning.USER_TOKEN_RECHECK
+            seen = self._users.get(subject)
+            if seen is None or now - seen[0] >= recheck:
+                seen = (now, self._read_user(subject))
+                if len(self._users) >= tuning.VERIFIED_TOKENS_MAX:
+                    self._users.clear()
+                self._users[subject] = seen
+            read_at, generation = seen
+        return generation, time.time() + recheck - (now - read_at)
 
     def forget(self, kind: str, subject: str) -> None:
-        self._seen.pop((kind, subject), None)
+        if kind == "worker":
+            self._workers_read = -math.inf
+        else:
+            self._users.pop(subject, None)
 
     def close(self) -> None:
         with self._lock:
@@ -434,15 +446,23 @@ class TokenGenerations:
                 self._conn.close()
                 self._conn = None
 
-    def _read(self, kind: str, subject: str) -> int:
+    def _query(self, sql: str, args: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 if self._conn is None:
                     self._conn = _connect_readonly(self.path)
-                row = self._conn.execute(self._QUERY[kind], (subject,)).fetchone()
+                return self._conn.execute(sql, args).fetchall()
             except sqlite3.OperationalError:
-                return 0  # no users.db, or one from before generations: nothing was revoked
-        return int(row[0] or 0) if row else 0
+                return []  # no users.db, or one from before generations: nothing was revoked
+
+    def _read_user(self, username: str) -> int:
+        rows = self._query(self._USER_QUERY, (username,))
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _read_workers(self, now: float) -> None:
+        rows = self._query(self._WORKERS_QUERY)
+        self._workers = {str(node_id): int(gen or 0) for node_id, gen in rows}
+        self._workers_read = now
 
 
 def worker_token_generation(path: Path, node_id: str) -> int:

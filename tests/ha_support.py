@@ -82,6 +82,16 @@ class RedisSet:
 
     def primary(self) -> int:
         """The primary's port as the first answering Sentinel names it."""
+        named = self.named_primaries()
+        if not named:
+            raise RedisSetError("no Sentinel names a primary")
+        return named[0]
+
+    def named_primaries(self) -> list[int]:
+        """The primary's port as each answering Sentinel names it, in the Sentinels' order.
+        Right after a failover they may differ: the others learn of it within a second or
+        two, from the Sentinel that ran it."""
+        named = []
         for port in self.sentinel_ports:
             if not self.running(port):
                 continue
@@ -93,8 +103,8 @@ class RedisSet:
                 except (redis.RedisError, OSError):
                     continue
             if reply:
-                return int(reply[1])
-        raise RedisSetError("no Sentinel names a primary")
+                named.append(int(reply[1]))
+        return named
 
     # -- processes ----------------------------------------------------------------------------
     def running(self, port: int) -> bool:

@@ -24,6 +24,7 @@ from hivemind.userdb import (
     schema_version,
     worker_token_generation,
 )
+from tests.helpers import wait_until
 
 
 def test_password_hash_is_scrypt_and_never_the_password() -> None:
@@ -131,6 +132,29 @@ def test_migration_gives_an_existing_db_token_generations(tmp_path: Path) -> Non
     assert worker_token_generation(db, "w1") == 2
     assert worker_token_generation(tmp_path / "missing.db", "w1") == 0
     assert not (tmp_path / "missing.db").exists()  # reading never creates it
+
+
+def test_worker_generations_are_read_as_one_table_once_per_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thousands of workers beat about once per recheck period: one read serves them all.
+    monkeypatch.setattr(tuning, "WORKER_TOKEN_RECHECK", 0.5)
+    store = UserStore(tmp_path / "users.db")
+    for node_id in ("w1", "w2"):
+        store.revoke_worker_tokens(node_id)
+    generations = TokenGenerations(store.path)
+    assert generations.current("worker", "w1")[0] == 1
+    store.revoke_worker_tokens("w2")  # by another connection, as `hivemind worker-token` does
+    second, second_until = generations.current("worker", "w2")
+    assert second == 1  # read with w1's, before the revoke
+    assert second_until <= time.time() + 0.5
+    assert generations.current("worker", "w3")[0] == 0  # never issued: nothing revoked
+    assert wait_until(lambda: generations.current("worker", "w2")[0] == 2, timeout=3)
+    store.revoke_worker_tokens("w1")
+    generations.forget("worker", "w1")  # a revoke through this node pool shows at once
+    assert generations.current("worker", "w1")[0] == 2
+    generations.close()
+    store.close()
 
 
 def test_a_signer_with_generations_refuses_older_tokens(tmp_path: Path) -> None:

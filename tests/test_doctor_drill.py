@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from doctor import registry
 from doctor.drill import FAULTS
+from doctor.drill import engine as drill_engine
 from doctor.model import Finding
 from hivemind.cli.app import app
 from tests.helpers import REPO_ROOT
@@ -55,6 +56,8 @@ def test_a_check_made_blind_is_a_miss_and_exit_status_1(monkeypatch: pytest.Monk
     spec = registry._CATALOG["redis.eviction_policy"]
     blind = replace(spec, function=lambda _ctx: Finding.ok("sees nothing"))
     monkeypatch.setitem(registry._CATALOG, "redis.eviction_policy", blind)
+    # A blind check never sees it: no need to wait the whole detection time to know.
+    monkeypatch.setattr(drill_engine, "DETECT_TIMEOUT", 3.0)
     result = CliRunner().invoke(
         app, ["doctor", "drill", "--json", "--fault", "redis-eviction", "--fault", "users-db-mode"]
     )

@@ -465,6 +465,25 @@ def test_archive_goes_in_slices_and_leaves_the_rest_for_the_next_pass(settings: 
     state.users.close()
 
 
+def test_a_backlog_is_archived_pass_after_pass_not_one_pass_a_second(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pass of about one slice: ten slices at one pass a second would take ten seconds.
+    monkeypatch.setattr(tuning, "ARCHIVE_PASS_SECONDS", 0.001)
+    state = pool.server.state
+    count = 10 * tuning.ARCHIVE_SLICE
+    new = NewTask("alice", "t", "FUNCTION", {}, timeout=10, retries=0, priority=0)
+    state.tasks.submit([new] * count)
+    caps = WorkerCaps(cpu=2, memory_mb=4096, gpu=0, labels=())
+    leases = state.tasks.lease("w1", caps, count, 30)
+    outcomes = [Outcome(x.task_id, x.attempt, "w1", TaskState.SUCCEEDED, "7") for x in leases]
+    started = time.monotonic()
+    assert state.tasks.complete(outcomes) == [""] * count
+    assert wait_until(lambda: state.redis.scard(keys.TASKS_ARCHIVE_PENDING) == 0, timeout=15)
+    assert time.monotonic() - started < 5
+    assert state.users.archived_task(leases[-1].task_id) is not None
+
+
 def test_admin_user_management_and_credits(pool: Pool) -> None:
     admin, alice = pool.user("root", admin=True), pool.user("alice")
     created = admin.create_user("dave", "dave-password", credits=5)

@@ -109,3 +109,23 @@ def test_a_durable_write_a_primary_without_replicas_refuses_is_not_replicated(
     finally:
         admin.config_set("min-replicas-to-write", 0)
     assert admin.get("durable-probe") is None
+
+
+def test_a_durable_scripts_wait_rides_with_it_and_its_replies_stay_in_step(
+    redis_url: str,
+) -> None:
+    """The WAIT is sent with the script, not after its reply. A script error, or a Redis
+    that forgot the script, must still leave both replies read: the next call on the same
+    connection gets its own."""
+    admin = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
+    connections = ScriptConnections(client)
+    echo = LuaScript(connections, ECHO, durable=(0, 50))  # no replica needed: WAIT gives 0
+    broken = "return redis.error_reply('BROKEN ' .. ARGV[1])"
+    failing = LuaScript(connections, broken, durable=(0, 50))
+    assert echo(["first"]) == b"first"
+    with pytest.raises(redis.ResponseError, match="BROKEN x"):
+        failing(["x"])
+    assert echo(["second"]) == b"second"
+    admin.script_flush()
+    assert echo(["after flush"]) == b"after flush"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -52,12 +53,23 @@ class Housekeeper:
         self._hold = state.redis.register_script(_HOLD)
         self._let_go = state.redis.register_script(_LET_GO)
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
+        # The archive runs beside the passes, not in them: a backlog gets archived without
+        # pause while the reaper keeps its one-second beat and renews the lock on time.
+        self._archiver = threading.Thread(target=self._archive_loop, name="archiver", daemon=True)
+        # The last sweep of the worker summaries: when, how many there were, the live ones.
+        self._swept_at = -math.inf
+        self._swept_count = -1
+        self._live: dict[str, WorkerCaps] = {}
 
     def start(self) -> None:
         self._thread.start()
+        self._archiver.start()
 
     def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
+        if self._archiver.is_alive():
+            self._archiver.join(max(0.0, deadline - time.monotonic()))
         if self.holding:
             with contextlib.suppress(redis.RedisError):
                 self._let_go(keys=[keys.HOUSEKEEPING_LOCK], args=[self.instance])
@@ -85,11 +97,39 @@ class Housekeeper:
             except Exception:
                 log.exception("housekeeping pass failed")
 
+    def _archive_loop(self) -> None:
+        """Archive while this node pool holds the lock: pass after pass while tasks wait,
+        otherwise once a second."""
+        pause = tuning.REAPER_INTERVAL
+        while not self.state.stopping.wait(pause):
+            pause = tuning.REAPER_INTERVAL
+            if not self.holding:
+                continue
+            try:
+                if self.archive_finished():
+                    pause = tuning.ARCHIVE_PAUSE
+            except redis.RedisError as exc:
+                log.warning("archive skipped: redis: %s", exc)
+            except Exception:
+                log.exception("archive pass failed")
+
     def run_once(self) -> None:
+        """One housekeeping pass: expired leases, lost workers, unschedulable tasks (the
+        archive runs in its own loop, :meth:`archive_finished`)."""
         self.reap_leases()
-        live = self.mark_lost_workers()
-        self.check_schedulability(live)
-        self.archive_finished()
+        self.check_schedulability(self.live_workers())
+
+    def live_workers(self) -> dict[str, WorkerCaps]:
+        """The live workers' capabilities, from a sweep of every summary (which also marks
+        the silent ones lost) at most once per heartbeat interval, or sooner when a worker
+        came or went: with thousands of workers the sweep is the pass's largest cost."""
+        now = time.monotonic()
+        period = max(tuning.REAPER_INTERVAL, self.state.settings.heartbeat_interval)
+        count = int(self.state.redis.hlen(keys.WORKER_NODES))
+        if now - self._swept_at >= period or count != self._swept_count:
+            self._live = self.mark_lost_workers()
+            self._swept_at, self._swept_count = now, count
+        return self._live
 
     def reap_leases(self) -> None:
         metrics = self.state.metrics
@@ -162,7 +202,7 @@ class Housekeeper:
     def archive_finished(self, limit: int | None = None) -> int:
         """Copy finished tasks to SQLite and their logs to disk, then let Redis expire them;
         returns how many. Stops when none wait, after ``limit`` tasks, or after
-        ``ARCHIVE_PASS_SECONDS``, so that the reaper runs on time.
+        ``ARCHIVE_PASS_SECONDS``, so that the archiver looks at the lock again.
 
         A task leaves ``tasks:archive_pending`` only after its archive is committed, so a
         crash in between archives it again (an idempotent upsert), never loses it. The work

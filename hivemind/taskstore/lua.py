@@ -101,28 +101,34 @@ class LuaScript:
             # the Sentinels for the primary only in connect(), and would dial localhost.
             connection.connect()
         try:
-            reply = self._evalsha(connection, args)
-        except ResponseError as exc:
-            # Inside a script the error reads "Error running script …: -NOREPLICAS …".
-            if self.durable is not None and "NOREPLICAS" in str(exc):
-                raise NotReplicated(str(exc)) from None  # min-replicas-to-write: no replica
-            raise
-        if self.durable is not None:
-            replicas, wait_ms = self.durable
-            connection.send_command("WAIT", replicas, wait_ms)
-            acked = int(connection.read_response())
-            if acked < replicas:
-                if self.unreplicated is not None:
-                    self.unreplicated(acked)
-                raise NotReplicated(f"no replica confirmed the write within {wait_ms} ms")
-        return reply
-
-    def _evalsha(self, connection: AbstractConnection, args: Sequence[object]) -> Any:
-        connection.send_command("EVALSHA", self.sha, 0, *args)
-        try:
-            return connection.read_response()
+            reply, acked = self._evalsha(connection, args)
         except NoScriptError:  # a restarted or flushed Redis: load it, then run it
             connection.send_command("SCRIPT", "LOAD", self.body)
             connection.read_response()
-            connection.send_command("EVALSHA", self.sha, 0, *args)
-            return connection.read_response()
+            reply, acked = self._evalsha(connection, args)
+        if isinstance(reply, ResponseError):
+            # Inside a script the error reads "Error running script …: -NOREPLICAS …".
+            if self.durable is not None and "NOREPLICAS" in str(reply):
+                raise NotReplicated(str(reply)) from None  # min-replicas-to-write: no replica
+            raise reply
+        if self.durable is not None and acked < self.durable[0]:
+            if self.unreplicated is not None:
+                self.unreplicated(acked)
+            raise NotReplicated(f"no replica confirmed the write within {self.durable[1]} ms")
+        return reply
+
+    def _evalsha(self, connection: AbstractConnection, args: Sequence[object]) -> tuple[Any, int]:
+        """The script's reply (a ResponseError returned, not raised, once the WAIT's reply is
+        read too) and, for a durable script, how many replicas confirmed it."""
+        connection.send_command("EVALSHA", self.sha, 0, *args)
+        if self.durable is not None:
+            # Sent with the script, not after its reply: one round trip per write, not two.
+            connection.send_command("WAIT", *self.durable)
+        try:
+            reply = connection.read_response()
+        except ResponseError as exc:
+            reply = exc
+        acked = int(connection.read_response()) if self.durable is not None else 0
+        if isinstance(reply, NoScriptError):
+            raise reply
+        return reply, acked
