@@ -23,7 +23,7 @@ from bench.task_phases import SystemResult
 # -- report ------------------------------------------------------------------------------------
 
 
-def _fmt(value: float, digits: int = 1) -> str:
+def fmt_number(value: float, digits: int = 1) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
 
@@ -33,7 +33,7 @@ def _ratio(value: float, reference: float) -> str:
     return f"{value / reference:.2f}x"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Plain text, the first column left-aligned and the others right-aligned."""
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
 
@@ -96,9 +96,9 @@ def render(
             rows.append(
                 [
                     r.system,
-                    _fmt(r.throughput, 0),
-                    _fmt(b.total_seconds, 2) if b else "-",
-                    _fmt(b.submit_seconds, 2) if b else "-",
+                    fmt_number(r.throughput, 0),
+                    fmt_number(b.total_seconds, 2) if b else "-",
+                    fmt_number(b.submit_seconds, 2) if b else "-",
                     f"{b.succeeded}/{b.submitted}" if b else "-",
                     *_noise(r.batch_phase, args.limits),
                     _ratio(r.throughput, ref_tp),
@@ -108,7 +108,7 @@ def render(
             "",
             f"Batch throughput: {args.tasks:,} no-op tasks submitted at once, "
             "timed until the client has seen every result",
-            _table(
+            text_table(
                 [
                     "system",
                     "tasks/s",
@@ -129,9 +129,9 @@ def render(
             rows.append(
                 [
                     r.system,
-                    _fmt(r.p50, 2),
-                    _fmt(r.p99, 2),
-                    _fmt(statistics.fmean(r.latency_ms), 2) if r.latency_ms else "-",
+                    fmt_number(r.p50, 2),
+                    fmt_number(r.p99, 2),
+                    fmt_number(statistics.fmean(r.latency_ms), 2) if r.latency_ms else "-",
                     str(len(r.latency_ms)),
                     *_noise(r.latency_phase, args.limits),
                     _ratio(r.p50, ref50),
@@ -142,7 +142,7 @@ def render(
             "",
             "Latency: one task at a time on an idle cluster, submit -> result seen "
             f"({args.latency_samples} samples after {args.warmup} warm-up)",
-            _table(
+            text_table(
                 [
                     "system",
                     "p50 ms",
@@ -184,23 +184,27 @@ def render(
         errors = ", ".join(f"{k} {v}" for k, v in sorted(h.errors.items())) or "none"
         rss_ok = "PASS" if h.rss_peak_mb <= 150.0 else "FAIL"
         out += [
-            f"  offered       {_fmt(h.offered_per_s)} heartbeats/s ({h.sent} sent)",
-            f"  achieved      {_fmt(h.achieved_per_s)} heartbeats/s (worst full second "
-            f"{_fmt(h.worst_second_per_s, 0)}); answered {h.answered}",
+            f"  offered       {fmt_number(h.offered_per_s)} heartbeats/s ({h.sent} sent)",
+            f"  achieved      {fmt_number(h.achieved_per_s)} heartbeats/s (worst full second "
+            f"{fmt_number(h.worst_second_per_s, 0)}); answered {h.answered}",
             f"  errors        {errors}"
-            + (f" (median {_fmt(h.failed_after_p50_ms, 0)} ms after sending)" if h.errors else ""),
-            f"  RPC latency   p50 {_fmt(h.p50_ms, 2)} ms, p99 {_fmt(h.p99_ms, 2)} ms, "
-            f"max {_fmt(h.max_ms, 2)} ms",
-            f"  generator     send lag p99 {_fmt(h.generator_lag_p99_ms, 2)} ms "
+            + (
+                f" (median {fmt_number(h.failed_after_p50_ms, 0)} ms after sending)"
+                if h.errors
+                else ""
+            ),
+            f"  RPC latency   p50 {fmt_number(h.p50_ms, 2)} ms, p99 {fmt_number(h.p99_ms, 2)} ms, "
+            f"max {fmt_number(h.max_ms, 2)} ms",
+            f"  generator     send lag p99 {fmt_number(h.generator_lag_p99_ms, 2)} ms "
             "(how late the load generator sent)",
-            f"  CPU           node pool {_fmt(h.nodepool_cpu_percent)} %, Redis "
-            f"{_fmt(h.redis_cpu_percent)} %, load generator "
-            f"{_fmt(h.generator_cpu_percent)} % (100 % = one core)",
-            f"  RSS           node pool idle {_fmt(h.rss_idle_mb, 0)} MB, with {h.workers} "
-            f"registered {_fmt(h.rss_registered_mb, 0)} MB, peak under load "
-            f"{_fmt(h.rss_peak_mb, 0)} MB, end {_fmt(h.rss_end_mb, 0)} MB",
+            f"  CPU           node pool {fmt_number(h.nodepool_cpu_percent)} %, Redis "
+            f"{fmt_number(h.redis_cpu_percent)} %, load generator "
+            f"{fmt_number(h.generator_cpu_percent)} % (100 % = one core)",
+            f"  RSS           node pool idle {fmt_number(h.rss_idle_mb, 0)} MB, with {h.workers} "
+            f"registered {fmt_number(h.rss_registered_mb, 0)} MB, peak under load "
+            f"{fmt_number(h.rss_peak_mb, 0)} MB, end {fmt_number(h.rss_end_mb, 0)} MB",
             f"                target <= 150 MB: {rss_ok}",
-            f"  registration  {_fmt(h.register_seconds, 1)} s for {h.workers} workers; "
+            f"  registration  {fmt_number(h.register_seconds, 1)} s for {h.workers} workers; "
             f"online afterwards: {h.online_after}",
             "  noise         "
             + (

@@ -34,9 +34,17 @@ FUNCTION_PREFETCH_MAX_PER_SLOT = 64
 OUTCOME_CARRY_WAIT = 0.01
 #: Longest long-poll a worker may ask for, in seconds.
 LEASE_WAIT_MAX = 30.0
-#: Lease streams a node pool holds open at once; each holds one of its 128 call threads, and
+#: Threads a node pool answers calls on; a call that finds none free waits for one.
+NODEPOOL_CALL_THREADS = 128
+#: Lease streams a node pool holds open at once; each holds one of its call threads, and
 #: workers past this many lease with one call each instead.
 LEASE_STREAMS_MAX = 64
+#: LeaseTasks calls that may wait for work at once; each also holds a call thread. Past this
+#: many, a call looks once and tells its worker to ask again after about its own wait
+#: (``LeaseReply.poll_again_after``): with thousands of idle workers, long polls would
+#: otherwise take every thread, and heartbeats would wait behind them until workers were
+#: marked lost. Streams and long polls together leave 32 threads for every other call.
+LONG_POLLS_MAX = 32
 #: Seconds a worker keeps one lease stream (its deadline); it opens the next one before a
 #: long poll could outlast it. Also the longest a worker waits on a node pool that hangs.
 LEASE_STREAM_LIFETIME = 300.0

@@ -249,7 +249,8 @@ class FinishedLog(Notifier):
 
 
 class Slots:
-    """Up to ``limit`` things held at once (lease streams, each holding a call thread)."""
+    """Up to ``limit`` things held at once (lease streams or long polls, each holding a call
+    thread)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -314,6 +315,7 @@ class NodePoolState:
     logs: Notifier = field(default_factory=Notifier)
     stopping: threading.Event = field(default_factory=threading.Event)
     lease_streams: Slots = field(default_factory=lambda: Slots(tuning.LEASE_STREAMS_MAX))
+    long_polls: Slots = field(default_factory=lambda: Slots(tuning.LONG_POLLS_MAX))
     submit_streams: Slots = field(default_factory=lambda: Slots(tuning.SUBMIT_STREAMS_MAX))
     _caps: dict[str, WorkerCaps] = field(default_factory=dict)
     _verified: dict[str, Identity] = field(default_factory=dict)

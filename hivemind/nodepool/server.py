@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hivemind import keys, redis_client
+from hivemind import keys, redis_client, tuning
 from hivemind.client_certs import ensure_node_pool_files
 from hivemind.config import Settings
 from hivemind.errors import HivemindError
@@ -55,7 +55,9 @@ class NodePoolServer:
         # Metrics off (port 0): calls are not even counted, so that costs nothing either.
         counted = [CallMetrics(self.state.metrics)] if settings.nodepool_metrics_port else []
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=128, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=tuning.NODEPOOL_CALL_THREADS, thread_name_prefix="rpc"
+            ),
             interceptors=counted,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -191,6 +192,33 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         self.state = state
 
     def LeaseTasks(self, request: pb.LeaseRequest, context: grpc.ServicerContext) -> pb.LeaseReply:
+        """A lease call. One that asks to wait holds a call thread while it waits, so only
+        ``LONG_POLLS_MAX`` wait at once; the rest look once and say when to ask again (only
+        workers that say they wait when told; an older one would ask again at once)."""
+        if request.wait <= 0 or not request.waits_when_told:
+            return self._lease(request, context, request.wait)
+        long_polls = self.state.long_polls
+        if long_polls.take():
+            try:
+                return self._lease(request, context, request.wait)
+            finally:
+                long_polls.give()
+        reply = self._lease(request, context, 0.0)
+        if not reply.tasks:
+            # Jittered, so that workers turned away together do not come back together.
+            wait = min(request.wait, tuning.LEASE_WAIT_MAX)
+            reply.poll_again_after = round(wait * random.uniform(0.5, 1.0), 3)
+        return reply
+
+    def _lease_on_stream(
+        self, request: pb.LeaseRequest, context: grpc.ServicerContext
+    ) -> pb.LeaseReply:
+        # The stream holds its thread already: its long polls take no place of their own.
+        return self._lease(request, context, request.wait)
+
+    def _lease(
+        self, request: pb.LeaseRequest, context: grpc.ServicerContext, wait: float
+    ) -> pb.LeaseReply:
         self.state.require_worker(
             context, request.node_id, *{r.ref.node_id for r in request.results}
         )
@@ -199,7 +227,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not registered; register first")
         # Outcomes first: their waiters wake now, not when this call's long poll ends.
         replies = self._complete(request.results, context) if request.results else []
-        deadline = time.monotonic() + max(0.0, min(request.wait, tuning.LEASE_WAIT_MAX))
+        deadline = time.monotonic() + max(0.0, min(wait, tuning.LEASE_WAIT_MAX))
         queued = self.state.queued
         ask = LeaseAsk(
             request.node_id,
@@ -208,7 +236,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
             self.state.lease_seconds,
             request.max_bundles if request.HasField("max_bundles") else None,
         )
-        first = request.wait > 0
+        first = wait > 0
         while True:
             seen = queued.generation
             leases: list[Lease] = []
@@ -253,7 +281,7 @@ class WorkerTaskService(pb_grpc.WorkerTaskServiceServicer):
         state = self.state
         exchange = state.metrics.rpc_seconds.labels("LeaseStream.exchange").observe
         yield from serve_exchanges(
-            state.lease_streams, state.stopping, requests, context, self.LeaseTasks, exchange
+            state.lease_streams, state.stopping, requests, context, self._lease_on_stream, exchange
         )
 
     def ReportProgress(

@@ -483,18 +483,20 @@ class ClusterStats(_message.Message):
     def __init__(self, at: _Optional[float] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., finished_total: _Optional[_Mapping[str, int]] = ..., finished_per_minute: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("node_id", "max_tasks", "wait", "max_bundles", "results")
+    __slots__ = ("node_id", "max_tasks", "wait", "max_bundles", "results", "waits_when_told")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     MAX_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    WAITS_WHEN_TOLD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     max_tasks: int
     wait: float
     max_bundles: int
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
-    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ..., max_bundles: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+    waits_when_told: bool
+    def __init__(self, node_id: _Optional[str] = ..., max_tasks: _Optional[int] = ..., wait: _Optional[float] = ..., max_bundles: _Optional[int] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., waits_when_told: _Optional[bool] = ...) -> None: ...
 
 class LeasedTask(_message.Message):
     __slots__ = ("task_id", "attempt", "spec", "has_checkpoint", "owner")
@@ -511,12 +513,14 @@ class LeasedTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., has_checkpoint: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class LeaseReply(_message.Message):
-    __slots__ = ("tasks", "replies")
+    __slots__ = ("tasks", "replies", "poll_again_after")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
+    POLL_AGAIN_AFTER_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[LeasedTask]
     replies: _containers.RepeatedCompositeFieldContainer[FenceReply]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[FenceReply, _Mapping]]] = ...) -> None: ...
+    poll_again_after: float
+    def __init__(self, tasks: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[FenceReply, _Mapping]]] = ..., poll_again_after: _Optional[float] = ...) -> None: ...
 
 class AttemptRef(_message.Message):
     __slots__ = ("task_id", "attempt", "node_id")

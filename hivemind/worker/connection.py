@@ -101,6 +101,7 @@ class WorkerConnection:
             wait=wait,
             max_bundles=max_bundles,
             results=list(results),
+            waits_when_told=True,
         )
         try:
             return self._leases.send(request, wait + LEASE_MARGIN, self._lease_call)

@@ -312,6 +312,9 @@ class Worker:
                     self.conn.release([(task.task_id, task.attempt)])
                     continue
                 self._start(task)
+            if not reply.tasks and reply.poll_again_after > 0:
+                # The node pool had no place for our long poll: ask again when it said.
+                self.stop_leasing.wait(reply.poll_again_after)
 
     def _room(self) -> int:
         """Tasks the next lease may bring: free slots plus free prefetch places."""
