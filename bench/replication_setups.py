@@ -187,15 +187,7 @@ def settings_for(home: Path, redis_url: str, password: str) -> Settings:
 def open_store(settings: Settings) -> TaskStore:
     """The task store as ``NodePoolState.open`` (hivemind/nodepool/core.py) builds it, without
     its metrics hook."""
-    client = redis_client.connect(
-        settings,
-        client_name=redis_client.nodepool_client_name(settings),
-        decode_responses=True,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        max_connections=512,
-    )
+    client = redis_client.connect_nodepool(settings)
     return TaskStore(client, None, redis_client.replica_wait(settings))
 
 

@@ -69,6 +69,20 @@ def nodepool_client_name(settings: Settings) -> str:
     return f"{NODEPOOL_CLIENT_PREFIX}{socket.gethostname()}:{settings.grpc_port}"
 
 
+def connect_nodepool(settings: Settings) -> redis.Redis:
+    """The node pool's client: named for ``nodepool.peers``, decoding replies, with room for
+    every call thread's script connection."""
+    return connect(
+        settings,
+        client_name=nodepool_client_name(settings),
+        decode_responses=True,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        max_connections=512,
+    )
+
+
 def describe_redis(settings: Settings) -> str:
     """Where this host's Redis is, for messages (no password)."""
     target = sentinel_target(settings)

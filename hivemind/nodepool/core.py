@@ -328,15 +328,7 @@ class NodePoolState:
     @classmethod
     def open(cls, settings: Settings) -> NodePoolState:
         home = layout(settings.home).ensure()
-        client = redis_client.connect(
-            settings,
-            client_name=redis_client.nodepool_client_name(settings),
-            decode_responses=True,
-            socket_timeout=30,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            max_connections=512,
-        )
+        client = redis_client.connect_nodepool(settings)
         metrics = NodePoolMetrics()
         return cls(
             settings=settings,
